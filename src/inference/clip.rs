@@ -1,0 +1,190 @@
+//! CLIP text encoder, built from `text_encoder/config.json`.
+//!
+//! Written here rather than taken from candle-transformers because its config cannot be
+//! built from a file, and SDXL needs every hidden state (the penultimate one) as well as the
+//! final normalised output.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+
+use super::model_config::ClipTextConfig;
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> candle_core::Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            other => candle_core::bail!("unsupported CLIP activation '{other}'"),
+        }
+    }
+
+    fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Self::Gelu => xs.gelu_erf(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        if h % c.num_attention_heads != 0 {
+            candle_core::bail!("hidden_size {h} is not divisible by num_attention_heads");
+        }
+        Ok(Self {
+            q_proj: linear(h, h, vb.pp("q_proj"))?,
+            k_proj: linear(h, h, vb.pp("k_proj"))?,
+            v_proj: linear(h, h, vb.pp("v_proj"))?,
+            out_proj: linear(h, h, vb.pp("out_proj"))?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, c) = xs.dims3()?;
+        let split = |x: Tensor| -> candle_core::Result<Tensor> {
+            x.reshape((b, t, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q_proj.forward(xs)? * scale)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, c))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: SelfAttention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(vb: VarBuilder, c: &ClipTextConfig, act: Activation) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            layer_norm1: layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            self_attn: SelfAttention::new(vb.pp("self_attn"), c)?,
+            layer_norm2: layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: linear(h, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(c.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, mask)?;
+        let xs = (xs + attn)?;
+        let mlp = self.fc2.forward(
+            &self
+                .act
+                .apply(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
+        )?;
+        xs + mlp
+    }
+}
+
+/// What one forward pass of the text encoder yields.
+pub struct TextEncoding {
+    /// Output of the last layer after the final layer norm (what SD 1.x/2.x condition on).
+    pub last_hidden_state: Tensor,
+    /// Input embeddings followed by each layer's output, without the final norm.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// The CLIP text transformer (`text_model.*` weights).
+#[derive(Debug)]
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    max_positions: usize,
+}
+
+impl ClipTextModel {
+    /// Builds the model; `vb` points at the root of `model.safetensors`.
+    pub fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
+        let act = Activation::parse(&c.hidden_act)?;
+        let vb = vb.pp("text_model");
+        let emb = vb.pp("embeddings");
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), c, act))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            token_embedding: embedding(c.vocab_size, c.hidden_size, emb.pp("token_embedding"))?,
+            position_embedding: embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                emb.pp("position_embedding"),
+            )?,
+            layers,
+            final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    /// Encodes token ids of shape `[batch, seq]` (seq ≤ max_position_embeddings).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<TextEncoding> {
+        let (_, seq) = ids.dims2()?;
+        if seq > self.max_positions {
+            candle_core::bail!("{seq} tokens exceed the {} positions", self.max_positions);
+        }
+        let device = ids.device();
+        let positions = Tensor::arange(0u32, seq as u32, device)?.unsqueeze(0)?;
+        let tokens = self.token_embedding.forward(ids)?;
+        let mut xs = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(seq, xs.dtype(), device)?;
+        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
+        hidden_states.push(xs.clone());
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask)?;
+            hidden_states.push(xs.clone());
+        }
+        Ok(TextEncoding {
+            last_hidden_state: self.final_layer_norm.forward(&xs)?,
+            hidden_states,
+        })
+    }
+}
+
+/// An additive mask that hides later tokens from earlier ones, as CLIP's text model does.
+fn causal_mask(seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (1, 1, seq, seq), device)?.to_dtype(dtype)
+}

@@ -1,0 +1,18 @@
+//! Pure computation: a model folder and a request in, images and step callbacks out.
+//!
+//! Nothing here knows about jobs, HTTP or storage, so it can be benchmarked and
+//! parity-tested on its own.
+
+pub mod clip;
+pub mod error;
+pub mod hub;
+pub mod model_config;
+pub mod pipeline;
+pub mod rng;
+pub mod schedulers;
+pub mod tiny;
+pub mod tokenizer;
+
+pub use error::InferenceError;
+pub use pipeline::{GenerateRequest, GeneratedImage, StableDiffusion, StepProgress};
+pub use schedulers::SchedulerKind;

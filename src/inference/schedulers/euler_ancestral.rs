@@ -1,0 +1,61 @@
+//! Euler Ancestral (diffusers `EulerAncestralDiscreteScheduler`): an Euler step to a
+//! lower noise level, then fresh noise added back, so each step draws from the RNG.
+
+use candle_core::Tensor;
+
+use super::{euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig};
+
+pub struct EulerAncestral {
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    init_sigma: f64,
+    config: SchedulerConfig,
+}
+
+impl EulerAncestral {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
+        let timesteps = config.float_timesteps(steps);
+        let sigmas = euler_sigmas(config, &timesteps);
+        Self {
+            init_sigma: euler_init_sigma(config, &sigmas),
+            timesteps,
+            sigmas,
+            config: config.clone(),
+        }
+    }
+}
+
+impl Scheduler for EulerAncestral {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_sigma
+    }
+
+    fn scale_model_input(&self, sample: Tensor, index: usize) -> candle_core::Result<Tensor> {
+        let sigma = self.sigmas[index];
+        sample / (sigma * sigma + 1.0).sqrt()
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> candle_core::Result<Tensor> {
+        let sigma_from = self.sigmas[index];
+        let sigma_to = self.sigmas[index + 1];
+        let denoised = euler_denoised(&self.config, model_output, sample, sigma_from)?;
+        let sigma_up = (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to)
+            / (sigma_from * sigma_from))
+            .sqrt();
+        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+        let derivative = ((sample - denoised)? / sigma_from)?;
+        let prev = (sample + (derivative * (sigma_down - sigma_from))?)?;
+        let fresh = noise.randn_like(&prev)?;
+        prev + (fresh * sigma_up)?
+    }
+}

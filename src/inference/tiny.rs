@@ -1,0 +1,390 @@
+//! `sdq tiny-model`: a small, random, SD-1.5-shaped model in diffusers layout.
+//!
+//! The build machines cannot reach the hub, so tests and demos run on this model. Its
+//! weights come from a seeded generator and are scaled so that images have visible
+//! structure, and its tokenizer is a real CLIP byte-level BPE with a small vocabulary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::stable_diffusion::{unet_2d::UNet2DConditionModel, vae::AutoEncoderKL};
+use serde_json::json;
+
+use super::clip::ClipTextModel;
+use super::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
+use super::rng::TorchRng;
+use super::InferenceError;
+
+/// The seed used when a model id of `tiny` is generated on first use.
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Merges learnt from this text make common prompt words single tokens.
+const CORPUS: &str = "a photo of a cat sitting on a red chair, highly detailed, oil painting \
+of a mountain landscape at sunset, portrait of an astronaut riding a horse on the moon, \
+watercolor of a small house in the forest, digital art of a city street at night with \
+neon lights, a bowl of fruit on a wooden table, studio lighting, sharp focus, 4k, \
+a dog running on the beach, blue sky and white clouds, a castle on a hill, \
+low quality, blurry, bad anatomy, ugly, deformed, cartoon, photograph, beautiful, \
+the quick brown fox jumps over the lazy dog, an old man with a beard, a woman in a \
+green dress, flowers in a vase, snow covered trees, a river through the valley";
+const MERGES: usize = 300;
+
+/// Writes the tiny model into `dir` unless it is already there.
+///
+/// The model is built in a sibling folder and renamed into place, so two processes that
+/// race to create it never see a half-written model.
+pub fn ensure(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+    if dir.join("model_index.json").exists() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| io(parent, source))?;
+    let staging = parent.join(format!(
+        ".{}.tmp-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    write(&staging, seed)?;
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(()),
+        // Somebody else won the race; their model is identical for the same seed.
+        Err(_) if dir.join("model_index.json").exists() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(())
+        }
+        Err(source) => Err(io(dir, source)),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("the tiny configs match their structs")
+}
+
+fn io(path: &Path, source: std::io::Error) -> InferenceError {
+    InferenceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), InferenceError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| io(parent, source))?;
+    }
+    let text = serde_json::to_string_pretty(value).expect("json values serialise");
+    std::fs::write(path, text + "\n").map_err(|source| io(path, source))
+}
+
+/// Writes a complete model folder to `dir` (which must not exist yet).
+pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+    let (vocab, merges) = train_bpe(CORPUS, MERGES);
+    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges)?;
+
+    let text_config = json!({
+        "_name_or_path": "sdq/tiny",
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "vocab_size": vocab.len(),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 32,
+        "bos_token_id": vocab.len() - 2,
+        "eos_token_id": vocab.len() - 1,
+        "pad_token_id": 1,
+        "torch_dtype": "float32",
+    });
+    let unet_config = json!({
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.30.0",
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "layers_per_block": 1,
+        "attention_head_dim": [2, 4],
+        "cross_attention_dim": 32,
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "act_fn": "silu",
+        "center_input_sample": false,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "use_linear_projection": false,
+        "upcast_attention": false,
+    });
+    let vae_config = json!({
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.30.0",
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [32, 32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "scaling_factor": 0.18215,
+        "force_upcast": true,
+    });
+    let scheduler_config = json!({
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.30.0",
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": false,
+        "set_alpha_to_one": false,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+    });
+    let model_index = json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.30.0",
+        "feature_extractor": [null, null],
+        "safety_checker": [null, null],
+        "requires_safety_checker": false,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    });
+    write_json(&dir.join("text_encoder/config.json"), &text_config)?;
+    write_json(&dir.join("unet/config.json"), &unet_config)?;
+    write_json(&dir.join("vae/config.json"), &vae_config)?;
+    write_json(&dir.join("scheduler/scheduler_config.json"), &scheduler_config)?;
+
+    let mut rng = TorchRng::new(seed);
+
+    let text: ClipTextConfig = parse(text_config);
+    save_random(&dir.join("text_encoder/model.safetensors"), &mut rng, |vb| {
+        ClipTextModel::new(vb, &text).map(drop)
+    })?;
+    let unet: UNetConfig = parse(unet_config);
+    let blocks = super::pipeline::unet_blocks(dir, &unet)?;
+    save_random(&dir.join("unet/diffusion_pytorch_model.safetensors"), &mut rng, |vb| {
+        UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop)
+    })?;
+    let vae: VaeConfig = parse(vae_config);
+    save_random(&dir.join("vae/diffusion_pytorch_model.safetensors"), &mut rng, |vb| {
+        AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop)
+    })?;
+    // Written last: its presence marks a complete model.
+    write_json(&dir.join("model_index.json"), &model_index)
+}
+
+/// Builds a module against an empty `VarMap` to learn its parameter names and shapes,
+/// fills every parameter from `rng`, and saves them as safetensors.
+fn save_random(
+    path: &Path,
+    rng: &mut TorchRng,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<(), InferenceError> {
+    let varmap = VarMap::new();
+    build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let normals = {
+            let mut v = rng.randn(n.max(16));
+            v.truncate(n);
+            v
+        };
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            normals.iter().map(|v| 0.05 * v).collect()
+        } else if dims.len() == 1 {
+            // Norm scales: near one so activations keep their size.
+            normals.iter().map(|v| 1.0 + 0.1 * v).collect()
+        } else {
+            let fan_in = (n / dims[0]).max(1) as f32;
+            let std = 1.0 / fan_in.sqrt();
+            normals.iter().map(|v| std * v).collect()
+        };
+        tensors.insert(name.clone(), Tensor::from_vec(values, dims, &Device::Cpu)?);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| io(parent, source))?;
+    }
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
+}
+
+/// GPT-2's reversible byte-to-character map, which CLIP's vocabulary is written in.
+pub(crate) fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable
+        .into_iter()
+        .zip(chars)
+        .map(|(b, c)| (b as u8, char::from_u32(c).expect("valid char")))
+        .collect()
+}
+
+/// Learns `count` BPE merges from `corpus` and returns CLIP's vocabulary layout: bytes,
+/// bytes ending a word, merged tokens in merge order, then the start and end markers.
+fn train_bpe(corpus: &str, count: usize) -> (Vec<String>, Vec<(String, String)>) {
+    let byte_chars = bytes_to_unicode();
+    let mut vocab: Vec<String> = byte_chars.iter().map(|(_, c)| c.to_string()).collect();
+    vocab.extend(byte_chars.iter().map(|(_, c)| format!("{c}</w>")));
+
+    let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for word in corpus
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let mut symbols: Vec<String> = word.chars().map(|c| c.to_string()).collect();
+        if let Some(last) = symbols.last_mut() {
+            last.push_str("</w>");
+        }
+        *words.entry(symbols).or_default() += 1;
+    }
+    let mut merges = Vec::new();
+    for _ in 0..count {
+        let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for (symbols, freq) in &words {
+            for w in symbols.windows(2) {
+                *pairs.entry((w[0].clone(), w[1].clone())).or_default() += freq;
+            }
+        }
+        // Highest count wins; BTreeMap order breaks ties the same way every run.
+        let Some((best, _)) = pairs
+            .into_iter()
+            .fold(None::<((String, String), usize)>, |acc, (pair, n)| match acc {
+                Some((_, m)) if m >= n => acc,
+                _ => Some((pair, n)),
+            })
+        else {
+            break;
+        };
+        let merged = format!("{}{}", best.0, best.1);
+        words = words
+            .into_iter()
+            .map(|(symbols, freq)| {
+                let mut out = Vec::with_capacity(symbols.len());
+                let mut i = 0;
+                while i < symbols.len() {
+                    if i + 1 < symbols.len() && symbols[i] == best.0 && symbols[i + 1] == best.1 {
+                        out.push(merged.clone());
+                        i += 2;
+                    } else {
+                        out.push(symbols[i].clone());
+                        i += 1;
+                    }
+                }
+                (out, freq)
+            })
+            .fold(BTreeMap::new(), |mut acc, (s, f)| {
+                *acc.entry(s).or_default() += f;
+                acc
+            });
+        vocab.push(merged);
+        merges.push(best);
+    }
+    vocab.push(super::tokenizer::BOS.into());
+    vocab.push(super::tokenizer::EOS.into());
+    (vocab, merges)
+}
+
+fn write_tokenizer(dir: &Path, vocab: &[String], merges: &[(String, String)]) -> Result<(), InferenceError> {
+    std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+    let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    write_json(&dir.join("vocab.json"), &serde_json::Value::Object(vocab_map))?;
+    let mut merges_txt = String::from("#version: 0.2\n");
+    for (a, b) in merges {
+        merges_txt.push_str(&format!("{a} {b}\n"));
+    }
+    let merges_path = dir.join("merges.txt");
+    std::fs::write(&merges_path, merges_txt).map_err(|source| io(&merges_path, source))?;
+    let special = |t: &str| json!({"content": t, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false, "__type": "AddedToken"});
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &json!({
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": 77,
+            "do_lower_case": true,
+            "errors": "replace",
+            "add_prefix_space": false,
+            "bos_token": special(super::tokenizer::BOS),
+            "eos_token": special(super::tokenizer::EOS),
+            "unk_token": special(super::tokenizer::EOS),
+            "pad_token": special(super::tokenizer::EOS),
+        }),
+    )?;
+    write_json(
+        &dir.join("special_tokens_map.json"),
+        &json!({
+            "bos_token": super::tokenizer::BOS,
+            "eos_token": super::tokenizer::EOS,
+            "unk_token": super::tokenizer::EOS,
+            "pad_token": super::tokenizer::EOS,
+        }),
+    )?;
+    let tokenizer = super::tokenizer::build_clip_tokenizer(&dir.join("vocab.json"), &merges_path)?;
+    let json_path = dir.join("tokenizer.json");
+    tokenizer
+        .save(&json_path, true)
+        .map_err(|e| InferenceError::invalid_model(&json_path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_covers_every_byte_once() {
+        let map = bytes_to_unicode();
+        assert_eq!(map.len(), 256);
+        let mut bytes: Vec<u8> = map.iter().map(|(b, _)| *b).collect();
+        bytes.sort();
+        bytes.dedup();
+        assert_eq!(bytes.len(), 256);
+        assert_eq!(map[0], (b'!', '!'));
+    }
+
+    #[test]
+    fn bpe_training_is_deterministic_and_learns_words() {
+        let (vocab, merges) = train_bpe(CORPUS, MERGES);
+        assert_eq!((vocab.clone(), merges.clone()), train_bpe(CORPUS, MERGES));
+        assert_eq!(vocab.len(), 512 + merges.len() + 2);
+        assert!(vocab.contains(&"a</w>".to_string()));
+        assert!(vocab.contains(&"of</w>".to_string()), "common words become tokens");
+    }
+}
