@@ -5,3 +5,6 @@
 //! and `storage`, and only `worker` binds queue, inference and storage together.
 
 pub mod inference;
+pub mod queue;
+pub mod storage;
+pub mod worker;

@@ -1,0 +1,22 @@
+//! The durable job queue: job model and states, the `JobStore` seam (one implementation
+//! per database), the `EventBus` seam (in-process or Redis), and the maintenance services.
+//!
+//! Nothing here knows about HTTP or Candle.
+
+pub mod bus;
+pub mod events;
+pub mod job;
+pub mod local_bus;
+mod queue;
+pub mod rescuer;
+pub mod retry;
+pub mod sqlite;
+pub mod state;
+pub mod store;
+
+pub use bus::{BusError, BusMessage, EventBus};
+pub use events::{Event, EventKind, ImageSummary};
+pub use job::{ImageRecord, Job, JobSpec, Lease, ListQuery, NewImage, NewJob};
+pub use queue::Queue;
+pub use state::JobStatus;
+pub use store::{CancelOutcome, JobStore, StoreError};

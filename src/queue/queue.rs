@@ -1,0 +1,124 @@
+//! `Queue`: the store and the bus together, so that every committed event is published.
+//!
+//! The API and the worker go through this type only; the order is always "commit to the
+//! store, then publish", which is what lets subscribers trust the store as the snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{CancelOutcome, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, StoreError};
+use super::Job;
+
+#[derive(Clone)]
+pub struct Queue {
+    pub store: Arc<dyn JobStore>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+impl Queue {
+    pub fn new(store: Arc<dyn JobStore>, bus: Arc<dyn EventBus>) -> Self {
+        Self { store, bus }
+    }
+
+    /// Publishes committed events. A bus failure is logged, not returned: the events are
+    /// in the store and subscribers fall back to reading them from there.
+    pub async fn publish(&self, events: &[Event]) {
+        for event in events {
+            if let Err(e) = self.bus.publish(event).await {
+                tracing::warn!(job_id = %event.job_id, seq = event.seq, error = %e, "event not published");
+            }
+        }
+    }
+
+    pub async fn submit(&self, job: NewJob) -> Result<Job, StoreError> {
+        let (job, event) = self.store.enqueue(job).await?;
+        self.publish(&[event]).await;
+        if let Err(e) = self.bus.notify_new_job().await {
+            tracing::warn!(error = %e, "workers not woken; they will poll");
+        }
+        Ok(job)
+    }
+
+    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.store.request_cancel(id).await?;
+        match &outcome {
+            CancelOutcome::Canceled(event) => self.publish(std::slice::from_ref(event)).await,
+            CancelOutcome::Requested => {
+                // The worker also sees the flag on its next heartbeat if this is lost.
+                if let Err(e) = self.bus.send_cancel(id).await {
+                    tracing::warn!(job_id = %id, error = %e, "cancel signal not sent");
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn claim(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let Some((lease, event)) = self.store.claim(worker, loaded_model, lease).await? else {
+            return Ok(None);
+        };
+        self.publish(&[event]).await;
+        Ok(Some(lease))
+    }
+
+    pub async fn record(&self, lease: &Lease, kind: EventKind) -> Result<(), StoreError> {
+        let event = self.store.record(lease.job.id, lease.token, kind).await?;
+        self.publish(&[event]).await;
+        Ok(())
+    }
+
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        images: Vec<NewImage>,
+        timings: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let events = self.store.complete(lease.job.id, lease.token, images, timings).await?;
+        self.publish(&events).await;
+        Ok(())
+    }
+
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let event = self.store.fail(lease.job.id, lease.token, error, retry_after).await?;
+        let retrying = matches!(event.kind, EventKind::Failed { retrying: true, .. });
+        self.publish(&[event]).await;
+        if retrying {
+            let _ = self.bus.notify_new_job().await;
+        }
+        Ok(())
+    }
+
+    pub async fn cancel_running(&self, lease: &Lease) -> Result<(), StoreError> {
+        let event = self.store.cancel_running(lease.job.id, lease.token).await?;
+        self.publish(&[event]).await;
+        Ok(())
+    }
+
+    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.store.release(lease.job.id, lease.token).await?;
+        let _ = self.bus.notify_new_job().await;
+        Ok(())
+    }
+
+    /// Runs one rescue pass; returns how many jobs it moved.
+    pub async fn rescue(&self) -> Result<usize, StoreError> {
+        let events = self.store.rescue_expired().await?;
+        self.publish(&events).await;
+        if !events.is_empty() {
+            let _ = self.bus.notify_new_job().await;
+        }
+        Ok(events.len())
+    }
+}

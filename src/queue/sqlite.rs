@@ -1,0 +1,546 @@
+//! The SQLite `JobStore` of the embedded deployment.
+//!
+//! All writes go through a one-connection pool, so SQLite never sees two writers from this
+//! process and never answers "database is locked"; reads use a separate pool (WAL mode
+//! lets them run beside the writer).
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore, Lease, ListQuery,
+    NewImage, NewJob, StoreError,
+};
+
+const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
+     progress_step, progress_total, last_seq, error, timings, run_at, created_at, started_at, finished_at";
+
+/// Jobs, events and images in one SQLite file.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain path)
+    /// and applies `migrations/sqlite`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let url = if url.starts_with("sqlite:") {
+            url.to_string()
+        } else {
+            format!("sqlite://{url}")
+        };
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad uuid {s}: {e}")))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    let timings: Option<String> = row.try_get("timings")?;
+    Ok(Job {
+        id: parse_uuid(row.try_get("id")?)?,
+        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        priority: row.try_get("priority")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        worker: row.try_get("worker")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        progress_step: row.try_get("progress_step")?,
+        progress_total: row.try_get("progress_total")?,
+        last_seq: row.try_get("last_seq")?,
+        error: row.try_get("error")?,
+        timings: timings.and_then(|t| serde_json::from_str(&t).ok()),
+        run_at: row.try_get("run_at")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn image_from_row(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
+    Ok(ImageRecord {
+        id: parse_uuid(row.try_get("id")?)?,
+        job_id: parse_uuid(row.try_get("job_id")?)?,
+        index: row.try_get("idx")?,
+        object_key: row.try_get("object_key")?,
+        seed: row.try_get("seed")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+        bytes: row.try_get("bytes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Inserts the event row for `seq` (already reserved in `jobs.last_seq`).
+async fn insert_event(conn: &mut SqliteConnection, id: Uuid, seq: i64, kind: EventKind) -> Result<Event, StoreError> {
+    let body = serde_json::to_string(&kind).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query("INSERT INTO job_events (job_id, seq, body, created_at) VALUES (?, ?, ?, ?)")
+        .bind(id.to_string())
+        .bind(seq)
+        .bind(body)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    Ok(Event { job_id: id, seq, kind })
+}
+
+/// Reserves the next `seq` of a job we hold, or reports the lease lost.
+async fn next_seq_fenced(conn: &mut SqliteConnection, id: Uuid, token: Uuid) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "UPDATE jobs SET last_seq = last_seq + 1 \
+         WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
+    )
+    .bind(id.to_string())
+    .bind(token.to_string())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::LeaseLost(id))
+}
+
+async fn position(conn: &mut SqliteConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
+                 (o.priority > j.priority OR (o.priority = j.priority AND \
+                  (o.created_at < j.created_at OR (o.created_at = j.created_at AND o.id < j.id))))) + 1 \
+         FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(n)
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn enqueue(&self, new: NewJob) -> Result<(Job, Event), StoreError> {
+        let id = Uuid::now_v7();
+        let now = now_ms();
+        let spec = serde_json::to_string(&new.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs (id, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
+             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(&new.spec.model)
+        .bind(spec)
+        .bind(new.priority)
+        .bind(new.max_attempts.max(1))
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = job_from_row(&row)?;
+        let pos = position(&mut tx, id).await?.unwrap_or(1);
+        let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
+        tx.commit().await?;
+        Ok((job, event))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE (?1 IS NULL OR status = ?1) \
+               AND (?2 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?2)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?3"
+        ))
+        .bind(q.status.map(|s| s.as_str()))
+        .bind(q.before.map(|b| b.to_string()))
+        .bind(q.limit.clamp(1, 500))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn queue_position(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        position(&mut conn, id).await
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<(Lease, Event)>, StoreError> {
+        let now = now_ms();
+        let token = Uuid::new_v4();
+        let mut tx = self.writer.begin().await?;
+        // The claim query: best priority first, then the model this worker already has
+        // loaded (no thrash between models), then the oldest.
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = ?1, \
+                    lease_expires_at = ?2, worker = ?3, started_at = ?4, progress_step = 0, \
+                    progress_total = 0, last_seq = last_seq + 1 \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
+                         ORDER BY priority DESC, (model = ?5) DESC, created_at, id LIMIT 1) \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(token.to_string())
+        .bind(now + ms(lease))
+        .bind(worker)
+        .bind(now)
+        .bind(loaded_model)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        let event = insert_event(
+            &mut tx,
+            job.id,
+            job.last_seq,
+            EventKind::Started {
+                attempt: job.attempt as i64,
+                worker: worker.to_string(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((Lease { job, token }, event)))
+    }
+
+    async fn heartbeat(&self, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, StoreError> {
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = ? \
+             WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING cancel_requested",
+        )
+        .bind(now_ms() + ms(lease))
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&self.writer)
+        .await?;
+        cancel.map(|c| c != 0).ok_or(StoreError::LeaseLost(id))
+    }
+
+    async fn record(&self, id: Uuid, token: Uuid, kind: EventKind) -> Result<Event, StoreError> {
+        if kind.is_terminal() {
+            return Err(StoreError::Database("terminal events are recorded by complete/fail/cancel".into()));
+        }
+        let mut tx = self.writer.begin().await?;
+        let seq = next_seq_fenced(&mut tx, id, token).await?;
+        if let EventKind::Progress { step, total, .. } = &kind {
+            sqlx::query("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?")
+                .bind(step)
+                .bind(total)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let event = insert_event(&mut tx, id, seq, kind).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn complete(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        images: Vec<NewImage>,
+        timings: serde_json::Value,
+    ) -> Result<Vec<Event>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let last_seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'succeeded', finished_at = ?, timings = ?, lease_token = NULL, \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL \
+             WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
+        )
+        .bind(now)
+        .bind(timings.to_string())
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let mut events = Vec::with_capacity(images.len() + 1);
+        let mut summaries = Vec::with_capacity(images.len());
+        let mut seq = last_seq;
+        for image in images {
+            sqlx::query(
+                "INSERT INTO images (id, job_id, idx, object_key, seed, width, height, bytes, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(image.id.to_string())
+            .bind(id.to_string())
+            .bind(image.index)
+            .bind(&image.object_key)
+            .bind(image.seed)
+            .bind(image.width)
+            .bind(image.height)
+            .bind(image.bytes)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let summary = ImageSummary {
+                index: image.index,
+                id: image.id,
+                url: image.url,
+                seed: image.seed,
+            };
+            seq += 1;
+            events.push(insert_event(&mut tx, id, seq, EventKind::Image(summary.clone())).await?);
+            summaries.push(summary);
+        }
+        seq += 1;
+        events.push(
+            insert_event(&mut tx, id, seq, EventKind::Succeeded { images: summaries, timings }).await?,
+        );
+        sqlx::query("UPDATE jobs SET last_seq = ? WHERE id = ?")
+            .bind(seq)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn fail(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Event, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT attempt, max_attempts FROM jobs WHERE id = ? AND lease_token = ? AND status = 'running'",
+        )
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let attempt: i64 = row.try_get("attempt")?;
+        let max_attempts: i64 = row.try_get("max_attempts")?;
+        let retry_at = retry_after.filter(|_| attempt < max_attempts).map(|d| now + ms(d));
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET status = CASE WHEN ?1 IS NULL THEN 'failed' ELSE 'queued' END, \
+                    run_at = COALESCE(?1, run_at), finished_at = CASE WHEN ?1 IS NULL THEN ?2 END, \
+                    error = ?3, lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
+                    last_seq = last_seq + 1 \
+             WHERE id = ?4 RETURNING last_seq",
+        )
+        .bind(retry_at)
+        .bind(now)
+        .bind(error)
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = insert_event(
+            &mut tx,
+            id,
+            seq,
+            EventKind::Failed {
+                error: error.to_string(),
+                retrying: retry_at.is_some(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn cancel_running(&self, id: Uuid, token: Uuid) -> Result<Event, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'canceled', finished_at = ?, lease_token = NULL, \
+                    lease_expires_at = NULL, last_seq = last_seq + 1 \
+             WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
+        )
+        .bind(now_ms())
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let event = insert_event(&mut tx, id, seq, EventKind::Canceled).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn release(&self, id: Uuid, token: Uuid) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempt = MAX(attempt - 1, 0), lease_token = NULL, \
+                    lease_expires_at = NULL, worker = NULL, run_at = ?, progress_step = 0 \
+             WHERE id = ? AND lease_token = ? AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(id));
+        }
+        Ok(())
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let status = status.ok_or(StoreError::NotFound(id))?;
+        let status = JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
+        let outcome = match status {
+            JobStatus::Queued => {
+                let seq: i64 = sqlx::query_scalar(
+                    "UPDATE jobs SET status = 'canceled', finished_at = ?, last_seq = last_seq + 1 \
+                     WHERE id = ? AND status = 'queued' RETURNING last_seq",
+                )
+                .bind(now_ms())
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                CancelOutcome::Canceled(insert_event(&mut tx, id, seq, EventKind::Canceled).await?)
+            }
+            JobStatus::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested
+            }
+            terminal => return Err(StoreError::Conflict { id, status: terminal }),
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn rescue_expired(&self) -> Result<Vec<Event>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
+             WHERE status = 'running' AND lease_expires_at < ?",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = parse_uuid(row.try_get("id")?)?;
+            let attempt: i64 = row.try_get("attempt")?;
+            let max_attempts: i64 = row.try_get("max_attempts")?;
+            let canceled = row.try_get::<i64, _>("cancel_requested")? != 0;
+            let error = format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
+            let (status, kind) = if canceled {
+                ("canceled", EventKind::Canceled)
+            } else if attempt >= max_attempts {
+                ("failed", EventKind::Failed { error: error.clone(), retrying: false })
+            } else {
+                ("queued", EventKind::Failed { error: error.clone(), retrying: true })
+            };
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET status = ?, error = CASE WHEN ? = 'canceled' THEN error ELSE ? END, \
+                        lease_token = NULL, lease_expires_at = NULL, worker = NULL, run_at = ?, \
+                        finished_at = CASE WHEN ? = 'queued' THEN NULL ELSE ? END, \
+                        last_seq = last_seq + 1 \
+                 WHERE id = ? AND status = 'running' RETURNING last_seq",
+            )
+            .bind(status)
+            .bind(status)
+            .bind(&error)
+            .bind(now)
+            .bind(status)
+            .bind(now)
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            events.push(insert_event(&mut tx, id, seq, kind).await?);
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query("SELECT seq, body FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq")
+            .bind(id.to_string())
+            .bind(after_seq)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("body")?;
+                Ok(Event {
+                    job_id: id,
+                    seq: row.try_get("seq")?,
+                    kind: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM images WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(image_from_row).transpose()
+    }
+
+    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM images WHERE job_id = ? ORDER BY idx")
+            .bind(job_id.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(image_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! `JobStore`: everything the queue asks of a database, as one trait.
+//!
+//! Each backend (`sqlite.rs`, and Postgres in the distributed form) differs only in SQL.
+//! Every state change is one transaction that checks the state it expects, and every
+//! write about a running job is fenced by its lease token, so a worker that lost its
+//! lease cannot write. Methods return the events they recorded; `Queue` publishes them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{Event, EventKind, ImageRecord, Job, JobStatus, Lease, ListQuery, NewImage, NewJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    /// The lease token no longer matches: the job was rescued, finished or canceled.
+    #[error("lease on job {0} is no longer held")]
+    LeaseLost(Uuid),
+    #[error("job {id} is already {status}")]
+    Conflict { id: Uuid, status: JobStatus },
+    /// The database cannot be reached right now; callers answer 503 and retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+/// What `request_cancel` did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The job was queued and is now canceled.
+    Canceled(Event),
+    /// The job is running; its worker has been asked to stop.
+    Requested,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Inserts a queued job and its `queued` event.
+    async fn enqueue(&self, job: NewJob) -> Result<(Job, Event), StoreError>;
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+    /// 1-based place in line of a queued job; `None` if it is not queued.
+    async fn queue_position(&self, id: Uuid) -> Result<Option<i64>, StoreError>;
+
+    /// Claims the best claimable job, preferring `loaded_model` within a priority.
+    async fn claim(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<(Lease, Event)>, StoreError>;
+    /// Extends the lease; returns whether a cancel was requested.
+    async fn heartbeat(&self, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, StoreError>;
+    /// Appends a non-terminal event (progress) for a job we hold.
+    async fn record(&self, id: Uuid, token: Uuid, kind: EventKind) -> Result<Event, StoreError>;
+    /// Records the images and marks the job succeeded, all in one transaction.
+    async fn complete(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        images: Vec<NewImage>,
+        timings: serde_json::Value,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Fails the attempt: requeued after `retry_after` if attempts remain, else failed.
+    async fn fail(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Event, StoreError>;
+    /// The worker stopped a running job because a cancel was requested.
+    async fn cancel_running(&self, id: Uuid, token: Uuid) -> Result<Event, StoreError>;
+    /// Gives a running job back to the queue without counting the attempt (shutdown).
+    async fn release(&self, id: Uuid, token: Uuid) -> Result<(), StoreError>;
+
+    /// Cancels a queued job at once, or flags a running one.
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError>;
+    /// Requeues (or fails, after `max_attempts`) running jobs whose lease expired.
+    async fn rescue_expired(&self) -> Result<Vec<Event>, StoreError>;
+
+    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError>;
+    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError>;
+    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError>;
+    /// A cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,435 @@
+//! The worker: claims jobs, runs them through inference, stores the images, and reports
+//! every step. It is the only module that binds queue, inference and storage together.
+//!
+//! One job at a time per worker. For each job: a heartbeat task keeps the lease alive and
+//! watches for cancel requests; the denoising runs on a blocking thread and sends each
+//! step back over a channel; images are uploaded before the fenced commit, and deleted
+//! again if the commit finds the lease lost.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use candle_core::{DType, Device};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::inference::{self, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion};
+use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError};
+use crate::storage::png::{encode, PngMetadata};
+use crate::storage::ImageStore;
+
+/// How a worker behaves; the defaults suit the embedded deployment.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Shown in `started` events and the jobs table.
+    pub name: String,
+    pub lease: Duration,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_interval: Duration,
+    /// First retry delay of a transient failure; doubles per attempt.
+    pub retry_base: Duration,
+    /// After a shutdown signal, how long the current job may run before it is released.
+    pub grace: Duration,
+    /// Where `tiny` and other generated models live.
+    pub models_dir: PathBuf,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl WorkerConfig {
+    pub fn new(models_dir: PathBuf) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        Self {
+            name: format!("{host}-{}-{}", std::process::id(), &Uuid::new_v4().simple().to_string()[..6]),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            retry_base: Duration::from_secs(1),
+            grace: Duration::from_secs(30),
+            models_dir,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Keeps the most recently used model loaded.
+struct Engine {
+    loaded: Mutex<Option<(String, Arc<StableDiffusion>)>>,
+    models_dir: PathBuf,
+    device: Device,
+    dtype: DType,
+}
+
+impl Engine {
+    fn loaded_model(&self) -> Option<String> {
+        self.loaded.lock().expect("engine lock").as_ref().map(|(n, _)| n.clone())
+    }
+
+    /// Blocking: resolves and loads `model` unless it is the one already loaded.
+    fn get(&self, model: &str) -> Result<Arc<StableDiffusion>, InferenceError> {
+        if let Some((name, sd)) = self.loaded.lock().expect("engine lock").as_ref() {
+            if name == model {
+                return Ok(sd.clone());
+            }
+        }
+        // Drop the old model before loading the next, so two never share memory.
+        *self.loaded.lock().expect("engine lock") = None;
+        let folder = inference::hub::resolve(model, &self.models_dir)?;
+        let sd = Arc::new(StableDiffusion::load(&folder, &self.device, self.dtype)?);
+        *self.loaded.lock().expect("engine lock") = Some((model.to_string(), sd.clone()));
+        Ok(sd)
+    }
+}
+
+/// Why a running generation was asked to stop.
+#[derive(Default)]
+struct StopFlags {
+    cancel: AtomicBool,
+    lease_lost: AtomicBool,
+    release: AtomicBool,
+}
+
+impl StopFlags {
+    fn any(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+            || self.lease_lost.load(Ordering::Relaxed)
+            || self.release.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Worker {
+    queue: Queue,
+    images: ImageStore,
+    config: WorkerConfig,
+    engine: Arc<Engine>,
+    current: Arc<Mutex<Option<(Uuid, Arc<StopFlags>)>>>,
+}
+
+/// Converts a stored spec into an inference request.
+pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceError> {
+    let scheduler = SchedulerKind::parse(&spec.scheduler)
+        .ok_or_else(|| InferenceError::InvalidRequest(format!("unknown scheduler '{}'", spec.scheduler)))?;
+    let long_prompt = serde_json::from_value(serde_json::Value::String(spec.long_prompt.clone()))
+        .map_err(|_| InferenceError::InvalidRequest(format!("unknown long_prompt '{}'", spec.long_prompt)))?;
+    Ok(GenerateRequest {
+        prompt: spec.prompt.clone(),
+        negative_prompt: spec.negative_prompt.clone(),
+        width: spec.width as usize,
+        height: spec.height as usize,
+        steps: spec.steps as usize,
+        guidance_scale: spec.guidance_scale,
+        seed: spec.seed,
+        scheduler,
+        num_images: spec.num_images as usize,
+        long_prompt,
+    })
+}
+
+/// The PNG metadata of image `index` of a job.
+pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngMetadata {
+    PngMetadata {
+        prompt: spec.prompt.clone(),
+        negative_prompt: spec.negative_prompt.clone(),
+        steps: spec.steps,
+        sampler: scheduler.a1111_name().to_string(),
+        guidance_scale: spec.guidance_scale,
+        seed,
+        width: spec.width,
+        height: spec.height,
+        model: spec.model.clone(),
+        spec: serde_json::to_value(JobSpec { seed, num_images: 1, ..spec.clone() }).unwrap_or_default(),
+    }
+}
+
+/// What the blocking half of a job hands back.
+struct Rendered {
+    pngs: Vec<(u64, Vec<u8>)>,
+    load_ms: u64,
+    inference_ms: u64,
+    encode_ms: u64,
+}
+
+impl Worker {
+    pub fn new(queue: Queue, images: ImageStore, config: WorkerConfig) -> Self {
+        let engine = Arc::new(Engine {
+            loaded: Mutex::new(None),
+            models_dir: config.models_dir.clone(),
+            device: config.device.clone(),
+            dtype: config.dtype,
+        });
+        Self {
+            queue,
+            images,
+            config,
+            engine,
+            current: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Claims and runs jobs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(worker = %self.config.name, "worker started");
+        self.spawn_cancel_listener();
+        let mut wakeups = match self.queue.bus.new_jobs().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no wake-ups; polling only");
+                None
+            }
+        };
+        while !*shutdown.borrow() {
+            let loaded = self.engine.loaded_model();
+            match self.queue.claim(&self.config.name, loaded.as_deref(), self.config.lease).await {
+                Ok(Some(lease)) => {
+                    let span = tracing::info_span!("job", job_id = %lease.job.id, attempt = lease.job.attempt);
+                    self.process(lease, shutdown.clone()).instrument(span).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "claim failed; will retry"),
+            }
+            let wake = async {
+                match wakeups.as_mut() {
+                    Some(s) => {
+                        s.next().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!(worker = %self.config.name, "worker stopped");
+    }
+
+    /// Routes cancel signals from the bus to the job this worker is running.
+    fn spawn_cancel_listener(&self) {
+        let bus = self.queue.bus.clone();
+        let current = self.current.clone();
+        tokio::spawn(async move {
+            let Ok(mut cancels) = bus.cancels().await else {
+                tracing::warn!("no cancel signals from the bus; heartbeats will carry them");
+                return;
+            };
+            while let Some(id) = cancels.next().await {
+                if let Some((running, flags)) = current.lock().expect("current lock").as_ref() {
+                    if *running == id {
+                        flags.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+
+    async fn process(&self, lease: Lease, mut shutdown: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let job = lease.job.clone();
+        tracing::info!(model = %job.spec.model, steps = job.spec.steps, "job claimed");
+        let request = match generate_request(&job.spec) {
+            Ok(r) => r,
+            Err(e) => return self.finish_failed(&lease, &e.to_string(), None).await,
+        };
+        let flags = Arc::new(StopFlags::default());
+        flags.cancel.store(job.cancel_requested, Ordering::Relaxed);
+        *self.current.lock().expect("current lock") = Some((job.id, flags.clone()));
+
+        let heartbeat = tokio::spawn(heartbeat_loop(self.queue.clone(), lease.clone(), self.config.lease, flags.clone()));
+        let (steps_tx, mut steps_rx) = mpsc::unbounded_channel::<inference::StepProgress>();
+        let reporter = {
+            let queue = self.queue.clone();
+            let lease = lease.clone();
+            let flags = flags.clone();
+            tokio::spawn(async move {
+                while let Some(p) = steps_rx.recv().await {
+                    let per_step = p.elapsed_ms / p.step.max(1) as u64;
+                    let kind = EventKind::Progress {
+                        step: p.step as i64,
+                        total: p.total as i64,
+                        elapsed_ms: p.elapsed_ms as i64,
+                        eta_ms: (per_step * (p.total - p.step) as u64) as i64,
+                    };
+                    match queue.record(&lease, kind).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost(_)) => flags.lease_lost.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "progress not recorded"),
+                    }
+                }
+            })
+        };
+
+        let blocking = {
+            let engine = self.engine.clone();
+            let flags = flags.clone();
+            let spec = job.spec.clone();
+            tokio::task::spawn_blocking(move || render(&engine, &spec, &request, &flags, steps_tx))
+        };
+        tokio::pin!(blocking);
+        let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let outcome = loop {
+            tokio::select! {
+                result = &mut blocking => break result,
+                _ = shutdown.changed(), if grace.is_none() => {
+                    if *shutdown.borrow() {
+                        tracing::info!(grace_s = self.config.grace.as_secs(), "shutting down; finishing the current job");
+                        grace = Some(Box::pin(tokio::time::sleep(self.config.grace)));
+                    }
+                }
+                _ = async { grace.as_mut().expect("guarded").await }, if grace.is_some() => {
+                    flags.release.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        let _ = reporter.await;
+        heartbeat.abort();
+        *self.current.lock().expect("current lock") = None;
+
+        if flags.lease_lost.load(Ordering::Relaxed) {
+            tracing::warn!("lease lost; dropping this attempt's results");
+            return;
+        }
+        match outcome {
+            Ok(Ok(rendered)) => self.finish_succeeded(&lease, rendered, started).await,
+            Ok(Err(InferenceError::Canceled)) if flags.release.load(Ordering::Relaxed) => {
+                match self.queue.release(&lease).await {
+                    Ok(()) => tracing::info!("job released back to the queue"),
+                    Err(e) => tracing::warn!(error = %e, "release failed; the rescuer will requeue it"),
+                }
+            }
+            Ok(Err(InferenceError::Canceled)) => match self.queue.cancel_running(&lease).await {
+                Ok(()) => tracing::info!("job canceled"),
+                Err(e) => tracing::warn!(error = %e, "could not record cancel"),
+            },
+            Ok(Err(e)) => {
+                let retry = (!e.is_permanent()).then(|| crate::queue::retry::backoff(job.attempt, self.config.retry_base));
+                self.finish_failed(&lease, &e.to_string(), retry).await
+            }
+            Err(join) => {
+                let retry = Some(crate::queue::retry::backoff(job.attempt, self.config.retry_base));
+                self.finish_failed(&lease, &format!("inference crashed: {join}"), retry).await
+            }
+        }
+    }
+
+    async fn finish_failed(&self, lease: &Lease, error: &str, retry: Option<Duration>) {
+        tracing::warn!(error, retrying = retry.is_some(), "job attempt failed");
+        if let Err(e) = self.queue.fail(lease, error, retry).await {
+            tracing::warn!(error = %e, "could not record failure");
+        }
+    }
+
+    /// Uploads first, then commits the job and its image rows in one fenced transaction;
+    /// if that commit loses, the uploads are orphans and are deleted.
+    async fn finish_succeeded(&self, lease: &Lease, rendered: Rendered, started: Instant) {
+        let job_id = lease.job.id;
+        let upload_started = Instant::now();
+        let mut uploaded: Vec<NewImage> = Vec::with_capacity(rendered.pngs.len());
+        for (index, (seed, png)) in rendered.pngs.into_iter().enumerate() {
+            let id = Uuid::now_v7();
+            let key = ImageStore::key_for(job_id, id);
+            let bytes = png.len() as i64;
+            if let Err(e) = self.images.put(&key, Bytes::from(png)).await {
+                self.delete_objects(&uploaded).await;
+                let retry = Some(crate::queue::retry::backoff(lease.job.attempt, self.config.retry_base));
+                return self.finish_failed(lease, &format!("storing image failed: {e}"), retry).await;
+            }
+            uploaded.push(NewImage {
+                id,
+                index: index as i64,
+                object_key: key,
+                url: format!("/v1/images/{id}"),
+                seed: seed as i64,
+                width: lease.job.spec.width as i64,
+                height: lease.job.spec.height as i64,
+                bytes,
+            });
+        }
+        let timings = serde_json::json!({
+            "load_ms": rendered.load_ms,
+            "inference_ms": rendered.inference_ms,
+            "encode_ms": rendered.encode_ms,
+            "upload_ms": upload_started.elapsed().as_millis() as u64,
+            "total_ms": started.elapsed().as_millis() as u64,
+        });
+        match self.queue.complete(lease, uploaded.clone(), timings).await {
+            Ok(()) => tracing::info!(images = uploaded.len(), ms = started.elapsed().as_millis() as u64, "job succeeded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "completion not recorded; deleting this attempt's images");
+                self.delete_objects(&uploaded).await;
+            }
+        }
+    }
+
+    async fn delete_objects(&self, images: &[NewImage]) {
+        for image in images {
+            if let Err(e) = self.images.delete(&image.object_key).await {
+                tracing::warn!(key = %image.object_key, error = %e, "orphan image not deleted");
+            }
+        }
+    }
+}
+
+/// The blocking half of a job: load, denoise, encode.
+fn render(
+    engine: &Engine,
+    spec: &JobSpec,
+    request: &GenerateRequest,
+    flags: &StopFlags,
+    steps: mpsc::UnboundedSender<inference::StepProgress>,
+) -> Result<Rendered, InferenceError> {
+    let t0 = Instant::now();
+    let sd = engine.get(&spec.model)?;
+    let load_ms = t0.elapsed().as_millis() as u64;
+    let t1 = Instant::now();
+    let images = sd.generate(request, &mut |p| {
+        let _ = steps.send(p);
+        if flags.any() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let inference_ms = t1.elapsed().as_millis() as u64;
+    let t2 = Instant::now();
+    let pngs = images
+        .into_iter()
+        .map(|img| {
+            let meta = png_metadata(spec, request.scheduler, img.seed);
+            encode(img.width as u32, img.height as u32, &img.rgb, &meta)
+                .map(|png| (img.seed, png))
+                .map_err(|e| InferenceError::InvalidRequest(format!("PNG encoding failed: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rendered {
+        pngs,
+        load_ms,
+        inference_ms,
+        encode_ms: t2.elapsed().as_millis() as u64,
+    })
+}
+
+/// Renews the lease every third of its length; flags a lost lease or a cancel request.
+async fn heartbeat_loop(queue: Queue, lease: Lease, length: Duration, flags: Arc<StopFlags>) {
+    let mut ticker = tokio::time::interval(length / 3);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match queue.store.heartbeat(lease.job.id, lease.token, length).await {
+            Ok(true) => flags.cancel.store(true, Ordering::Relaxed),
+            Ok(false) => {}
+            Err(StoreError::LeaseLost(_)) => {
+                flags.lease_lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
