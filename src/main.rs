@@ -1,1 +1,5 @@
-fn main() {}
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    sdq::cli::run(sdq::cli::Cli::parse())
+}

@@ -1,0 +1,149 @@
+//! `GET /v1/jobs/{id}/events`: the SSE stream of one job.
+//!
+//! Order of operations, which is what makes the stream gap-free: subscribe to the bus
+//! first, then replay the job's stored events after `Last-Event-ID` (the snapshot), then
+//! forward live events with a larger `seq`. A gap in the live `seq`s, a lagged channel or
+//! a lost bus all fall back to reading the store, which holds every event. The stream
+//! closes after the terminal event.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::jobs::parse_id;
+use super::{ApiError, AppState};
+use crate::queue::{BusMessage, Event, Queue};
+
+/// How often the store is re-read while live events flow (a safety net), and while the
+/// bus is unavailable (the only source).
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = parse_id(&id, "job")?;
+    state.queue.store.get(id).await?.ok_or(ApiError::NotFound("job"))?;
+    let last_seen = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "Last-Event-ID must be a non-negative integer"))?,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(forward(state.queue.clone(), id, last_seen, tx));
+    let stream = ReceiverStream::new(rx).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.name())
+        .data(serde_json::to_string(event).unwrap_or_default())
+}
+
+/// Where the stream stands.
+enum Next {
+    Continue,
+    /// The terminal event was sent, or the client went away.
+    Done,
+}
+
+struct Forwarder {
+    queue: Queue,
+    id: Uuid,
+    last: i64,
+    tx: mpsc::Sender<SseEvent>,
+}
+
+impl Forwarder {
+    async fn send(&mut self, event: &Event) -> Next {
+        if event.seq <= self.last {
+            return Next::Continue;
+        }
+        if self.tx.send(to_sse(event)).await.is_err() {
+            return Next::Done;
+        }
+        self.last = event.seq;
+        if event.kind.is_terminal() {
+            Next::Done
+        } else {
+            Next::Continue
+        }
+    }
+
+    /// Sends every stored event after `last`; finishes if the job is over.
+    async fn catch_up(&mut self) -> Next {
+        let events = match self.queue.store.events_after(self.id, self.last).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(job_id = %self.id, error = %e, "cannot read events; will retry");
+                return Next::Continue;
+            }
+        };
+        for event in &events {
+            if let Next::Done = self.send(event).await {
+                return Next::Done;
+            }
+        }
+        if events.is_empty() {
+            // A client that resumes after the terminal event has nothing left to receive.
+            if let Ok(Some(job)) = self.queue.store.get(self.id).await {
+                if job.status.is_terminal() && job.last_seq <= self.last {
+                    return Next::Done;
+                }
+            }
+        }
+        Next::Continue
+    }
+}
+
+async fn forward(queue: Queue, id: Uuid, last: i64, tx: mpsc::Sender<SseEvent>) {
+    let mut live = match queue.bus.subscribe(id).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "event bus unavailable; polling the job");
+            None
+        }
+    };
+    let mut f = Forwarder { queue, id, last, tx };
+    if let Next::Done = f.catch_up().await {
+        return;
+    }
+    let mut poll = tokio::time::interval(if live.is_some() { SAFETY_POLL } else { FALLBACK_POLL });
+    poll.tick().await;
+    loop {
+        let next = tokio::select! {
+            message = async { live.as_mut().expect("guarded").next().await }, if live.is_some() => {
+                match message {
+                    Some(BusMessage::Event(event)) if event.seq <= f.last + 1 => f.send(&event).await,
+                    // A gap or a lag: the store has what we missed.
+                    Some(BusMessage::Event(_)) | Some(BusMessage::Lagged) => f.catch_up().await,
+                    None => {
+                        live = None;
+                        poll = tokio::time::interval(FALLBACK_POLL);
+                        f.catch_up().await
+                    }
+                }
+            }
+            _ = poll.tick() => f.catch_up().await,
+            _ = f.tx.closed() => Next::Done,
+        };
+        if let Next::Done = next {
+            return;
+        }
+    }
+}

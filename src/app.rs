@@ -1,0 +1,122 @@
+//! Wiring: builds the store, bus, image store, workers, rescuer and API from the config,
+//! and runs them under one shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiSettings, AppState, Limits};
+use crate::config::{Config, ServeConfig};
+use crate::queue::{local_bus::LocalBus, rescuer, sqlite::SqliteStore, Queue};
+use crate::storage::ImageStore;
+use crate::worker::{Worker, WorkerConfig};
+
+/// A running `sdq serve`: API, workers and rescuer in one process.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops claiming, lets running jobs finish (or releases them after the grace period),
+    /// and waits for everything to stop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves when the process should stop (used with `shutdown`).
+    pub fn trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the configured job store.
+pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
+    let url = config.database_url();
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!("unsupported database URL '{url}': this build supports sqlite:// only");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store = SqliteStore::open(&url)
+        .await
+        .with_context(|| format!("cannot open job database {url}"))?;
+    Ok(Queue::new(Arc::new(store), Arc::new(LocalBus::new())))
+}
+
+/// Starts everything and returns once the API is listening.
+pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Running> {
+    if !serve.bind.ip().is_loopback() && !serve.allow_unauthenticated {
+        anyhow::bail!(
+            "refusing to serve on {} without API keys; bind a loopback address or pass \
+             --allow-unauthenticated if a proxy in front of sdq authenticates requests",
+            serve.bind
+        );
+    }
+    let queue = open_queue(config).await?;
+    let images = ImageStore::open(&config.object_store()).context("cannot open the image store")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    tasks.push(tokio::spawn(rescuer::run(queue.clone(), serve.rescue_interval(), shutdown_rx.clone())));
+    for _ in 0..serve.workers {
+        let mut wc = WorkerConfig::new(config.models_dir());
+        wc.lease = serve.lease();
+        wc.retry_base = serve.retry_base();
+        wc.grace = serve.grace();
+        wc.poll_interval = serve.lease().min(wc.poll_interval);
+        let worker = Worker::new(queue.clone(), images.clone(), wc);
+        tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
+    }
+
+    let mut models = vec![config.model.clone()];
+    models.extend(serve.allow_models.iter().cloned());
+    let state = AppState {
+        queue,
+        images,
+        settings: Arc::new(ApiSettings {
+            default_model: config.model.clone(),
+            models,
+            limits: Limits::default(),
+            max_attempts: serve.max_attempts,
+        }),
+    };
+    let listener = TcpListener::bind(serve.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", serve.bind))?;
+    let addr = listener.local_addr()?;
+    let mut api_shutdown = shutdown_rx.clone();
+    let mut deadline = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let signal = async move {
+            let _ = api_shutdown.wait_for(|stop| *stop).await;
+        };
+        // Open SSE streams would hold a graceful shutdown forever; give them a few seconds.
+        let forced = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        };
+        tokio::select! {
+            result = api::serve(listener, state, signal) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            }
+            _ = forced => {}
+        }
+    }));
+    tracing::info!(%addr, "sdq listening");
+    Ok(Running {
+        addr,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}

@@ -1,0 +1,269 @@
+//! The `sdq` command line: one binary for every role.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{Config, ServeConfig};
+use crate::inference::tokenizer::LongPrompt;
+use crate::inference::{hub, tiny, GenerateRequest, SchedulerKind, StableDiffusion};
+use crate::queue::JobSpec;
+use crate::storage::png::encode;
+use crate::worker::png_metadata;
+
+#[derive(Debug, Parser)]
+#[command(name = "sdq", version, about = "Stable Diffusion job service: REST jobs, a durable queue, Candle inference, SSE progress")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// API and worker in one process (embedded defaults: SQLite, local files, in-process events).
+    Serve(ServeConfig),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Generate images locally, without a server.
+    Generate(GenerateArgs),
+    /// Write a small random-initialised model in diffusers layout (offline tests and demos).
+    TinyModel {
+        /// Folder to write (must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = tiny::DEFAULT_SEED)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// Steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// ddim, euler or euler-a.
+    #[arg(long, default_value = "euler-a")]
+    pub scheduler: String,
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    #[arg(long, value_enum, default_value_t = LongPrompt::Chunk)]
+    pub long_prompt: LongPrompt,
+    /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
+    #[arg(long, default_value = "torch-cpu")]
+    pub rng: String,
+    /// cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Output PNG; with several images, OUT-0.png, OUT-1.png, ...
+    #[arg(short, long, default_value = "sdq.png")]
+    pub output: PathBuf,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let default_level = match cli.command {
+        Command::Generate(_) | Command::TinyModel { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(serve) => runtime()?.block_on(serve_until_signal(cli.config, serve)),
+        Command::Migrate => runtime()?.block_on(async {
+            crate::app::open_queue(&cli.config).await?;
+            println!("migrations applied to {}", cli.config.database_url());
+            Ok(())
+        }),
+        Command::Generate(args) => generate(&cli.config, args),
+        Command::TinyModel { out, seed } => {
+            if out.exists() {
+                bail!("{} already exists", out.display());
+            }
+            tiny::write(&out, seed).with_context(|| format!("writing the tiny model to {}", out.display()))?;
+            println!("wrote tiny model (seed {seed}) to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn serve_until_signal(config: Config, serve: ServeConfig) -> anyhow::Result<()> {
+    let running = crate::app::start(&config, &serve).await?;
+    println!("sdq serving on http://{} (model {}, data in {})", running.addr, config.model, config.data_dir.display());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Parses `--device`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Ok(Device::new_metal(0)?),
+        cuda if cuda.starts_with("cuda") => {
+            let index = cuda.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
+            Ok(Device::new_cuda(index)?)
+        }
+        other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("unknown dtype '{other}' (f32, f16, bf16)"),
+    }
+}
+
+fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return base.to_path_buf();
+    }
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("sdq");
+    let ext = base.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    base.with_file_name(format!("{stem}-{index}.{ext}"))
+}
+
+fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
+    if args.rng != "torch-cpu" {
+        bail!("unknown --rng '{}' (torch-cpu)", args.rng);
+    }
+    let scheduler = SchedulerKind::parse(&args.scheduler)
+        .with_context(|| format!("unknown scheduler '{}' (ddim, euler, euler-a)", args.scheduler))?;
+    if args.num_images == 0 {
+        bail!("--num-images must be at least 1");
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let defaults = hub::known(&config.model);
+    let request = GenerateRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.width.unwrap_or(defaults.map_or(512, |d| d.default_width)),
+        height: args.height.unwrap_or(defaults.map_or(512, |d| d.default_height)),
+        steps: args.steps.unwrap_or(defaults.map_or(30, |d| d.default_steps)),
+        guidance_scale: args.guidance_scale.unwrap_or(defaults.map_or(7.5, |d| d.default_guidance)),
+        seed: args.seed,
+        scheduler,
+        num_images: args.num_images,
+        long_prompt: args.long_prompt,
+    };
+
+    let t_load = Instant::now();
+    let folder = hub::resolve(&config.model, &config.models_dir())?;
+    let sd = StableDiffusion::load(&folder, &device, dtype)?;
+    let load = t_load.elapsed();
+
+    let bar = ProgressBar::new(request.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let t_gen = Instant::now();
+    let images = sd.generate(&request, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.step as u64);
+        ControlFlow::Continue(())
+    })?;
+    bar.finish_and_clear();
+    let gen = t_gen.elapsed();
+
+    let spec = JobSpec {
+        prompt: request.prompt.clone(),
+        negative_prompt: request.negative_prompt.clone(),
+        model: config.model.clone(),
+        width: request.width as u32,
+        height: request.height as u32,
+        steps: request.steps as u32,
+        guidance_scale: request.guidance_scale,
+        seed: request.seed,
+        scheduler: scheduler.name().into(),
+        num_images: request.num_images as u32,
+        long_prompt: serde_json::to_value(request.long_prompt)?.as_str().unwrap_or("chunk").into(),
+    };
+    let count = images.len();
+    for (i, image) in images.iter().enumerate() {
+        let path = output_path(&args.output, i, count);
+        let png = encode(image.width as u32, image.height as u32, &image.rgb, &png_metadata(&spec, scheduler, image.seed))?;
+        std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    let per_step = gen.as_secs_f64() * 1000.0 / request.steps.max(1) as f64;
+    eprintln!(
+        "{count} image(s) {}x{} in {:.2}s ({:.1} ms/step, model load {:.2}s) on {}",
+        request.width,
+        request.height,
+        gen.as_secs_f64(),
+        per_step,
+        load.as_secs_f64(),
+        args.device
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_images_get_numbered_names() {
+        assert_eq!(output_path(Path::new("out.png"), 0, 1), PathBuf::from("out.png"));
+        assert_eq!(output_path(Path::new("dir/out.png"), 1, 2), PathBuf::from("dir/out-1.png"));
+    }
+}

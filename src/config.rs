@@ -1,0 +1,96 @@
+//! Settings shared by the commands: where data lives and how the pieces are tuned.
+//!
+//! Every option is a flag and an `SDQ_*` environment variable; the defaults are the
+//! embedded deployment (everything under `--data-dir`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Options every long-running command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Folder for the SQLite database, images and generated models.
+    #[arg(long, env = "SDQ_DATA_DIR", default_value = "./sdq-data", global = true)]
+    pub data_dir: PathBuf,
+    /// Job database (default: sqlite://DATA_DIR/sdq.db).
+    #[arg(long, env = "SDQ_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Image store: file:///path or a directory (default: DATA_DIR/images).
+    #[arg(long, env = "SDQ_OBJECT_STORE", global = true)]
+    pub object_store: Option<String>,
+    /// Default model: a known name (tiny, sd-turbo, v1-5, v2-1), a hub repo id or a folder.
+    #[arg(long, env = "SDQ_MODEL", default_value = "sd-turbo", global = true)]
+    pub model: String,
+}
+
+impl Config {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sdq.db").display()))
+    }
+
+    pub fn object_store(&self) -> String {
+        self.object_store
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images").display().to_string())
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
+}
+
+/// Options of `sdq serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "SDQ_BIND", default_value = "127.0.0.1:7860")]
+    pub bind: SocketAddr,
+    /// Worker loops in this process (0: API only).
+    #[arg(long, env = "SDQ_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Seconds a claimed job's lease lasts without a heartbeat.
+    #[arg(long, env = "SDQ_LEASE_SECS", default_value_t = 30.0)]
+    pub lease_secs: f64,
+    /// Seconds between rescuer passes.
+    #[arg(long, env = "SDQ_RESCUE_SECS", default_value_t = 5.0)]
+    pub rescue_secs: f64,
+    /// Attempts a job gets before it fails for good.
+    #[arg(long, env = "SDQ_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Seconds of the first retry delay (doubles per attempt).
+    #[arg(long, env = "SDQ_RETRY_BASE_SECS", default_value_t = 1.0)]
+    pub retry_base_secs: f64,
+    /// Seconds a running job may take to finish after SIGTERM before it is released.
+    #[arg(long, env = "SDQ_GRACE_SECS", default_value_t = 30.0)]
+    pub grace_secs: f64,
+    /// Extra model ids requests may name besides the default.
+    #[arg(long = "allow-model", env = "SDQ_ALLOW_MODELS", value_delimiter = ',')]
+    pub allow_models: Vec<String>,
+    /// Serve on a non-loopback address without API keys (keys are not implemented yet).
+    #[arg(long, env = "SDQ_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+}
+
+impl ServeConfig {
+    pub fn lease(&self) -> Duration {
+        secs(self.lease_secs)
+    }
+    pub fn rescue_interval(&self) -> Duration {
+        secs(self.rescue_secs)
+    }
+    pub fn retry_base(&self) -> Duration {
+        secs(self.retry_base_secs)
+    }
+    pub fn grace(&self) -> Duration {
+        secs(self.grace_secs)
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+}
