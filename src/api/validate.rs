@@ -16,7 +16,10 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_side: u32,
+    /// Per image: bounds VAE attention memory, which grows with the square of the area.
     pub max_pixels: u64,
+    /// Per job, all images together.
+    pub max_batch_pixels: u64,
     pub max_steps: u32,
     pub max_images: u32,
     pub max_prompt_chars: usize,
@@ -26,7 +29,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_side: 2048,
-            max_pixels: 1024 * 1024 * 4,
+            max_pixels: 1024 * 1024,
+            max_batch_pixels: 4 * 1024 * 1024,
             max_steps: 150,
             max_images: 8,
             max_prompt_chars: 4000,
@@ -146,6 +150,12 @@ impl SubmitRequest {
             return Err(ApiError::invalid(
                 "width",
                 format!("width × height must be at most {} pixels", limits.max_pixels),
+            ));
+        }
+        if (width as u64) * (height as u64) * num_images as u64 > limits.max_batch_pixels {
+            return Err(ApiError::invalid(
+                "num_images",
+                format!("num_images × width × height must be at most {} pixels", limits.max_batch_pixels),
             ));
         }
         let steps = self.steps.unwrap_or(defaults.map_or(30, |d| d.default_steps as u32));

@@ -60,7 +60,7 @@ impl ImageStore {
 
     /// The key of image `index` of `job`: one folder per job keeps a job's images together.
     pub fn key_for(job: Uuid, image: Uuid) -> String {
-        format!("images/{job}/{image}.png")
+        format!("{job}/{image}.png")
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
