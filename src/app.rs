@@ -66,7 +66,11 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Runni
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    tasks.push(tokio::spawn(rescuer::run(queue.clone(), serve.rescue_interval(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(rescuer::run(
+        queue.clone(),
+        serve.rescue_interval(),
+        shutdown_rx.clone(),
+    )));
     for _ in 0..serve.workers {
         let mut wc = WorkerConfig::new(config.models_dir());
         wc.lease = serve.lease();

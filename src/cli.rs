@@ -17,7 +17,11 @@ use crate::storage::png::encode;
 use crate::worker::png_metadata;
 
 #[derive(Debug, Parser)]
-#[command(name = "sdq", version, about = "Stable Diffusion job service: REST jobs, a durable queue, Candle inference, SSE progress")]
+#[command(
+    name = "sdq",
+    version,
+    about = "Stable Diffusion job service: REST jobs, a durable queue, Candle inference, SSE progress"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
@@ -106,7 +110,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if out.exists() {
                 bail!("{} already exists", out.display());
             }
-            tiny::write(&out, seed).with_context(|| format!("writing the tiny model to {}", out.display()))?;
+            tiny::write(&out, seed)
+                .with_context(|| format!("writing the tiny model to {}", out.display()))?;
             println!("wrote tiny model (seed {seed}) to {}", out.display());
             Ok(())
         }
@@ -114,12 +119,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn serve_until_signal(config: Config, serve: ServeConfig) -> anyhow::Result<()> {
     let running = crate::app::start(&config, &serve).await?;
-    println!("sdq serving on http://{} (model {}, data in {})", running.addr, config.model, config.data_dir.display());
+    println!(
+        "sdq serving on http://{} (model {}, data in {})",
+        running.addr,
+        config.model,
+        config.data_dir.display()
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
@@ -153,7 +165,11 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "metal" => Ok(Device::new_metal(0)?),
         cuda if cuda.starts_with("cuda") => {
-            let index = cuda.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
+            let index = cuda
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(0);
             Ok(Device::new_cuda(index)?)
         }
         other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
@@ -183,8 +199,12 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     if args.rng != "torch-cpu" {
         bail!("unknown --rng '{}' (torch-cpu)", args.rng);
     }
-    let scheduler = SchedulerKind::parse(&args.scheduler)
-        .with_context(|| format!("unknown scheduler '{}' (ddim, euler, euler-a)", args.scheduler))?;
+    let scheduler = SchedulerKind::parse(&args.scheduler).with_context(|| {
+        format!(
+            "unknown scheduler '{}' (ddim, euler, euler-a)",
+            args.scheduler
+        )
+    })?;
     if args.num_images == 0 {
         bail!("--num-images must be at least 1");
     }
@@ -194,10 +214,18 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        width: args.width.unwrap_or(defaults.map_or(512, |d| d.default_width)),
-        height: args.height.unwrap_or(defaults.map_or(512, |d| d.default_height)),
-        steps: args.steps.unwrap_or(defaults.map_or(30, |d| d.default_steps)),
-        guidance_scale: args.guidance_scale.unwrap_or(defaults.map_or(7.5, |d| d.default_guidance)),
+        width: args
+            .width
+            .unwrap_or(defaults.map_or(512, |d| d.default_width)),
+        height: args
+            .height
+            .unwrap_or(defaults.map_or(512, |d| d.default_height)),
+        steps: args
+            .steps
+            .unwrap_or(defaults.map_or(30, |d| d.default_steps)),
+        guidance_scale: args
+            .guidance_scale
+            .unwrap_or(defaults.map_or(7.5, |d| d.default_guidance)),
         seed: args.seed,
         scheduler,
         num_images: args.num_images,
@@ -211,9 +239,11 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
 
     let bar = ProgressBar::new(request.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{bar:30}] step {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let t_gen = Instant::now();
     let images = sd.generate(&request, &mut |p| {
@@ -235,12 +265,20 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         seed: request.seed,
         scheduler: scheduler.name().into(),
         num_images: request.num_images as u32,
-        long_prompt: serde_json::to_value(request.long_prompt)?.as_str().unwrap_or("chunk").into(),
+        long_prompt: serde_json::to_value(request.long_prompt)?
+            .as_str()
+            .unwrap_or("chunk")
+            .into(),
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {
         let path = output_path(&args.output, i, count);
-        let png = encode(image.width as u32, image.height as u32, &image.rgb, &png_metadata(&spec, scheduler, image.seed))?;
+        let png = encode(
+            image.width as u32,
+            image.height as u32,
+            &image.rgb,
+            &png_metadata(&spec, scheduler, image.seed),
+        )?;
         std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
@@ -263,7 +301,13 @@ mod tests {
 
     #[test]
     fn several_images_get_numbered_names() {
-        assert_eq!(output_path(Path::new("out.png"), 0, 1), PathBuf::from("out.png"));
-        assert_eq!(output_path(Path::new("dir/out.png"), 1, 2), PathBuf::from("dir/out-1.png"));
+        assert_eq!(
+            output_path(Path::new("out.png"), 0, 1),
+            PathBuf::from("out.png")
+        );
+        assert_eq!(
+            output_path(Path::new("dir/out.png"), 1, 2),
+            PathBuf::from("dir/out-1.png")
+        );
     }
 }

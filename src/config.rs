@@ -13,7 +13,12 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Folder for the SQLite database, images and generated models.
-    #[arg(long, env = "SDQ_DATA_DIR", default_value = "./sdq-data", global = true)]
+    #[arg(
+        long,
+        env = "SDQ_DATA_DIR",
+        default_value = "./sdq-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Job database (default: sqlite://DATA_DIR/sdq.db).
     #[arg(long, env = "SDQ_DATABASE_URL", global = true)]

@@ -46,7 +46,11 @@ impl WorkerConfig {
     pub fn new(models_dir: PathBuf) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
-            name: format!("{host}-{}-{}", std::process::id(), &Uuid::new_v4().simple().to_string()[..6]),
+            name: format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                &Uuid::new_v4().simple().to_string()[..6]
+            ),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             retry_base: Duration::from_secs(1),
@@ -68,7 +72,11 @@ struct Engine {
 
 impl Engine {
     fn loaded_model(&self) -> Option<String> {
-        self.loaded.lock().expect("engine lock").as_ref().map(|(n, _)| n.clone())
+        self.loaded
+            .lock()
+            .expect("engine lock")
+            .as_ref()
+            .map(|(n, _)| n.clone())
     }
 
     /// Blocking: resolves and loads `model` unless it is the one already loaded.
@@ -103,20 +111,26 @@ impl StopFlags {
     }
 }
 
+/// The job this worker is running and how to stop it (reached from the cancel listener).
+type CurrentJob = Arc<Mutex<Option<(Uuid, Arc<StopFlags>)>>>;
+
 pub struct Worker {
     queue: Queue,
     images: ImageStore,
     config: WorkerConfig,
     engine: Arc<Engine>,
-    current: Arc<Mutex<Option<(Uuid, Arc<StopFlags>)>>>,
+    current: CurrentJob,
 }
 
 /// Converts a stored spec into an inference request.
 pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceError> {
-    let scheduler = SchedulerKind::parse(&spec.scheduler)
-        .ok_or_else(|| InferenceError::InvalidRequest(format!("unknown scheduler '{}'", spec.scheduler)))?;
+    let scheduler = SchedulerKind::parse(&spec.scheduler).ok_or_else(|| {
+        InferenceError::InvalidRequest(format!("unknown scheduler '{}'", spec.scheduler))
+    })?;
     let long_prompt = serde_json::from_value(serde_json::Value::String(spec.long_prompt.clone()))
-        .map_err(|_| InferenceError::InvalidRequest(format!("unknown long_prompt '{}'", spec.long_prompt)))?;
+        .map_err(|_| {
+        InferenceError::InvalidRequest(format!("unknown long_prompt '{}'", spec.long_prompt))
+    })?;
     Ok(GenerateRequest {
         prompt: spec.prompt.clone(),
         negative_prompt: spec.negative_prompt.clone(),
@@ -143,7 +157,12 @@ pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngM
         width: spec.width,
         height: spec.height,
         model: spec.model.clone(),
-        spec: serde_json::to_value(JobSpec { seed, num_images: 1, ..spec.clone() }).unwrap_or_default(),
+        spec: serde_json::to_value(JobSpec {
+            seed,
+            num_images: 1,
+            ..spec.clone()
+        })
+        .unwrap_or_default(),
     }
 }
 
@@ -185,7 +204,11 @@ impl Worker {
         };
         while !*shutdown.borrow() {
             let loaded = self.engine.loaded_model();
-            match self.queue.claim(&self.config.name, loaded.as_deref(), self.config.lease).await {
+            match self
+                .queue
+                .claim(&self.config.name, loaded.as_deref(), self.config.lease)
+                .await
+            {
                 Ok(Some(lease)) => {
                     let span = tracing::info_span!("job", job_id = %lease.job.id, attempt = lease.job.attempt);
                     self.process(lease, shutdown.clone()).instrument(span).await;
@@ -242,7 +265,12 @@ impl Worker {
         flags.cancel.store(job.cancel_requested, Ordering::Relaxed);
         *self.current.lock().expect("current lock") = Some((job.id, flags.clone()));
 
-        let heartbeat = tokio::spawn(heartbeat_loop(self.queue.clone(), lease.clone(), self.config.lease, flags.clone()));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.queue.clone(),
+            lease.clone(),
+            self.config.lease,
+            flags.clone(),
+        ));
         let (steps_tx, mut steps_rx) = mpsc::unbounded_channel::<inference::StepProgress>();
         let reporter = {
             let queue = self.queue.clone();
@@ -259,7 +287,9 @@ impl Worker {
                     };
                     match queue.record(&lease, kind).await {
                         Ok(()) => {}
-                        Err(StoreError::LeaseLost(_)) => flags.lease_lost.store(true, Ordering::Relaxed),
+                        Err(StoreError::LeaseLost(_)) => {
+                            flags.lease_lost.store(true, Ordering::Relaxed)
+                        }
                         Err(e) => tracing::warn!(error = %e, "progress not recorded"),
                     }
                 }
@@ -301,7 +331,9 @@ impl Worker {
             Ok(Err(InferenceError::Canceled)) if flags.release.load(Ordering::Relaxed) => {
                 match self.queue.release(&lease).await {
                     Ok(()) => tracing::info!("job released back to the queue"),
-                    Err(e) => tracing::warn!(error = %e, "release failed; the rescuer will requeue it"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "release failed; the rescuer will requeue it")
+                    }
                 }
             }
             Ok(Err(InferenceError::Canceled)) => match self.queue.cancel_running(&lease).await {
@@ -309,12 +341,17 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, "could not record cancel"),
             },
             Ok(Err(e)) => {
-                let retry = (!e.is_permanent()).then(|| crate::queue::retry::backoff(job.attempt, self.config.retry_base));
+                let retry = (!e.is_permanent())
+                    .then(|| crate::queue::retry::backoff(job.attempt, self.config.retry_base));
                 self.finish_failed(&lease, &e.to_string(), retry).await
             }
             Err(join) => {
-                let retry = Some(crate::queue::retry::backoff(job.attempt, self.config.retry_base));
-                self.finish_failed(&lease, &format!("inference crashed: {join}"), retry).await
+                let retry = Some(crate::queue::retry::backoff(
+                    job.attempt,
+                    self.config.retry_base,
+                ));
+                self.finish_failed(&lease, &format!("inference crashed: {join}"), retry)
+                    .await
             }
         }
     }
@@ -338,8 +375,13 @@ impl Worker {
             let bytes = png.len() as i64;
             if let Err(e) = self.images.put(&key, Bytes::from(png)).await {
                 self.delete_objects(&uploaded).await;
-                let retry = Some(crate::queue::retry::backoff(lease.job.attempt, self.config.retry_base));
-                return self.finish_failed(lease, &format!("storing image failed: {e}"), retry).await;
+                let retry = Some(crate::queue::retry::backoff(
+                    lease.job.attempt,
+                    self.config.retry_base,
+                ));
+                return self
+                    .finish_failed(lease, &format!("storing image failed: {e}"), retry)
+                    .await;
             }
             uploaded.push(NewImage {
                 id,
@@ -360,7 +402,11 @@ impl Worker {
             "total_ms": started.elapsed().as_millis() as u64,
         });
         match self.queue.complete(lease, uploaded.clone(), timings).await {
-            Ok(()) => tracing::info!(images = uploaded.len(), ms = started.elapsed().as_millis() as u64, "job succeeded"),
+            Ok(()) => tracing::info!(
+                images = uploaded.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "job succeeded"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "completion not recorded; deleting this attempt's images");
                 self.delete_objects(&uploaded).await;
@@ -422,7 +468,11 @@ async fn heartbeat_loop(queue: Queue, lease: Lease, length: Duration, flags: Arc
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match queue.store.heartbeat(lease.job.id, lease.token, length).await {
+        match queue
+            .store
+            .heartbeat(lease.job.id, lease.token, length)
+            .await
+        {
             Ok(true) => flags.cancel.store(true, Ordering::Relaxed),
             Ok(false) => {}
             Err(StoreError::LeaseLost(_)) => {

@@ -18,7 +18,10 @@ async fn job_runs_end_to_end_with_every_step_streamed() {
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names.first(), Some(&"queued"), "{names:?}");
     assert_eq!(names.last(), Some(&"succeeded"), "{names:?}");
-    assert!(names.contains(&"started") && names.contains(&"image"), "{names:?}");
+    assert!(
+        names.contains(&"started") && names.contains(&"image"),
+        "{names:?}"
+    );
 
     // ids are the per-job seq: 1, 2, 3, ... with no gaps.
     let ids: Vec<i64> = events.iter().map(|e| e.id.expect("id")).collect();
@@ -36,12 +39,19 @@ async fn job_runs_end_to_end_with_every_step_streamed() {
 
     let done = events.last().unwrap();
     let image_url = done.data["images"][0]["url"].as_str().unwrap().to_string();
-    let png = server.client.get(server.url(&image_url)).send().await.unwrap();
+    let png = server
+        .client
+        .get(server.url(&image_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(png.status(), 200);
     assert_eq!(png.headers()["content-type"], "image/png");
     let (w, h, chunks) = decode_png(&png.bytes().await.unwrap());
     assert_eq!((w, h), (64, 64));
-    assert!(chunks.iter().any(|(k, v)| k == "parameters" && v.contains("Sampler: DDIM")));
+    assert!(chunks
+        .iter()
+        .any(|(k, v)| k == "parameters" && v.contains("Sampler: DDIM")));
 
     let job = server.job(&id).await;
     assert_eq!(job["status"], "succeeded");
@@ -73,7 +83,9 @@ async fn several_images_and_listing() {
     assert_eq!(status, 200);
     assert_eq!(page["jobs"][0]["id"], other.as_str(), "newest first");
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, next) = server.get_json(&format!("/v1/jobs?limit=1&cursor={cursor}")).await;
+    let (_, next) = server
+        .get_json(&format!("/v1/jobs?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(next["jobs"][0]["id"], id.as_str());
     let (_, succeeded) = server.get_json("/v1/jobs?status=succeeded").await;
     assert_eq!(succeeded["jobs"].as_array().unwrap().len(), 2);

@@ -14,13 +14,33 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
         (json!({"prompt": "a", "steps": 0}), 422, Some("steps")),
         (json!({"prompt": "a", "width": 513}), 422, Some("width")),
         (json!({"prompt": "a", "height": 40}), 422, Some("height")),
-        (json!({"prompt": "a", "scheduler": "warp-drive"}), 422, Some("scheduler")),
+        (
+            json!({"prompt": "a", "scheduler": "warp-drive"}),
+            422,
+            Some("scheduler"),
+        ),
         (json!({"prompt": ""}), 422, Some("prompt")),
         (json!({"prompt": "a", "steps": "many"}), 422, Some("steps")),
-        (json!({"prompt": "a", "guidance_scale": 1000}), 422, Some("guidance_scale")),
-        (json!({"prompt": "a", "num_images": 1000}), 422, Some("num_images")),
-        (json!({"prompt": "a", "width": 2048, "height": 2048, "num_images": 8}), 422, Some("width")),
-        (json!({"prompt": "a", "model": "../../etc"}), 422, Some("model")),
+        (
+            json!({"prompt": "a", "guidance_scale": 1000}),
+            422,
+            Some("guidance_scale"),
+        ),
+        (
+            json!({"prompt": "a", "num_images": 1000}),
+            422,
+            Some("num_images"),
+        ),
+        (
+            json!({"prompt": "a", "width": 2048, "height": 2048, "num_images": 8}),
+            422,
+            Some("width"),
+        ),
+        (
+            json!({"prompt": "a", "model": "../../etc"}),
+            422,
+            Some("model"),
+        ),
         (json!({"prompt": "a", "seed": -5}), 422, Some("seed")),
         (json!({"prompt": "a", "bogus": true}), 422, Some("bogus")),
         (json!({"negative_prompt": "no prompt"}), 422, Some("prompt")),
@@ -29,12 +49,22 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     for (body, status, field) in cases {
         let (got, err) = server.submit(body.clone()).await;
         assert_eq!(got, status, "{body} -> {err}");
-        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{err}"
+        );
         assert_eq!(err["error"]["field"].as_str(), field, "{body} -> {err}");
     }
 
     let raw = |body: &'static str| {
-        server.client.post(server.url("/v1/jobs")).header("content-type", "application/json").body(body).send()
+        server
+            .client
+            .post(server.url("/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
     let malformed = raw(r#"{"prompt": "unterminated"#).await.unwrap();
     assert_eq!(malformed.status(), 400);
@@ -43,18 +73,32 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     assert_eq!(raw("").await.unwrap().status(), 400);
 
     let huge = "x".repeat(2 << 20);
-    let too_big = server.client.post(server.url("/v1/jobs")).body(format!(r#"{{"prompt":"{huge}"}}"#)).send().await.unwrap();
+    let too_big = server
+        .client
+        .post(server.url("/v1/jobs"))
+        .body(format!(r#"{{"prompt":"{huge}"}}"#))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(too_big.status(), 413);
     let body: serde_json::Value = too_big.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
 
-    for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/00000000-0000-0000-0000-000000000000", "/v1/images/xyz", "/v1/nothing"] {
+    for path in [
+        "/v1/jobs/not-a-uuid",
+        "/v1/jobs/00000000-0000-0000-0000-000000000000",
+        "/v1/images/xyz",
+        "/v1/nothing",
+    ] {
         let (status, body) = server.get_json(path).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found", "{path}");
     }
     let (status, body) = server.get_json("/v1/jobs?status=sleeping").await;
-    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("status")));
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("status"))
+    );
     let (status, _) = server.get_json("/v1/jobs?limit=0").await;
     assert_eq!(status, 422);
 
@@ -70,6 +114,9 @@ async fn non_loopback_bind_without_keys_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (config, mut serve) = common::configs(dir.path(), &[]);
     serve.bind = "0.0.0.0:0".parse().unwrap();
-    let err = sdq::app::start(&config, &serve).await.err().expect("refused");
+    let err = sdq::app::start(&config, &serve)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("without API keys"), "{err}");
 }

@@ -23,13 +23,19 @@ fn tiny_model_writes_a_diffusers_folder_deterministically() {
         "tokenizer/merges.txt",
         "scheduler/scheduler_config.json",
     ] {
-        let (fa, fb) = (std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap());
+        let (fa, fb) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
         assert_eq!(fa, fb, "{file} differs between two runs with the same seed");
     }
     let c = dir.path().join("c");
     run_sdq(&["tiny-model", "--out", c.to_str().unwrap(), "--seed", "4"]);
     let unet = "unet/diffusion_pytorch_model.safetensors";
-    assert_ne!(std::fs::read(a.join(unet)).unwrap(), std::fs::read(c.join(unet)).unwrap());
+    assert_ne!(
+        std::fs::read(a.join(unet)).unwrap(),
+        std::fs::read(c.join(unet)).unwrap()
+    );
     // Refuses to overwrite.
     let out = std::process::Command::new(common::sdq_bin())
         .args(["tiny-model", "--out", a.to_str().unwrap()])
@@ -42,10 +48,25 @@ fn generate(dir: &std::path::Path, model: &str, seed: &str, out: &str, extra: &[
     let out = dir.join(out);
     let data = dir.join("data");
     let mut args = vec![
-        "--data-dir", data.to_str().unwrap(), "--model", model, "generate",
-        "--prompt", "a red house by a lake", "--negative-prompt", "blurry",
-        "--steps", "3", "--width", "64", "--height", "48", "--seed", seed,
-        "-o", out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--model",
+        model,
+        "generate",
+        "--prompt",
+        "a red house by a lake",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--seed",
+        seed,
+        "-o",
+        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     run_sdq(&args);
@@ -58,15 +79,37 @@ fn generate_writes_png_with_metadata_and_is_reproducible() {
     let first = generate(dir.path(), "tiny", "11", "one.png", &[]);
     let (w, h, chunks) = decode_png(&first);
     assert_eq!((w, h), (64, 48));
-    let params = &chunks.iter().find(|(k, _)| k == "parameters").expect("parameters chunk").1;
-    assert!(params.starts_with("a red house by a lake\nNegative prompt: blurry\n"), "{params}");
-    assert!(params.contains("Steps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 11, Size: 64x48, Model: tiny"), "{params}");
-    let spec: serde_json::Value = serde_json::from_str(&chunks.iter().find(|(k, _)| k == "sdq").expect("sdq chunk").1).unwrap();
+    let params = &chunks
+        .iter()
+        .find(|(k, _)| k == "parameters")
+        .expect("parameters chunk")
+        .1;
+    assert!(
+        params.starts_with("a red house by a lake\nNegative prompt: blurry\n"),
+        "{params}"
+    );
+    assert!(
+        params.contains(
+            "Steps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 11, Size: 64x48, Model: tiny"
+        ),
+        "{params}"
+    );
+    let spec: serde_json::Value = serde_json::from_str(
+        &chunks
+            .iter()
+            .find(|(k, _)| k == "sdq")
+            .expect("sdq chunk")
+            .1,
+    )
+    .unwrap();
     assert_eq!(spec["seed"], 11);
     assert_eq!(spec["prompt"], "a red house by a lake");
 
     let again = generate(dir.path(), "tiny", "11", "two.png", &[]);
-    assert_eq!(first, again, "same seed and inputs must give byte-identical PNGs");
+    assert_eq!(
+        first, again,
+        "same seed and inputs must give byte-identical PNGs"
+    );
     let other = generate(dir.path(), "tiny", "12", "three.png", &[]);
     assert_ne!(first, other, "a different seed must give a different image");
 }
@@ -74,14 +117,28 @@ fn generate_writes_png_with_metadata_and_is_reproducible() {
 #[test]
 fn generate_several_images_numbers_the_files_and_uses_seed_plus_index() {
     let dir = tempfile::tempdir().unwrap();
-    generate(dir.path(), "tiny", "20", "batch.png", &["--num-images", "2", "--scheduler", "ddim"]);
+    generate(
+        dir.path(),
+        "tiny",
+        "20",
+        "batch.png",
+        &["--num-images", "2", "--scheduler", "ddim"],
+    );
     let b0 = std::fs::read(dir.path().join("batch-0.png")).unwrap();
     let b1 = std::fs::read(dir.path().join("batch-1.png")).unwrap();
     assert_ne!(b0, b1);
     // Image 1 of a batch seeded 20 is the single image seeded 21.
-    let single = generate(dir.path(), "tiny", "21", "single.png", &["--scheduler", "ddim"]);
+    let single = generate(
+        dir.path(),
+        "tiny",
+        "21",
+        "single.png",
+        &["--scheduler", "ddim"],
+    );
     let pixels = |bytes: &[u8]| {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut buf).unwrap();
         buf
@@ -93,8 +150,20 @@ fn generate_several_images_numbers_the_files_and_uses_seed_plus_index() {
 fn generate_loads_a_model_folder_by_path() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("my-model");
-    run_sdq(&["tiny-model", "--out", folder.to_str().unwrap(), "--seed", "0"]);
-    let by_path = generate(dir.path(), folder.to_str().unwrap(), "5", "path.png", &["--scheduler", "euler"]);
+    run_sdq(&[
+        "tiny-model",
+        "--out",
+        folder.to_str().unwrap(),
+        "--seed",
+        "0",
+    ]);
+    let by_path = generate(
+        dir.path(),
+        folder.to_str().unwrap(),
+        "5",
+        "path.png",
+        &["--scheduler", "euler"],
+    );
     let (w, h, _) = decode_png(&by_path);
     assert_eq!((w, h), (64, 48));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{small_job, Server, ServeProcess};
+use common::{small_job, ServeProcess, Server};
 use sdq::queue::{sqlite::SqliteStore, JobStore, StoreError};
 use serde_json::json;
 
@@ -18,13 +18,23 @@ async fn killed_process_job_is_rerun_after_restart_exactly_once() {
     first.wait_healthy(&client).await;
     let resp = client
         .post(format!("{}/v1/jobs", first.base))
-        .json(&json!({"prompt": "interrupted", "width": 192, "height": 192, "steps": 40, "seed": 5}))
+        .json(
+            &json!({"prompt": "interrupted", "width": 192, "height": 192, "steps": 40, "seed": 5}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let mut sse = common::SseReader::open(&client, &format!("{}/v1/jobs/{id}/events", first.base), None).await;
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sse = common::SseReader::open(
+        &client,
+        &format!("{}/v1/jobs/{id}/events", first.base),
+        None,
+    )
+    .await;
     loop {
         let m = sse.next(Duration::from_secs(60)).await.expect("open");
         if m.event == "progress" && m.data["step"] == 2 {
@@ -35,22 +45,42 @@ async fn killed_process_job_is_rerun_after_restart_exactly_once() {
 
     let second = ServeProcess::spawn(dir.path(), &flags);
     second.wait_healthy(&client).await;
-    let events = common::SseReader::open(&client, &format!("{}/v1/jobs/{id}/events", second.base), None)
-        .await
-        .collect(Duration::from_secs(120))
-        .await;
+    let events = common::SseReader::open(
+        &client,
+        &format!("{}/v1/jobs/{id}/events", second.base),
+        None,
+    )
+    .await
+    .collect(Duration::from_secs(120))
+    .await;
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names.last(), Some(&"succeeded"), "{names:?}");
-    assert_eq!(names.iter().filter(|n| **n == "started").count(), 2, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "started").count(),
+        2,
+        "{names:?}"
+    );
     assert_eq!(names.iter().filter(|n| **n == "succeeded").count(), 1);
-    let retry = events.iter().find(|e| e.event == "failed").expect("the lost attempt is reported");
+    let retry = events
+        .iter()
+        .find(|e| e.event == "failed")
+        .expect("the lost attempt is reported");
     assert_eq!(retry.data["retrying"], true);
 
-    let job: serde_json::Value = client.get(format!("{}/v1/jobs/{id}", second.base)).send().await.unwrap().json().await.unwrap();
+    let job: serde_json::Value = client
+        .get(format!("{}/v1/jobs/{id}", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["attempts"], 2);
     assert_eq!(job["images"].as_array().unwrap().len(), 1);
-    let stored: Vec<_> = std::fs::read_dir(dir.path().join("images").join(&id)).unwrap().collect();
+    let stored: Vec<_> = std::fs::read_dir(dir.path().join("images").join(&id))
+        .unwrap()
+        .collect();
     assert_eq!(stored.len(), 1, "exactly one set of images, no orphans");
 }
 
@@ -61,11 +91,18 @@ async fn dead_workers_lease_is_rescued_and_fenced() {
     let mut idle = Server::start_in(dir.path(), &["--workers", "0"]).await;
     let id = idle.submit_ok(small_job("orphaned")).await;
     idle.stop().await;
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("sdq.db").display())).await.unwrap();
-    let (dead, _) = store.claim("dead-worker", None, Duration::from_millis(500)).await.unwrap().expect("claimed");
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("sdq.db").display()))
+        .await
+        .unwrap();
+    let (dead, _) = store
+        .claim("dead-worker", None, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .expect("claimed");
     assert_eq!(dead.job.id.to_string(), id);
 
-    let mut server = Server::start_in(dir.path(), &["--lease-secs", "1", "--rescue-secs", "0.2"]).await;
+    let mut server =
+        Server::start_in(dir.path(), &["--lease-secs", "1", "--rescue-secs", "0.2"]).await;
     let job = server.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2);
@@ -73,11 +110,28 @@ async fn dead_workers_lease_is_rescued_and_fenced() {
     // The dead worker wakes up: none of its writes may land.
     let job_id = dead.job.id;
     let token = dead.token;
-    assert!(matches!(store.heartbeat(job_id, token, Duration::from_secs(5)).await, Err(StoreError::LeaseLost(_))));
-    let progress = sdq::queue::EventKind::Progress { step: 1, total: 4, elapsed_ms: 1, eta_ms: 1 };
-    assert!(matches!(store.record(job_id, token, progress).await, Err(StoreError::LeaseLost(_))));
-    assert!(matches!(store.complete(job_id, token, vec![], json!({})).await, Err(StoreError::LeaseLost(_))));
-    assert!(matches!(store.fail(job_id, token, "late", None).await, Err(StoreError::LeaseLost(_))));
+    assert!(matches!(
+        store.heartbeat(job_id, token, Duration::from_secs(5)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let progress = sdq::queue::EventKind::Progress {
+        step: 1,
+        total: 4,
+        elapsed_ms: 1,
+        eta_ms: 1,
+    };
+    assert!(matches!(
+        store.record(job_id, token, progress).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.complete(job_id, token, vec![], json!({})).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.fail(job_id, token, "late", None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
     let after = server.job(&id).await;
     assert_eq!(after["status"], "succeeded");
     assert_eq!(after["images"].as_array().unwrap().len(), 1);

@@ -14,12 +14,18 @@ async fn jobs_queued_while_down_are_processed_after_restart() {
     let mut before = Server::start_in(dir.path(), &["--workers", "0"]).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(before.submit_ok(small_job(&format!("before restart {i}"))).await);
+        ids.push(
+            before
+                .submit_ok(small_job(&format!("before restart {i}")))
+                .await,
+        );
     }
     before.stop().await;
 
     // Written straight into the database while no server runs.
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("sdq.db").display())).await.unwrap();
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("sdq.db").display()))
+        .await
+        .unwrap();
     let (job, _) = store
         .enqueue(NewJob {
             spec: JobSpec {

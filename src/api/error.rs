@@ -16,7 +16,10 @@ pub enum ApiError {
     MalformedJson(String),
     /// Well-formed, but a field is missing, of the wrong type or out of range.
     #[error("{message}")]
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -55,8 +58,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => ApiError::NotFound("job"),
-            StoreError::Conflict { status, .. } => ApiError::Conflict(format!("job is already {status}")),
-            StoreError::Unavailable(m) => ApiError::Unavailable(format!("database unavailable: {m}")),
+            StoreError::Conflict { status, .. } => {
+                ApiError::Conflict(format!("job is already {status}"))
+            }
+            StoreError::Unavailable(m) => {
+                ApiError::Unavailable(format!("database unavailable: {m}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -78,7 +85,10 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "internal error");
         }
         let mut body = json!({"code": code, "message": self.to_string()});
-        if let ApiError::Invalid { field: Some(field), .. } = &self {
+        if let ApiError::Invalid {
+            field: Some(field), ..
+        } = &self
+        {
             body["field"] = json!(field);
         }
         (status, Json(json!({ "error": body }))).into_response()

@@ -32,7 +32,12 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_id(&id, "job")?;
-    state.queue.store.get(id).await?.ok_or(ApiError::NotFound("job"))?;
+    state
+        .queue
+        .store
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
     let last_seen = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -40,7 +45,12 @@ pub async fn stream(
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
             .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "Last-Event-ID must be a non-negative integer"))?,
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Last-Event-ID",
+                    "Last-Event-ID must be a non-negative integer",
+                )
+            })?,
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(forward(state.queue.clone(), id, last_seen, tx));
@@ -119,11 +129,20 @@ async fn forward(queue: Queue, id: Uuid, last: i64, tx: mpsc::Sender<SseEvent>) 
             None
         }
     };
-    let mut f = Forwarder { queue, id, last, tx };
+    let mut f = Forwarder {
+        queue,
+        id,
+        last,
+        tx,
+    };
     if let Next::Done = f.catch_up().await {
         return;
     }
-    let mut poll = tokio::time::interval(if live.is_some() { SAFETY_POLL } else { FALLBACK_POLL });
+    let mut poll = tokio::time::interval(if live.is_some() {
+        SAFETY_POLL
+    } else {
+        FALLBACK_POLL
+    });
     poll.tick().await;
     loop {
         let next = tokio::select! {

@@ -25,7 +25,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => json!({"status": "error", "error": e.to_string()}),
     };
     let ok = database["status"] == "ok" && object_store["status"] == "ok";
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({

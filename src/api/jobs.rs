@@ -61,7 +61,14 @@ pub async fn job_view(state: &AppState, job: &Job) -> Result<Value, ApiError> {
         None
     };
     let images: Vec<ImageView> = if job.status == JobStatus::Succeeded {
-        state.queue.store.job_images(job.id).await?.iter().map(ImageView::from).collect()
+        state
+            .queue
+            .store
+            .job_images(job.id)
+            .await?
+            .iter()
+            .map(ImageView::from)
+            .collect()
     } else {
         Vec::new()
     };
@@ -117,13 +124,25 @@ pub async fn submit(
         .await?;
     tracing::info!(job_id = %job.id, model = %job.spec.model, "job submitted");
     let body = json!({"id": job.id, "status": job.status, "links": links(job.id)});
-    Ok((StatusCode::ACCEPTED, [("location", format!("/v1/jobs/{}", job.id))], Json(body)))
+    Ok((
+        StatusCode::ACCEPTED,
+        [("location", format!("/v1/jobs/{}", job.id))],
+        Json(body),
+    ))
 }
 
 /// `GET /v1/jobs/{id}`
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "job")?;
-    let job = state.queue.store.get(id).await?.ok_or(ApiError::NotFound("job"))?;
+    let job = state
+        .queue
+        .store
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
     Ok(Json(job_view(&state, &job).await?))
 }
 
@@ -139,21 +158,42 @@ pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::Invalid { field: None, message: e.body_text() })?;
+    let Query(params) = params.map_err(|e| ApiError::Invalid {
+        field: None,
+        message: e.body_text(),
+    })?;
     let status = match params.status.as_deref() {
         None => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::invalid("status", format!("unknown status '{s}'")))?),
+        Some(s) => Some(
+            JobStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid("status", format!("unknown status '{s}'")))?,
+        ),
     };
     let before = match params.cursor.as_deref() {
         None => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "cursor is not valid"))?),
+        Some(c) => Some(
+            Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "cursor is not valid"))?,
+        ),
     };
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
+        return Err(ApiError::invalid(
+            "limit",
+            "limit must be between 1 and 100",
+        ));
     }
-    let jobs = state.queue.store.list(&ListQuery { status, before, limit }).await?;
-    let next_cursor = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.id)).flatten();
+    let jobs = state
+        .queue
+        .store
+        .list(&ListQuery {
+            status,
+            before,
+            limit,
+        })
+        .await?;
+    let next_cursor = (jobs.len() as i64 == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         views.push(job_view(&state, job).await?);
@@ -163,10 +203,18 @@ pub async fn list(
 
 /// `POST /v1/jobs/{id}/cancel`: 200 when a queued job is canceled, 202 when a running job
 /// has been asked to stop, 409 when the job has already finished.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job")?;
     let outcome = state.queue.cancel(id).await?;
-    let job = state.queue.store.get(id).await?.ok_or(ApiError::NotFound("job"))?;
+    let job = state
+        .queue
+        .store
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
     let status = match outcome {
         CancelOutcome::Canceled(_) => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
@@ -175,9 +223,24 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 /// `GET /v1/jobs/{id}/images`
-pub async fn images(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn images(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "job")?;
-    state.queue.store.get(id).await?.ok_or(ApiError::NotFound("job"))?;
-    let images: Vec<ImageView> = state.queue.store.job_images(id).await?.iter().map(ImageView::from).collect();
+    state
+        .queue
+        .store
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let images: Vec<ImageView> = state
+        .queue
+        .store
+        .job_images(id)
+        .await?
+        .iter()
+        .map(ImageView::from)
+        .collect();
     Ok(Json(json!({ "images": images })))
 }

@@ -59,7 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .fallback(error::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            validate::MAX_BODY_BYTES,
+        ))
         .with_state(state)
 }
 

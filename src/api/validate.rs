@@ -73,7 +73,8 @@ pub fn parse_body(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
     let parsed: Result<SubmitRequest, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {
         Ok(req) => {
-            de.end().map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))?;
+            de.end()
+                .map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))?;
             Ok(req)
         }
         Err(err) => {
@@ -115,75 +116,124 @@ impl SubmitRequest {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));
         }
         if prompt.chars().count() > limits.max_prompt_chars {
-            return Err(ApiError::invalid("prompt", format!("prompt is longer than {} characters", limits.max_prompt_chars)));
+            return Err(ApiError::invalid(
+                "prompt",
+                format!(
+                    "prompt is longer than {} characters",
+                    limits.max_prompt_chars
+                ),
+            ));
         }
         let negative_prompt = self.negative_prompt.unwrap_or_default();
         if negative_prompt.chars().count() > limits.max_prompt_chars {
             return Err(ApiError::invalid(
                 "negative_prompt",
-                format!("negative_prompt is longer than {} characters", limits.max_prompt_chars),
+                format!(
+                    "negative_prompt is longer than {} characters",
+                    limits.max_prompt_chars
+                ),
             ));
         }
         let model = self.model.unwrap_or_else(|| settings.default_model.clone());
         if model != settings.default_model && !settings.models.contains(&model) {
             return Err(ApiError::invalid(
                 "model",
-                format!("unknown model '{model}'; available: {}", available(settings).join(", ")),
+                format!(
+                    "unknown model '{model}'; available: {}",
+                    available(settings).join(", ")
+                ),
             ));
         }
         let defaults = hub::known(&model);
-        let width = self.width.unwrap_or(defaults.map_or(512, |d| d.default_width as u32));
-        let height = self.height.unwrap_or(defaults.map_or(512, |d| d.default_height as u32));
+        let width = self
+            .width
+            .unwrap_or(defaults.map_or(512, |d| d.default_width as u32));
+        let height = self
+            .height
+            .unwrap_or(defaults.map_or(512, |d| d.default_height as u32));
         for (field, value) in [("width", width), ("height", height)] {
             if value % 8 != 0 || value < 64 || value > limits.max_side {
                 return Err(ApiError::invalid(
                     field,
-                    format!("{field} must be a multiple of 8 between 64 and {}, got {value}", limits.max_side),
+                    format!(
+                        "{field} must be a multiple of 8 between 64 and {}, got {value}",
+                        limits.max_side
+                    ),
                 ));
             }
         }
         let num_images = self.num_images.unwrap_or(1);
         if num_images == 0 || num_images > limits.max_images {
-            return Err(ApiError::invalid("num_images", format!("num_images must be between 1 and {}", limits.max_images)));
+            return Err(ApiError::invalid(
+                "num_images",
+                format!("num_images must be between 1 and {}", limits.max_images),
+            ));
         }
         if (width as u64) * (height as u64) > limits.max_pixels {
             return Err(ApiError::invalid(
                 "width",
-                format!("width × height must be at most {} pixels", limits.max_pixels),
+                format!(
+                    "width × height must be at most {} pixels",
+                    limits.max_pixels
+                ),
             ));
         }
         if (width as u64) * (height as u64) * num_images as u64 > limits.max_batch_pixels {
             return Err(ApiError::invalid(
                 "num_images",
-                format!("num_images × width × height must be at most {} pixels", limits.max_batch_pixels),
+                format!(
+                    "num_images × width × height must be at most {} pixels",
+                    limits.max_batch_pixels
+                ),
             ));
         }
-        let steps = self.steps.unwrap_or(defaults.map_or(30, |d| d.default_steps as u32));
+        let steps = self
+            .steps
+            .unwrap_or(defaults.map_or(30, |d| d.default_steps as u32));
         if steps == 0 || steps > limits.max_steps {
-            return Err(ApiError::invalid("steps", format!("steps must be between 1 and {}", limits.max_steps)));
+            return Err(ApiError::invalid(
+                "steps",
+                format!("steps must be between 1 and {}", limits.max_steps),
+            ));
         }
-        let guidance_scale = self.guidance_scale.unwrap_or(defaults.map_or(7.5, |d| d.default_guidance));
+        let guidance_scale = self
+            .guidance_scale
+            .unwrap_or(defaults.map_or(7.5, |d| d.default_guidance));
         if !guidance_scale.is_finite() || !(0.0..=30.0).contains(&guidance_scale) {
-            return Err(ApiError::invalid("guidance_scale", "guidance_scale must be between 0 and 30"));
+            return Err(ApiError::invalid(
+                "guidance_scale",
+                "guidance_scale must be between 0 and 30",
+            ));
         }
         let scheduler = self.scheduler.unwrap_or_else(|| "euler-a".into());
         if SchedulerKind::parse(&scheduler).is_none() {
             let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
             return Err(ApiError::invalid(
                 "scheduler",
-                format!("unknown scheduler '{scheduler}'; available: {}", names.join(", ")),
+                format!(
+                    "unknown scheduler '{scheduler}'; available: {}",
+                    names.join(", ")
+                ),
             ));
         }
         let long_prompt = self.long_prompt.unwrap_or_else(|| "chunk".into());
         if long_prompt != "chunk" && long_prompt != "truncate" {
-            return Err(ApiError::invalid("long_prompt", "long_prompt must be 'chunk' or 'truncate'"));
+            return Err(ApiError::invalid(
+                "long_prompt",
+                "long_prompt must be 'chunk' or 'truncate'",
+            ));
         }
         let priority = self.priority.unwrap_or(0);
         if !(-100..=100).contains(&priority) {
-            return Err(ApiError::invalid("priority", "priority must be between -100 and 100"));
+            return Err(ApiError::invalid(
+                "priority",
+                "priority must be between -100 and 100",
+            ));
         }
         // A seed chosen here is stored with the job, so every image can be reproduced.
-        let seed = self.seed.unwrap_or_else(|| (uuid::Uuid::new_v4().as_u128() as u64) >> 32);
+        let seed = self
+            .seed
+            .unwrap_or_else(|| (uuid::Uuid::new_v4().as_u128() as u64) >> 32);
         Ok((
             JobSpec {
                 prompt,
@@ -206,7 +256,13 @@ impl SubmitRequest {
 /// Model ids a request may name.
 pub fn available(settings: &ApiSettings) -> Vec<String> {
     let mut names = vec![settings.default_model.clone()];
-    names.extend(settings.models.iter().filter(|m| **m != settings.default_model).cloned());
+    names.extend(
+        settings
+            .models
+            .iter()
+            .filter(|m| **m != settings.default_model)
+            .cloned(),
+    );
     names
 }
 
@@ -224,7 +280,9 @@ mod tests {
     }
 
     fn field_of(body: &str) -> (String, Option<String>) {
-        let err = parse_body(body.as_bytes()).and_then(|r| r.into_spec(&settings()).map(|_| ())).unwrap_err();
+        let err = parse_body(body.as_bytes())
+            .and_then(|r| r.into_spec(&settings()).map(|_| ()))
+            .unwrap_err();
         match err {
             ApiError::Invalid { field, .. } => ("invalid".into(), field),
             ApiError::MalformedJson(_) => ("malformed".into(), None),
@@ -234,24 +292,56 @@ mod tests {
 
     #[test]
     fn defaults_fill_a_minimal_request() {
-        let (spec, priority) = parse_body(br#"{"prompt":"a cat"}"#).unwrap().into_spec(&settings()).unwrap();
-        assert_eq!((spec.width, spec.height, spec.steps, spec.num_images), (64, 64, 4, 1));
+        let (spec, priority) = parse_body(br#"{"prompt":"a cat"}"#)
+            .unwrap()
+            .into_spec(&settings())
+            .unwrap();
+        assert_eq!(
+            (spec.width, spec.height, spec.steps, spec.num_images),
+            (64, 64, 4, 1)
+        );
         assert_eq!(spec.model, "tiny");
         assert_eq!(priority, 0);
     }
 
     #[test]
     fn bad_fields_are_named() {
-        assert_eq!(field_of(r#"{"prompt":"a","steps":0}"#).1.as_deref(), Some("steps"));
-        assert_eq!(field_of(r#"{"prompt":"a","width":513}"#).1.as_deref(), Some("width"));
-        assert_eq!(field_of(r#"{"prompt":"a","scheduler":"nope"}"#).1.as_deref(), Some("scheduler"));
+        assert_eq!(
+            field_of(r#"{"prompt":"a","steps":0}"#).1.as_deref(),
+            Some("steps")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","width":513}"#).1.as_deref(),
+            Some("width")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","scheduler":"nope"}"#)
+                .1
+                .as_deref(),
+            Some("scheduler")
+        );
         assert_eq!(field_of(r#"{"prompt":"  "}"#).1.as_deref(), Some("prompt"));
         assert_eq!(field_of(r#"{"steps":4}"#).1.as_deref(), Some("prompt"));
-        assert_eq!(field_of(r#"{"prompt":"a","steps":"four"}"#).1.as_deref(), Some("steps"));
-        assert_eq!(field_of(r#"{"prompt":"a","seed":-1}"#).1.as_deref(), Some("seed"));
-        assert_eq!(field_of(r#"{"prompt":"a","colour":1}"#).1.as_deref(), Some("colour"));
-        assert_eq!(field_of(r#"{"prompt":"a","model":"other"}"#).1.as_deref(), Some("model"));
-        assert_eq!(field_of(r#"{"prompt":"a","num_images":100}"#).1.as_deref(), Some("num_images"));
+        assert_eq!(
+            field_of(r#"{"prompt":"a","steps":"four"}"#).1.as_deref(),
+            Some("steps")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","seed":-1}"#).1.as_deref(),
+            Some("seed")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","colour":1}"#).1.as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","model":"other"}"#).1.as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            field_of(r#"{"prompt":"a","num_images":100}"#).1.as_deref(),
+            Some("num_images")
+        );
         assert_eq!(field_of(r#"{"prompt": "a""#).0, "malformed");
         assert_eq!(field_of(r#"[1,2]"#).0, "invalid");
         assert_eq!(field_of(r#"{"prompt":"a"} trailing"#).0, "malformed");

@@ -45,7 +45,7 @@ struct SelfAttention {
 impl SelfAttention {
     fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
         let h = c.hidden_size;
-        if h % c.num_attention_heads != 0 {
+        if !h.is_multiple_of(c.num_attention_heads) {
             candle_core::bail!("hidden_size {h} is not divisible by num_attention_heads");
         }
         Ok(Self {
@@ -152,7 +152,11 @@ impl ClipTextModel {
                 emb.pp("position_embedding"),
             )?,
             layers,
-            final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
             max_positions: c.max_position_embeddings,
         })
     }

@@ -20,10 +20,42 @@ pub struct KnownModel {
 
 /// The short names; `tiny` is generated locally and needs no network.
 pub const KNOWN_MODELS: &[KnownModel] = &[
-    KnownModel { name: "tiny", repo: "", description: "small random model generated on first use (tests, demos)", default_width: 64, default_height: 64, default_steps: 4, default_guidance: 7.5 },
-    KnownModel { name: "sd-turbo", repo: "stabilityai/sd-turbo", description: "SD 2.1 distilled for 1-4 steps", default_width: 512, default_height: 512, default_steps: 1, default_guidance: 0.0 },
-    KnownModel { name: "v1-5", repo: "stable-diffusion-v1-5/stable-diffusion-v1-5", description: "Stable Diffusion 1.5", default_width: 512, default_height: 512, default_steps: 30, default_guidance: 7.5 },
-    KnownModel { name: "v2-1", repo: "stabilityai/stable-diffusion-2-1", description: "Stable Diffusion 2.1 (v-prediction)", default_width: 768, default_height: 768, default_steps: 30, default_guidance: 7.5 },
+    KnownModel {
+        name: "tiny",
+        repo: "",
+        description: "small random model generated on first use (tests, demos)",
+        default_width: 64,
+        default_height: 64,
+        default_steps: 4,
+        default_guidance: 7.5,
+    },
+    KnownModel {
+        name: "sd-turbo",
+        repo: "stabilityai/sd-turbo",
+        description: "SD 2.1 distilled for 1-4 steps",
+        default_width: 512,
+        default_height: 512,
+        default_steps: 1,
+        default_guidance: 0.0,
+    },
+    KnownModel {
+        name: "v1-5",
+        repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description: "Stable Diffusion 1.5",
+        default_width: 512,
+        default_height: 512,
+        default_steps: 30,
+        default_guidance: 7.5,
+    },
+    KnownModel {
+        name: "v2-1",
+        repo: "stabilityai/stable-diffusion-2-1",
+        description: "Stable Diffusion 2.1 (v-prediction)",
+        default_width: 768,
+        default_height: 768,
+        default_steps: 30,
+        default_guidance: 7.5,
+    },
 ];
 
 /// Files a diffusers SD 1.x/2.x folder needs.
@@ -85,11 +117,17 @@ fn download(model: &str, repo: &str) -> Result<PathBuf, InferenceError> {
     };
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(repo.to_string());
-    if let Some(paths) = REQUIRED_FILES.iter().map(|f| cached.get(f)).collect::<Option<Vec<_>>>() {
+    if let Some(paths) = REQUIRED_FILES
+        .iter()
+        .map(|f| cached.get(f))
+        .collect::<Option<Vec<_>>>()
+    {
         return snapshot_root(&paths[0]);
     }
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
-        return Err(unavailable("it is not in the local cache and HF_HUB_OFFLINE=1".into()));
+        return Err(unavailable(
+            "it is not in the local cache and HF_HUB_OFFLINE=1".into(),
+        ));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)

@@ -109,14 +109,21 @@ fn load_weights<'a>(
 }
 
 /// Maps diffusers' UNet config onto candle's block description.
-pub(crate) fn unet_blocks(dir: &Path, c: &UNetConfig) -> Result<UNet2DConditionModelConfig, InferenceError> {
+pub(crate) fn unet_blocks(
+    dir: &Path,
+    c: &UNetConfig,
+) -> Result<UNet2DConditionModelConfig, InferenceError> {
     let n = c.block_out_channels.len();
     let bad = |why: String| InferenceError::invalid_model(dir, why);
     if c.down_block_types.len() != n || c.up_block_types.len() != n {
-        return Err(bad("block type lists and block_out_channels differ in length".into()));
+        return Err(bad(
+            "block type lists and block_out_channels differ in length".into(),
+        ));
     }
     if c.addition_embed_type.is_some() {
-        return Err(bad("SDXL-style UNets (addition_embed_type) are not supported yet".into()));
+        return Err(bad(
+            "SDXL-style UNets (addition_embed_type) are not supported yet".into(),
+        ));
     }
     if c.in_channels != 4 || c.out_channels != 4 {
         return Err(bad(format!(
@@ -124,7 +131,10 @@ pub(crate) fn unet_blocks(dir: &Path, c: &UNetConfig) -> Result<UNet2DConditionM
             c.in_channels
         )));
     }
-    let heads = c.num_attention_heads.as_ref().unwrap_or(&c.attention_head_dim);
+    let heads = c
+        .num_attention_heads
+        .as_ref()
+        .unwrap_or(&c.attention_head_dim);
     let blocks = (0..n)
         .map(|i| {
             let cross = match c.down_block_types[i].as_str() {
@@ -132,7 +142,11 @@ pub(crate) fn unet_blocks(dir: &Path, c: &UNetConfig) -> Result<UNet2DConditionM
                 "DownBlock2D" => false,
                 other => return Err(bad(format!("unsupported down block '{other}'"))),
             };
-            let expected_up = if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            let expected_up = if cross {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            };
             if c.up_block_types[n - 1 - i] != expected_up {
                 return Err(bad("up blocks must mirror down blocks".into()));
             }
@@ -199,19 +213,31 @@ impl StableDiffusion {
                 "text encoder width differs from the UNet's cross_attention_dim",
             ));
         }
-        let tokenizer =
-            PromptTokenizer::load(&folder.join("tokenizer"), text_config.max_position_embeddings)?;
+        let tokenizer = PromptTokenizer::load(
+            &folder.join("tokenizer"),
+            text_config.max_position_embeddings,
+        )?;
 
         let te_vb = load_weights(&folder.join("text_encoder"), "model", dtype, device)?;
         let text_encoder = ClipTextModel::new(te_vb, &text_config)
             .map_err(|e| InferenceError::invalid_model(&folder.join("text_encoder"), e))?;
 
-        let unet_vb = load_weights(&folder.join("unet"), "diffusion_pytorch_model", dtype, device)?;
+        let unet_vb = load_weights(
+            &folder.join("unet"),
+            "diffusion_pytorch_model",
+            dtype,
+            device,
+        )?;
         let blocks = unet_blocks(&folder.join("unet"), &unet_config)?;
         let unet = UNet2DConditionModel::new(unet_vb, 4, 4, false, blocks)
             .map_err(|e| InferenceError::invalid_model(&folder.join("unet"), e))?;
 
-        let vae_vb = load_weights(&folder.join("vae"), "diffusion_pytorch_model", dtype, device)?;
+        let vae_vb = load_weights(
+            &folder.join("vae"),
+            "diffusion_pytorch_model",
+            dtype,
+            device,
+        )?;
         let vae = AutoEncoderKL::new(
             vae_vb,
             vae_config.in_channels,
@@ -271,26 +297,36 @@ impl StableDiffusion {
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>, InferenceError> {
         let multiple = self.size_multiple();
-        if req.width % multiple != 0 || req.height % multiple != 0 || req.width == 0 || req.height == 0 {
+        if !req.width.is_multiple_of(multiple)
+            || !req.height.is_multiple_of(multiple)
+            || req.width == 0
+            || req.height == 0
+        {
             return Err(InferenceError::InvalidRequest(format!(
                 "width and height must be positive multiples of {multiple}"
             )));
         }
         if req.steps == 0 || req.num_images == 0 {
-            return Err(InferenceError::InvalidRequest("steps and num_images must be at least 1".into()));
+            return Err(InferenceError::InvalidRequest(
+                "steps and num_images must be at least 1".into(),
+            ));
         }
         let started = Instant::now();
         let batch = req.num_images;
         let use_cfg = req.guidance_scale > 1.0;
 
         // Prompt and negative prompt must cover the same number of 77-token windows.
-        let count = |text: &str| Ok::<_, InferenceError>(self.tokenizer.windows(text, req.long_prompt, 1)?.len());
+        let count = |text: &str| {
+            Ok::<_, InferenceError>(self.tokenizer.windows(text, req.long_prompt, 1)?.len())
+        };
         let windows = if use_cfg {
             count(&req.prompt)?.max(count(&req.negative_prompt)?)
         } else {
             count(&req.prompt)?
         };
-        let cond = self.encode_prompt(&req.prompt, req.long_prompt, windows)?.repeat((batch, 1, 1))?;
+        let cond = self
+            .encode_prompt(&req.prompt, req.long_prompt, windows)?
+            .repeat((batch, 1, 1))?;
         let embeddings = if use_cfg {
             let uncond = self.encode_prompt(&req.negative_prompt, req.long_prompt, windows)?;
             Tensor::cat(&[uncond.repeat((batch, 1, 1))?, cond], 0)?
@@ -314,7 +350,11 @@ impl StableDiffusion {
         let (lh, lw) = (req.height / multiple, req.width / multiple);
         let channels = self.vae_config.latent_channels;
         let mut scheduler = req.scheduler.build(&self.scheduler_config, req.steps);
-        let mut noise = PerImageNoise((0..batch).map(|i| TorchRng::new(req.seed.wrapping_add(i as u64))).collect());
+        let mut noise = PerImageNoise(
+            (0..batch)
+                .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
+                .collect(),
+        );
 
         let shape = Tensor::zeros((batch, channels, lh, lw), self.dtype, &self.device)?;
         let mut latents = (noise.randn_like(&shape)? * scheduler.init_noise_sigma())?;
@@ -349,7 +389,11 @@ impl StableDiffusion {
     }
 
     /// Latents to 8-bit RGB images, scaled by the VAE's own `scaling_factor`.
-    fn decode(&self, latents: &Tensor, req: &GenerateRequest) -> Result<Vec<GeneratedImage>, InferenceError> {
+    fn decode(
+        &self,
+        latents: &Tensor,
+        req: &GenerateRequest,
+    ) -> Result<Vec<GeneratedImage>, InferenceError> {
         let mut latents = (latents / self.vae_config.scaling_factor)?;
         if let Some(shift) = self.vae_config.shift_factor {
             latents = (latents + shift)?;
@@ -417,10 +461,14 @@ mod tests {
             let rgb = &img[0].rgb;
             assert_eq!(rgb.len(), 64 * 64 * 3);
             let mean = rgb.iter().map(|&v| v as f64).sum::<f64>() / rgb.len() as f64;
-            let std = (rgb.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / rgb.len() as f64).sqrt();
+            let std = (rgb.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()
+                / rgb.len() as f64)
+                .sqrt();
             eprintln!("{kind}: mean {mean:.1} std {std:.1}");
             assert!(std > 20.0, "{kind}: image is nearly flat (std {std})");
-            let again = sd.generate(&request(kind), &mut |_| ControlFlow::Continue(())).unwrap();
+            let again = sd
+                .generate(&request(kind), &mut |_| ControlFlow::Continue(()))
+                .unwrap();
             assert_eq!(again[0].rgb, img[0].rgb, "{kind}: same seed, same pixels");
         }
     }

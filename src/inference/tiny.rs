@@ -9,7 +9,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::stable_diffusion::{unet_2d::UNet2DConditionModel, vae::AutoEncoderKL};
+use candle_transformers::models::stable_diffusion::{
+    unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
+};
 use serde_json::json;
 
 use super::clip::ClipTextModel;
@@ -169,23 +171,32 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
     write_json(&dir.join("text_encoder/config.json"), &text_config)?;
     write_json(&dir.join("unet/config.json"), &unet_config)?;
     write_json(&dir.join("vae/config.json"), &vae_config)?;
-    write_json(&dir.join("scheduler/scheduler_config.json"), &scheduler_config)?;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &scheduler_config,
+    )?;
 
     let mut rng = TorchRng::new(seed);
 
     let text: ClipTextConfig = parse(text_config);
-    save_random(&dir.join("text_encoder/model.safetensors"), &mut rng, |vb| {
-        ClipTextModel::new(vb, &text).map(drop)
-    })?;
+    save_random(
+        &dir.join("text_encoder/model.safetensors"),
+        &mut rng,
+        |vb| ClipTextModel::new(vb, &text).map(drop),
+    )?;
     let unet: UNetConfig = parse(unet_config);
     let blocks = super::pipeline::unet_blocks(dir, &unet)?;
-    save_random(&dir.join("unet/diffusion_pytorch_model.safetensors"), &mut rng, |vb| {
-        UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop)
-    })?;
+    save_random(
+        &dir.join("unet/diffusion_pytorch_model.safetensors"),
+        &mut rng,
+        |vb| UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop),
+    )?;
     let vae: VaeConfig = parse(vae_config);
-    save_random(&dir.join("vae/diffusion_pytorch_model.safetensors"), &mut rng, |vb| {
-        AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop)
-    })?;
+    save_random(
+        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+        &mut rng,
+        |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+    )?;
     // Written last: its presence marks a complete model.
     write_json(&dir.join("model_index.json"), &model_index)
 }
@@ -281,13 +292,13 @@ fn train_bpe(corpus: &str, count: usize) -> (Vec<String>, Vec<(String, String)>)
             }
         }
         // Highest count wins; BTreeMap order breaks ties the same way every run.
-        let Some((best, _)) = pairs
-            .into_iter()
-            .fold(None::<((String, String), usize)>, |acc, (pair, n)| match acc {
+        let Some((best, _)) = pairs.into_iter().fold(
+            None::<((String, String), usize)>,
+            |acc, (pair, n)| match acc {
                 Some((_, m)) if m >= n => acc,
                 _ => Some((pair, n)),
-            })
-        else {
+            },
+        ) else {
             break;
         };
         let merged = format!("{}{}", best.0, best.1);
@@ -319,14 +330,21 @@ fn train_bpe(corpus: &str, count: usize) -> (Vec<String>, Vec<(String, String)>)
     (vocab, merges)
 }
 
-fn write_tokenizer(dir: &Path, vocab: &[String], merges: &[(String, String)]) -> Result<(), InferenceError> {
+fn write_tokenizer(
+    dir: &Path,
+    vocab: &[String],
+    merges: &[(String, String)],
+) -> Result<(), InferenceError> {
     std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
     let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
         .iter()
         .enumerate()
         .map(|(i, t)| (t.clone(), json!(i)))
         .collect();
-    write_json(&dir.join("vocab.json"), &serde_json::Value::Object(vocab_map))?;
+    write_json(
+        &dir.join("vocab.json"),
+        &serde_json::Value::Object(vocab_map),
+    )?;
     let mut merges_txt = String::from("#version: 0.2\n");
     for (a, b) in merges {
         merges_txt.push_str(&format!("{a} {b}\n"));
@@ -385,6 +403,9 @@ mod tests {
         assert_eq!((vocab.clone(), merges.clone()), train_bpe(CORPUS, MERGES));
         assert_eq!(vocab.len(), 512 + merges.len() + 2);
         assert!(vocab.contains(&"a</w>".to_string()));
-        assert!(vocab.contains(&"of</w>".to_string()), "common words become tokens");
+        assert!(
+            vocab.contains(&"of</w>".to_string()),
+            "common words become tokens"
+        );
     }
 }

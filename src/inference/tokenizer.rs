@@ -15,8 +15,7 @@ use tokenizers::{Model, SplitDelimiterBehavior, Tokenizer};
 use super::InferenceError;
 
 /// CLIP's word-splitting pattern (the one in every SD `tokenizer.json`).
-const CLIP_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// Start-of-text marker.
 pub const BOS: &str = "<|startoftext|>";
 /// End-of-text marker, also the padding token of SD 1.x.
@@ -159,14 +158,21 @@ pub fn build_clip_tokenizer(vocab: &Path, merges: &Path) -> Result<Tokenizer, In
         .build()
         .map_err(|e| InferenceError::invalid_model(vocab, e))?;
     let bad = |e: tokenizers::Error| InferenceError::invalid_model(vocab, e);
-    let bos = bpe.token_to_id(BOS).ok_or_else(|| bad("vocab.json has no start token".into()))?;
-    let eos = bpe.token_to_id(EOS).ok_or_else(|| bad("vocab.json has no end token".into()))?;
+    let bos = bpe
+        .token_to_id(BOS)
+        .ok_or_else(|| bad("vocab.json has no start token".into()))?;
+    let eos = bpe
+        .token_to_id(EOS)
+        .ok_or_else(|| bad("vocab.json has no end token".into()))?;
     let mut tok = Tokenizer::new(bpe);
     tok.with_normalizer(Some(NormalizerSequence::new(vec![
         NFC.into(),
-        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-            .map_err(bad)?
-            .into(),
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(bad)?
+        .into(),
         Lowercase.into(),
     ])))
     .map_err(bad)?;

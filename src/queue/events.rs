@@ -96,7 +96,15 @@ mod tests {
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
         let c = serde_json::to_value(EventKind::Canceled).unwrap();
         assert_eq!(c, serde_json::json!({"type": "canceled"}));
-        assert!(EventKind::Failed { error: "x".into(), retrying: false }.is_terminal());
-        assert!(!EventKind::Failed { error: "x".into(), retrying: true }.is_terminal());
+        assert!(EventKind::Failed {
+            error: "x".into(),
+            retrying: false
+        }
+        .is_terminal());
+        assert!(!EventKind::Failed {
+            error: "x".into(),
+            retrying: true
+        }
+        .is_terminal());
     }
 }

@@ -41,13 +41,14 @@ impl EventBus for LocalBus {
     }
 
     async fn subscribe(&self, job_id: Uuid) -> Result<BoxStream<'static, BusMessage>, BusError> {
-        let stream = BroadcastStream::new(self.events.subscribe()).filter_map(move |msg| async move {
-            match msg {
-                Ok(event) if event.job_id == job_id => Some(BusMessage::Event(event)),
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(_)) => Some(BusMessage::Lagged),
-            }
-        });
+        let stream =
+            BroadcastStream::new(self.events.subscribe()).filter_map(move |msg| async move {
+                match msg {
+                    Ok(event) if event.job_id == job_id => Some(BusMessage::Event(event)),
+                    Ok(_) => None,
+                    Err(BroadcastStreamRecvError::Lagged(_)) => Some(BusMessage::Lagged),
+                }
+            });
         Ok(stream.boxed())
     }
 

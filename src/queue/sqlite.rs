@@ -8,13 +8,15 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore, Lease, ListQuery,
-    NewImage, NewJob, StoreError,
+    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore,
+    Lease, ListQuery, NewImage, NewJob, StoreError,
 };
 
 const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
@@ -78,8 +80,10 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     let timings: Option<String> = row.try_get("timings")?;
     Ok(Job {
         id: parse_uuid(row.try_get("id")?)?,
-        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        spec: serde_json::from_str::<JobSpec>(&spec)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         priority: row.try_get("priority")?,
         attempt: row.try_get("attempt")?,
         max_attempts: row.try_get("max_attempts")?,
@@ -112,7 +116,12 @@ fn image_from_row(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
 }
 
 /// Inserts the event row for `seq` (already reserved in `jobs.last_seq`).
-async fn insert_event(conn: &mut SqliteConnection, id: Uuid, seq: i64, kind: EventKind) -> Result<Event, StoreError> {
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    seq: i64,
+    kind: EventKind,
+) -> Result<Event, StoreError> {
     let body = serde_json::to_string(&kind).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query("INSERT INTO job_events (job_id, seq, body, created_at) VALUES (?, ?, ?, ?)")
         .bind(id.to_string())
@@ -121,11 +130,19 @@ async fn insert_event(conn: &mut SqliteConnection, id: Uuid, seq: i64, kind: Eve
         .bind(now_ms())
         .execute(&mut *conn)
         .await?;
-    Ok(Event { job_id: id, seq, kind })
+    Ok(Event {
+        job_id: id,
+        seq,
+        kind,
+    })
 }
 
 /// Reserves the next `seq` of a job we hold, or reports the lease lost.
-async fn next_seq_fenced(conn: &mut SqliteConnection, id: Uuid, token: Uuid) -> Result<i64, StoreError> {
+async fn next_seq_fenced(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    token: Uuid,
+) -> Result<i64, StoreError> {
     sqlx::query_scalar(
         "UPDATE jobs SET last_seq = last_seq + 1 \
          WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
@@ -155,7 +172,8 @@ impl JobStore for SqliteStore {
     async fn enqueue(&self, new: NewJob) -> Result<(Job, Event), StoreError> {
         let id = Uuid::now_v7();
         let now = now_ms();
-        let spec = serde_json::to_string(&new.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let spec =
+            serde_json::to_string(&new.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(&format!(
             "INSERT INTO jobs (id, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
@@ -264,7 +282,9 @@ impl JobStore for SqliteStore {
 
     async fn record(&self, id: Uuid, token: Uuid, kind: EventKind) -> Result<Event, StoreError> {
         if kind.is_terminal() {
-            return Err(StoreError::Database("terminal events are recorded by complete/fail/cancel".into()));
+            return Err(StoreError::Database(
+                "terminal events are recorded by complete/fail/cancel".into(),
+            ));
         }
         let mut tx = self.writer.begin().await?;
         let seq = next_seq_fenced(&mut tx, id, token).await?;
@@ -333,7 +353,16 @@ impl JobStore for SqliteStore {
         }
         seq += 1;
         events.push(
-            insert_event(&mut tx, id, seq, EventKind::Succeeded { images: summaries, timings }).await?,
+            insert_event(
+                &mut tx,
+                id,
+                seq,
+                EventKind::Succeeded {
+                    images: summaries,
+                    timings,
+                },
+            )
+            .await?,
         );
         sqlx::query("UPDATE jobs SET last_seq = ? WHERE id = ?")
             .bind(seq)
@@ -363,7 +392,9 @@ impl JobStore for SqliteStore {
         .ok_or(StoreError::LeaseLost(id))?;
         let attempt: i64 = row.try_get("attempt")?;
         let max_attempts: i64 = row.try_get("max_attempts")?;
-        let retry_at = retry_after.filter(|_| attempt < max_attempts).map(|d| now + ms(d));
+        let retry_at = retry_after
+            .filter(|_| attempt < max_attempts)
+            .map(|d| now + ms(d));
         let seq: i64 = sqlx::query_scalar(
             "UPDATE jobs SET status = CASE WHEN ?1 IS NULL THEN 'failed' ELSE 'queued' END, \
                     run_at = COALESCE(?1, run_at), finished_at = CASE WHEN ?1 IS NULL THEN ?2 END, \
@@ -433,7 +464,8 @@ impl JobStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         let status = status.ok_or(StoreError::NotFound(id))?;
-        let status = JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
+        let status =
+            JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
         let outcome = match status {
             JobStatus::Queued => {
                 let seq: i64 = sqlx::query_scalar(
@@ -447,13 +479,20 @@ impl JobStore for SqliteStore {
                 CancelOutcome::Canceled(insert_event(&mut tx, id, seq, EventKind::Canceled).await?)
             }
             JobStatus::Running => {
-                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'")
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                )
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
                 CancelOutcome::Requested
             }
-            terminal => return Err(StoreError::Conflict { id, status: terminal }),
+            terminal => {
+                return Err(StoreError::Conflict {
+                    id,
+                    status: terminal,
+                })
+            }
         };
         tx.commit().await?;
         Ok(outcome)
@@ -475,13 +514,26 @@ impl JobStore for SqliteStore {
             let attempt: i64 = row.try_get("attempt")?;
             let max_attempts: i64 = row.try_get("max_attempts")?;
             let canceled = row.try_get::<i64, _>("cancel_requested")? != 0;
-            let error = format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
+            let error =
+                format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
             let (status, kind) = if canceled {
                 ("canceled", EventKind::Canceled)
             } else if attempt >= max_attempts {
-                ("failed", EventKind::Failed { error: error.clone(), retrying: false })
+                (
+                    "failed",
+                    EventKind::Failed {
+                        error: error.clone(),
+                        retrying: false,
+                    },
+                )
             } else {
-                ("queued", EventKind::Failed { error: error.clone(), retrying: true })
+                (
+                    "queued",
+                    EventKind::Failed {
+                        error: error.clone(),
+                        retrying: true,
+                    },
+                )
             };
             let seq: i64 = sqlx::query_scalar(
                 "UPDATE jobs SET status = ?, error = CASE WHEN ? = 'canceled' THEN error ELSE ? END, \
@@ -506,18 +558,21 @@ impl JobStore for SqliteStore {
     }
 
     async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query("SELECT seq, body FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq")
-            .bind(id.to_string())
-            .bind(after_seq)
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, body FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(id.to_string())
+        .bind(after_seq)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("body")?;
                 Ok(Event {
                     job_id: id,
                     seq: row.try_get("seq")?,
-                    kind: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    kind: serde_json::from_str(&body)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })
             })
             .collect()

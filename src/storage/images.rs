@@ -33,7 +33,9 @@ impl ImageStore {
         let dir = match location.strip_prefix("file://") {
             Some(path) => path.to_string(),
             None if location.contains("://") => {
-                return Err(bad("only file:// and plain paths are supported in this build".into()))
+                return Err(bad(
+                    "only file:// and plain paths are supported in this build".into(),
+                ))
             }
             None => location.to_string(),
         };
@@ -73,7 +75,9 @@ impl ImageStore {
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         match self.inner.get(&ObjectPath::from(key)).await {
             Ok(result) => Ok(result.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key.to_string())),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StorageError::NotFound(key.to_string()))
+            }
             Err(e) => Err(e.into()),
         }
     }

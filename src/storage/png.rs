@@ -30,7 +30,13 @@ impl PngMetadata {
         }
         text.push_str(&format!(
             "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-            self.steps, self.sampler, self.guidance_scale, self.seed, self.width, self.height, self.model
+            self.steps,
+            self.sampler,
+            self.guidance_scale,
+            self.seed,
+            self.width,
+            self.height,
+            self.model
         ));
         text
     }
@@ -40,7 +46,12 @@ impl PngMetadata {
 pub const SPEC_CHUNK: &str = "sdq";
 
 /// Encodes 8-bit RGB pixels as PNG with both metadata chunks.
-pub fn encode(width: u32, height: u32, rgb: &[u8], meta: &PngMetadata) -> Result<Vec<u8>, png::EncodingError> {
+pub fn encode(
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+    meta: &PngMetadata,
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, width, height);
@@ -106,7 +117,9 @@ mod tests {
             let params = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
             assert!(params.starts_with(prompt));
             assert!(params.contains("Negative prompt: blurry"));
-            assert!(params.contains("Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 2x1, Model: tiny"));
+            assert!(params.contains(
+                "Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 2x1, Model: tiny"
+            ));
             let spec = &chunks.iter().find(|(k, _)| k == SPEC_CHUNK).unwrap().1;
             let spec: serde_json::Value = serde_json::from_str(spec).unwrap();
             assert_eq!(spec["prompt"], prompt);

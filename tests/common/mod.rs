@@ -53,7 +53,9 @@ impl Server {
     /// Starts on an existing data directory (for restarts).
     pub async fn start_in(data: &Path, extra: &[&str]) -> Self {
         let (config, serve) = configs(data, extra);
-        let running = sdq::app::start(&config, &serve).await.expect("server starts");
+        let running = sdq::app::start(&config, &serve)
+            .await
+            .expect("server starts");
         Self {
             base: format!("http://{}", running.addr),
             running: Some(running),
@@ -75,7 +77,13 @@ impl Server {
 
     /// POSTs a job and returns `(status, body)`.
     pub async fn submit(&self, body: Value) -> (u16, Value) {
-        let resp = self.client.post(self.url("/v1/jobs")).json(&body).send().await.expect("request");
+        let resp = self
+            .client
+            .post(self.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -88,7 +96,12 @@ impl Server {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let resp = self.client.get(self.url(path)).send().await.expect("request");
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -107,13 +120,21 @@ impl Server {
             if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap_or("")) {
                 return job;
             }
-            assert!(start.elapsed() < timeout, "job {id} not finished after {timeout:?}: {job}");
+            assert!(
+                start.elapsed() < timeout,
+                "job {id} not finished after {timeout:?}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn events(&self, id: &str, last_event_id: Option<i64>) -> SseReader {
-        SseReader::open(&self.client, &self.url(&format!("/v1/jobs/{id}/events")), last_event_id).await
+        SseReader::open(
+            &self.client,
+            &self.url(&format!("/v1/jobs/{id}/events")),
+            last_event_id,
+        )
+        .await
     }
 }
 
@@ -158,7 +179,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut msg = SseMessage { id: None, event: "message".into(), data: Value::Null };
+                let mut msg = SseMessage {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
                 let mut data = String::new();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
@@ -189,7 +214,10 @@ impl SseReader {
     pub async fn collect(&mut self, timeout: Duration) -> Vec<SseMessage> {
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
-        while let Some(m) = self.next(deadline.saturating_duration_since(Instant::now())).await {
+        while let Some(m) = self
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             out.push(m);
         }
         out
@@ -203,7 +231,10 @@ pub fn sdq_bin() -> &'static str {
 
 /// Runs `sdq` to completion, asserting success; returns stdout.
 pub fn run_sdq(args: &[&str]) -> String {
-    let out = Command::new(sdq_bin()).args(args).output().expect("run sdq");
+    let out = Command::new(sdq_bin())
+        .args(args)
+        .output()
+        .expect("run sdq");
     assert!(
         out.status.success(),
         "sdq {args:?} failed: {}\n{}",
@@ -238,7 +269,10 @@ impl ServeProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sdq serve");
-        Self { child, base: format!("http://127.0.0.1:{port}") }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     /// Waits until `/health` answers.
@@ -250,7 +284,10 @@ impl ServeProcess {
                     return;
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "sdq serve did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "sdq serve did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -268,7 +305,11 @@ impl Drop for ServeProcess {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Decodes a PNG, returning `(width, height, text chunks)`.

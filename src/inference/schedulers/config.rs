@@ -72,14 +72,16 @@ impl SchedulerConfig {
                 .into_iter()
                 .map(|b| b as f32)
                 .collect(),
-            BetaSchedule::ScaledLinear => {
-                linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                    .into_iter()
-                    .map(|b| (b as f32) * (b as f32))
-                    .collect()
-            }
+            BetaSchedule::ScaledLinear => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| (b as f32) * (b as f32))
+                .collect(),
             BetaSchedule::SquaredcosCapV2 => {
-                let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+                let alpha_bar = |t: f64| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                        .cos()
+                        .powi(2)
+                };
                 (0..n)
                     .map(|i| {
                         let t1 = i as f64 / n as f64;
@@ -137,7 +139,10 @@ impl SchedulerConfig {
         match self.timestep_spacing {
             TimestepSpacing::Linspace => {
                 let n = self.num_train_timesteps;
-                linspace(0.0, (n - 1) as f64, steps.clamp(1, n)).into_iter().rev().collect()
+                linspace(0.0, (n - 1) as f64, steps.clamp(1, n))
+                    .into_iter()
+                    .rev()
+                    .collect()
             }
             _ => self.integer_timesteps(steps),
         }
@@ -151,7 +156,13 @@ pub(crate) fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
     }
     let step = (end - start) / (n - 1) as f64;
     (0..n)
-        .map(|i| if i == n - 1 { end } else { start + step * i as f64 })
+        .map(|i| {
+            if i == n - 1 {
+                end
+            } else {
+                start + step * i as f64
+            }
+        })
         .collect()
 }
 

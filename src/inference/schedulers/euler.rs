@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
-use super::{euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig};
+use super::{
+    euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig,
+};
 
 pub struct Euler {
     timesteps: Vec<f64>,

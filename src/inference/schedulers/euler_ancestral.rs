@@ -3,7 +3,9 @@
 
 use candle_core::Tensor;
 
-use super::{euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig};
+use super::{
+    euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig,
+};
 
 pub struct EulerAncestral {
     timesteps: Vec<f64>,

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{CancelOutcome, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, StoreError};
 use super::Job;
+use super::{
+    CancelOutcome, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, StoreError,
+};
 
 #[derive(Clone)]
 pub struct Queue {
@@ -80,7 +82,10 @@ impl Queue {
         images: Vec<NewImage>,
         timings: serde_json::Value,
     ) -> Result<(), StoreError> {
-        let events = self.store.complete(lease.job.id, lease.token, images, timings).await?;
+        let events = self
+            .store
+            .complete(lease.job.id, lease.token, images, timings)
+            .await?;
         self.publish(&events).await;
         Ok(())
     }
@@ -91,7 +96,10 @@ impl Queue {
         error: &str,
         retry_after: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let event = self.store.fail(lease.job.id, lease.token, error, retry_after).await?;
+        let event = self
+            .store
+            .fail(lease.job.id, lease.token, error, retry_after)
+            .await?;
         let retrying = matches!(event.kind, EventKind::Failed { retrying: true, .. });
         self.publish(&[event]).await;
         if retrying {

@@ -1,0 +1,512 @@
+//! One conformance suite for every `JobStore` backend: a backend passes it or is not done.
+//!
+//! Each check takes a fresh, empty store. The `backend!` macro at the bottom runs every
+//! check against each implementation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sdq::queue::{
+    CancelOutcome, EventKind, JobSpec, JobStatus, JobStore, ListQuery, NewImage, NewJob, StoreError,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+type Store = Arc<dyn JobStore>;
+
+fn spec(model: &str, prompt: &str) -> JobSpec {
+    JobSpec {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        model: model.into(),
+        width: 64,
+        height: 64,
+        steps: 4,
+        guidance_scale: 7.5,
+        seed: 1,
+        scheduler: "euler-a".into(),
+        num_images: 1,
+        long_prompt: "chunk".into(),
+    }
+}
+
+async fn enqueue(
+    store: &Store,
+    model: &str,
+    prompt: &str,
+    priority: i32,
+    max_attempts: i32,
+) -> Uuid {
+    let (job, event) = store
+        .enqueue(NewJob {
+            spec: spec(model, prompt),
+            priority,
+            max_attempts,
+        })
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(event.seq, 1);
+    assert!(matches!(event.kind, EventKind::Queued { .. }));
+    job.id
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn claim_order_is_priority_then_age(store: Store) {
+    let low = enqueue(&store, "m", "low", 0, 3).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let high = enqueue(&store, "m", "high", 5, 3).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let low2 = enqueue(&store, "m", "low2", 0, 3).await;
+    assert_eq!(store.queue_position(high).await.unwrap(), Some(1));
+    assert_eq!(store.queue_position(low).await.unwrap(), Some(2));
+    assert_eq!(store.queue_position(low2).await.unwrap(), Some(3));
+    let order: Vec<Uuid> = [
+        store
+            .claim("w", None, LEASE)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .job
+            .id,
+        store
+            .claim("w", None, LEASE)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .job
+            .id,
+        store
+            .claim("w", None, LEASE)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .job
+            .id,
+    ]
+    .to_vec();
+    assert_eq!(order, vec![high, low, low2]);
+    assert!(store.claim("w", None, LEASE).await.unwrap().is_none());
+    assert_eq!(store.queue_position(low).await.unwrap(), None);
+}
+
+async fn claim_prefers_the_loaded_model_within_a_priority(store: Store) {
+    let a = enqueue(&store, "model-a", "a", 0, 3).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let b = enqueue(&store, "model-b", "b", 0, 3).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let urgent = enqueue(&store, "model-a", "urgent", 1, 3).await;
+    let first = store
+        .claim("w", Some("model-b"), LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(first.job.id, urgent, "priority beats model affinity");
+    let second = store
+        .claim("w", Some("model-b"), LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(second.job.id, b, "the loaded model wins over an older job");
+    let third = store
+        .claim("w", Some("model-b"), LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(third.job.id, a);
+}
+
+async fn claim_sets_lease_attempt_and_started_event(store: Store) {
+    let id = enqueue(&store, "m", "x", 0, 3).await;
+    let (lease, event) = store.claim("worker-1", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.job.id, id);
+    assert_eq!(lease.job.status, JobStatus::Running);
+    assert_eq!(lease.job.attempt, 1);
+    assert_eq!(lease.job.worker.as_deref(), Some("worker-1"));
+    assert_eq!(event.seq, 2);
+    assert_eq!(
+        event.kind,
+        EventKind::Started {
+            attempt: 1,
+            worker: "worker-1".into()
+        }
+    );
+    assert!(!store.heartbeat(id, lease.token, LEASE).await.unwrap());
+}
+
+async fn concurrent_claims_never_share_a_job(store: Store) {
+    for i in 0..20 {
+        enqueue(&store, "m", &format!("job {i}"), 0, 3).await;
+    }
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some((lease, _)) = store.claim(&format!("w{w}"), None, LEASE).await.unwrap() {
+                got.push(lease.job.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (20, 20));
+}
+
+async fn writes_are_fenced_by_the_lease_token(store: Store) {
+    let id = enqueue(&store, "m", "x", 0, 3).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    let wrong = Uuid::new_v4();
+    let progress = EventKind::Progress {
+        step: 1,
+        total: 4,
+        elapsed_ms: 5,
+        eta_ms: 15,
+    };
+    assert!(matches!(
+        store.heartbeat(id, wrong, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.record(id, wrong, progress.clone()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.complete(id, wrong, vec![], json!({})).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.fail(id, wrong, "x", None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.cancel_running(id, wrong).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.release(id, wrong).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // The real holder still can.
+    let e = store.record(id, lease.token, progress).await.unwrap();
+    assert_eq!(e.seq, 3);
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.progress_step, job.progress_total), (1, 4));
+}
+
+async fn completion_records_images_and_gap_free_events(store: Store) {
+    let id = enqueue(&store, "m", "x", 0, 3).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    for step in 1..=2 {
+        store
+            .record(
+                id,
+                lease.token,
+                EventKind::Progress {
+                    step,
+                    total: 2,
+                    elapsed_ms: 1,
+                    eta_ms: 1,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let images: Vec<NewImage> = (0..2)
+        .map(|i| {
+            let image = Uuid::new_v4();
+            NewImage {
+                id: image,
+                index: i,
+                object_key: format!("{id}/{image}.png"),
+                url: format!("/v1/images/{image}"),
+                seed: 10 + i,
+                width: 64,
+                height: 64,
+                bytes: 100,
+            }
+        })
+        .collect();
+    let events = store
+        .complete(id, lease.token, images.clone(), json!({"total_ms": 5}))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds, ["image", "image", "succeeded"]);
+    let all = store.events_after(id, 0).await.unwrap();
+    let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(store.events_after(id, 5).await.unwrap().len(), 2);
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.last_seq, 7);
+    assert_eq!(job.timings, Some(json!({"total_ms": 5})));
+    let rows = store.job_images(id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].seed, 11);
+    assert_eq!(store.image(images[0].id).await.unwrap().unwrap().job_id, id);
+    assert!(store.image(Uuid::new_v4()).await.unwrap().is_none());
+    // A finished job cannot be completed twice.
+    assert!(matches!(
+        store.complete(id, lease.token, vec![], json!({})).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+}
+
+async fn transient_failures_retry_with_backoff_then_fail(store: Store) {
+    let id = enqueue(&store, "m", "poison", 0, 2).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    let event = store
+        .fail(id, lease.token, "boom", Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(
+        event.kind,
+        EventKind::Failed {
+            error: "boom".into(),
+            retrying: true
+        }
+    );
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(
+        store.claim("w", None, LEASE).await.unwrap().is_none(),
+        "not before run_at"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.job.attempt, 2);
+    let event = store
+        .fail(
+            id,
+            lease.token,
+            "boom again",
+            Some(Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        event.kind,
+        EventKind::Failed {
+            error: "boom again".into(),
+            retrying: false
+        }
+    );
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("boom again"));
+}
+
+async fn permanent_failures_fail_at_once(store: Store) {
+    let id = enqueue(&store, "m", "bad", 0, 5).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    let event = store
+        .fail(id, lease.token, "model missing", None)
+        .await
+        .unwrap();
+    assert!(event.kind.is_terminal());
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+}
+
+async fn expired_leases_are_rescued(store: Store) {
+    let retry = enqueue(&store, "m", "retry", 0, 2).await;
+    let (lease, _) = store
+        .claim("w", None, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.job.id, retry);
+    assert!(
+        store.rescue_expired().await.unwrap().is_empty(),
+        "lease still valid"
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let events = store.rescue_expired().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(matches!(
+        &events[0].kind,
+        EventKind::Failed { retrying: true, .. }
+    ));
+    assert_eq!(
+        store.get(retry).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    // Second attempt also dies: max_attempts reached, so it fails for good.
+    let (lease2, _) = store
+        .claim("w", None, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease2.job.attempt, 2);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let events = store.rescue_expired().await.unwrap();
+    assert!(events[0].kind.is_terminal());
+    let job = store.get(retry).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.unwrap().contains("lease"));
+    // The old holders are fenced out.
+    assert!(matches!(
+        store.heartbeat(retry, lease.token, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.heartbeat(retry, lease2.token, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+}
+
+async fn cancel_semantics(store: Store) {
+    let queued = enqueue(&store, "m", "q", 0, 3).await;
+    match store.request_cancel(queued).await.unwrap() {
+        CancelOutcome::Canceled(e) => assert_eq!(e.kind, EventKind::Canceled),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.get(queued).await.unwrap().unwrap().status,
+        JobStatus::Canceled
+    );
+    assert!(matches!(
+        store.request_cancel(queued).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.request_cancel(Uuid::new_v4()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let running = enqueue(&store, "m", "r", 0, 3).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert!(matches!(
+        store.request_cancel(running).await.unwrap(),
+        CancelOutcome::Requested
+    ));
+    assert!(
+        store.heartbeat(running, lease.token, LEASE).await.unwrap(),
+        "heartbeat carries the request"
+    );
+    let e = store.cancel_running(running, lease.token).await.unwrap();
+    assert_eq!(e.kind, EventKind::Canceled);
+    assert_eq!(
+        store.get(running).await.unwrap().unwrap().status,
+        JobStatus::Canceled
+    );
+
+    // A cancel requested while the worker died ends as canceled, not retried.
+    let orphan = enqueue(&store, "m", "o", 0, 3).await;
+    store
+        .claim("w", None, Duration::from_millis(30))
+        .await
+        .unwrap()
+        .unwrap();
+    store.request_cancel(orphan).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let events = store.rescue_expired().await.unwrap();
+    assert_eq!(events[0].kind, EventKind::Canceled);
+}
+
+async fn release_returns_a_job_without_counting_the_attempt(store: Store) {
+    let id = enqueue(&store, "m", "x", 0, 1).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    store.release(id, lease.token).await.unwrap();
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempt), (JobStatus::Queued, 0));
+    let (again, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(again.job.attempt, 1);
+}
+
+async fn listing_is_newest_first_with_a_cursor(store: Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(enqueue(&store, "m", &format!("{i}"), 0, 3).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let page1 = store
+        .list(&ListQuery {
+            status: None,
+            before: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    let page2 = store
+        .list(&ListQuery {
+            status: None,
+            before: Some(ids[3]),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]]
+    );
+    store.request_cancel(ids[0]).await.unwrap();
+    let canceled = store
+        .list(&ListQuery {
+            status: Some(JobStatus::Canceled),
+            before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(canceled.len(), 1);
+    store.ping().await.unwrap();
+}
+
+macro_rules! backend {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+            macro_rules! check {
+                ($check:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $check() {
+                        let (store, _guard) = $open;
+                        super::$check(store).await;
+                    }
+                };
+            }
+            check!(claim_order_is_priority_then_age);
+            check!(claim_prefers_the_loaded_model_within_a_priority);
+            check!(claim_sets_lease_attempt_and_started_event);
+            check!(concurrent_claims_never_share_a_job);
+            check!(writes_are_fenced_by_the_lease_token);
+            check!(completion_records_images_and_gap_free_events);
+            check!(transient_failures_retry_with_backoff_then_fail);
+            check!(permanent_failures_fail_at_once);
+            check!(expired_leases_are_rescued);
+            check!(cancel_semantics);
+            check!(release_returns_a_job_without_counting_the_attempt);
+            check!(listing_is_newest_first_with_a_cursor);
+        }
+    };
+}
+
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let store = sdq::queue::sqlite::SqliteStore::open(&url).await.unwrap();
+    (Arc::new(store), dir)
+}
+
+backend!(sqlite, sqlite_store().await);
