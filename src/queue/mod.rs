@@ -5,9 +5,9 @@
 
 pub mod bus;
 pub mod events;
+mod facade;
 pub mod job;
 pub mod local_bus;
-mod facade;
 pub mod rescuer;
 pub mod retry;
 pub mod sqlite;
@@ -16,7 +16,7 @@ pub mod store;
 
 pub use bus::{BusError, BusMessage, EventBus};
 pub use events::{Event, EventKind, ImageSummary};
-pub use job::{ImageRecord, Job, JobSpec, Lease, ListQuery, NewImage, NewJob};
 pub use facade::Queue;
+pub use job::{ImageRecord, Job, JobSpec, Lease, ListQuery, NewImage, NewJob};
 pub use state::JobStatus;
 pub use store::{CancelOutcome, JobStore, StoreError};
