@@ -11,13 +11,28 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiSettings, AppState, Limits};
 use crate::config::{Config, ServeConfig};
-use crate::queue::{local_bus::LocalBus, rescuer, sqlite::SqliteStore, Queue};
+use crate::queue::{
+    local_bus::LocalBus, postgres::PgStore, redis_bus::RedisBus, rescuer, sqlite::SqliteStore,
+    EventBus, JobStore, Queue,
+};
 use crate::storage::ImageStore;
 use crate::worker::{Worker, WorkerConfig};
 
-/// A running `sdq serve`: API, workers and rescuer in one process.
+/// Which halves of sdq a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `sdq serve`: API and workers.
+    All,
+    /// `sdq api`: API (and rescuer) only.
+    Api,
+    /// `sdq worker`: workers (and rescuer) only.
+    Worker,
+}
+
+/// A running process: API and/or workers, and the rescuer.
 pub struct Running {
-    pub addr: SocketAddr,
+    /// Where the API listens (`None` for a worker-only process).
+    pub addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -38,23 +53,37 @@ impl Running {
     }
 }
 
-/// Opens the configured job store.
+/// Opens the configured job store (applying migrations) and event bus.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
     let url = config.database_url();
-    if !url.starts_with("sqlite:") {
-        anyhow::bail!("unsupported database URL '{url}': this build supports sqlite:// only");
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store = SqliteStore::open(&url)
-        .await
-        .with_context(|| format!("cannot open job database {url}"))?;
-    Ok(Queue::new(Arc::new(store), Arc::new(LocalBus::new())))
+    let store: Arc<dyn JobStore> = if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        Arc::new(
+            SqliteStore::open(&url)
+                .await
+                .with_context(|| format!("cannot open job database {url}"))?,
+        )
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(
+            PgStore::open(&url)
+                .await
+                .context("cannot open the PostgreSQL job database")?,
+        )
+    } else {
+        anyhow::bail!("unsupported database URL '{url}' (sqlite://PATH or postgres://...)");
+    };
+    let bus: Arc<dyn EventBus> = match &config.redis_url {
+        Some(redis) => Arc::new(RedisBus::new(redis).context("invalid Redis URL")?),
+        None => Arc::new(LocalBus::new()),
+    };
+    Ok(Queue::new(store, bus))
 }
 
-/// Starts everything and returns once the API is listening.
-pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Running> {
-    if !serve.bind.ip().is_loopback() && !serve.allow_unauthenticated {
+/// Starts the parts `role` asks for and returns once the API (if any) is listening.
+pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::Result<Running> {
+    let api = role != Role::Worker;
+    if api && !serve.bind.ip().is_loopback() && !serve.allow_unauthenticated {
         anyhow::bail!(
             "refusing to serve on {} without API keys; bind a loopback address or pass \
              --allow-unauthenticated if a proxy in front of sdq authenticates requests",
@@ -62,7 +91,8 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Runni
         );
     }
     let queue = open_queue(config).await?;
-    let images = ImageStore::open(&config.object_store()).context("cannot open the image store")?;
+    let images = ImageStore::open(&config.object_store(), &config.s3())
+        .context("cannot open the image store")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -71,12 +101,16 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Runni
         serve.rescue_interval(),
         shutdown_rx.clone(),
     )));
-    for _ in 0..serve.workers {
+    let workers = if role == Role::Api { 0 } else { serve.workers };
+    for _ in 0..workers {
         let mut wc = WorkerConfig::new(config.models_dir());
         wc.lease = serve.lease();
         wc.retry_base = serve.retry_base();
         wc.grace = serve.grace();
         wc.poll_interval = serve.lease().min(wc.poll_interval);
+        wc.device = crate::cli::parse_device(&serve.device)?;
+        wc.device_name = serve.device.clone();
+        wc.dtype = crate::cli::parse_dtype(&serve.dtype)?;
         let worker = Worker::new(queue.clone(), images.clone(), wc);
         tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }
@@ -93,6 +127,14 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Runni
             max_attempts: serve.max_attempts,
         }),
     };
+    if !api {
+        tracing::info!(workers, "sdq worker running");
+        return Ok(Running {
+            addr: None,
+            shutdown: shutdown_tx,
+            tasks,
+        });
+    }
     let listener = TcpListener::bind(serve.bind)
         .await
         .with_context(|| format!("cannot listen on {}", serve.bind))?;
@@ -119,7 +161,7 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> anyhow::Result<Runni
     }));
     tracing::info!(%addr, "sdq listening");
     Ok(Running {
-        addr,
+        addr: Some(addr),
         shutdown: shutdown_tx,
         tasks,
     })

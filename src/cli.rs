@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::app::Role;
 use crate::config::{Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
 use crate::inference::{hub, tiny, GenerateRequest, SchedulerKind, StableDiffusion};
@@ -33,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// API and worker in one process (embedded defaults: SQLite, local files, in-process events).
     Serve(ServeConfig),
+    /// The API half of the distributed form (no inference).
+    Api(ServeConfig),
+    /// The worker half of the distributed form (no HTTP).
+    Worker(ServeConfig),
     /// Apply the database migrations and exit.
     Migrate,
     /// Generate images locally, without a server.
@@ -88,7 +93,7 @@ pub struct GenerateArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let default_level = match cli.command {
-        Command::Generate(_) | Command::TinyModel { .. } => "warn",
+        Command::Generate(_) | Command::TinyModel { .. } | Command::Migrate => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -99,7 +104,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(serve) => runtime()?.block_on(serve_until_signal(cli.config, serve)),
+        Command::Serve(serve) => {
+            runtime()?.block_on(run_until_signal(cli.config, serve, Role::All))
+        }
+        Command::Api(serve) => runtime()?.block_on(run_until_signal(cli.config, serve, Role::Api)),
+        Command::Worker(serve) => {
+            runtime()?.block_on(run_until_signal(cli.config, serve, Role::Worker))
+        }
         Command::Migrate => runtime()?.block_on(async {
             crate::app::open_queue(&cli.config).await?;
             println!("migrations applied to {}", cli.config.database_url());
@@ -124,14 +135,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve_until_signal(config: Config, serve: ServeConfig) -> anyhow::Result<()> {
-    let running = crate::app::start(&config, &serve).await?;
-    println!(
-        "sdq serving on http://{} (model {}, data in {})",
-        running.addr,
-        config.model,
-        config.data_dir.display()
-    );
+async fn run_until_signal(config: Config, serve: ServeConfig, role: Role) -> anyhow::Result<()> {
+    let running = crate::app::start(&config, &serve, role).await?;
+    match running.addr {
+        Some(addr) => println!(
+            "sdq serving on http://{addr} (model {}, data in {})",
+            config.model,
+            config.data_dir.display()
+        ),
+        None => println!(
+            "sdq worker running (model {}, database {})",
+            config.model,
+            config.database_url()
+        ),
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;

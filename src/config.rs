@@ -29,6 +29,16 @@ pub struct Config {
     /// Default model: a known name (tiny, sd-turbo, v1-5, v2-1), a hub repo id or a folder.
     #[arg(long, env = "SDQ_MODEL", default_value = "sd-turbo", global = true)]
     pub model: String,
+    /// Redis for step events, cancel signals and wake-ups across processes
+    /// (default: in-process, which only reaches the same process).
+    #[arg(long, env = "SDQ_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// S3 endpoint for s3:// object stores (MinIO, moto, ...); path-style requests.
+    #[arg(long, env = "SDQ_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "SDQ_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
 }
 
 impl Config {
@@ -47,9 +57,16 @@ impl Config {
     pub fn models_dir(&self) -> PathBuf {
         self.data_dir.join("models")
     }
+
+    pub fn s3(&self) -> crate::storage::S3Options {
+        crate::storage::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+        }
+    }
 }
 
-/// Options of `sdq serve`.
+/// Options of `sdq serve`, `sdq api` and `sdq worker` (each uses the ones that apply).
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -58,6 +75,12 @@ pub struct ServeConfig {
     /// Worker loops in this process (0: API only).
     #[arg(long, env = "SDQ_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Where workers run inference: cpu, cuda:N or metal.
+    #[arg(long, env = "SDQ_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Weights precision: f32, f16 or bf16.
+    #[arg(long, env = "SDQ_DTYPE", default_value = "f32")]
+    pub dtype: String,
     /// Seconds a claimed job's lease lasts without a heartbeat.
     #[arg(long, env = "SDQ_LEASE_SECS", default_value_t = 30.0)]
     pub lease_secs: f64,

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::inference::{self, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion};
-use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError};
+use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError, WorkerInfo};
 use crate::storage::png::{encode, PngMetadata};
 use crate::storage::ImageStore;
 
@@ -39,13 +39,18 @@ pub struct WorkerConfig {
     /// Where `tiny` and other generated models live.
     pub models_dir: PathBuf,
     pub device: Device,
+    /// How `device` was named (shown in `GET /v1/workers`).
+    pub device_name: String,
+    pub host: String,
     pub dtype: DType,
 }
 
 impl WorkerConfig {
     pub fn new(models_dir: PathBuf) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        let host = hostname();
         Self {
+            host: host.clone(),
+            device_name: "cpu".into(),
             name: format!(
                 "{host}-{}-{}",
                 std::process::id(),
@@ -60,6 +65,18 @@ impl WorkerConfig {
             dtype: DType::F32,
         }
     }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 /// Keeps the most recently used model loaded.
@@ -195,6 +212,7 @@ impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(worker = %self.config.name, "worker started");
         self.spawn_cancel_listener();
+        let registration = self.spawn_registration();
         let mut wakeups = match self.queue.bus.new_jobs().await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -231,7 +249,42 @@ impl Worker {
                 _ = shutdown.changed() => {}
             }
         }
+        registration.abort();
+        if let Err(e) = self.queue.store.remove_worker(&self.config.name).await {
+            tracing::warn!(error = %e, "could not unregister worker");
+        }
         tracing::info!(worker = %self.config.name, "worker stopped");
+    }
+
+    /// Keeps this worker's row in the `workers` table fresh (every 5 s).
+    fn spawn_registration(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.queue.store.clone();
+        let engine = self.engine.clone();
+        let current = self.current.clone();
+        let mut info = WorkerInfo {
+            name: self.config.name.clone(),
+            host: self.config.host.clone(),
+            device: self.config.device_name.clone(),
+            model: None,
+            current_job: None,
+            started_at: chrono::Utc::now().timestamp_millis(),
+            last_seen_at: 0,
+        };
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                info.model = engine.loaded_model();
+                info.current_job = current
+                    .lock()
+                    .expect("current lock")
+                    .as_ref()
+                    .map(|(id, _)| *id);
+                if let Err(e) = store.upsert_worker(&info).await {
+                    tracing::debug!(error = %e, "worker registration not refreshed");
+                }
+            }
+        })
     }
 
     /// Routes cancel signals from the bus to the job this worker is running.

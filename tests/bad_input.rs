@@ -114,7 +114,7 @@ async fn non_loopback_bind_without_keys_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (config, mut serve) = common::configs(dir.path(), &[]);
     serve.bind = "0.0.0.0:0".parse().unwrap();
-    let err = sdq::app::start(&config, &serve)
+    let err = sdq::app::start(&config, &serve, sdq::app::Role::All)
         .await
         .err()
         .expect("refused");

@@ -3,6 +3,8 @@
 //! Each check takes a fresh, empty store. The `backend!` macro at the bottom runs every
 //! check against each implementation.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -509,4 +511,11 @@ async fn sqlite_store() -> (Store, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
+async fn postgres_store() -> (Store, common::services::PgDatabase) {
+    let db = common::services::PgDatabase::create().await;
+    let store = sdq::queue::postgres::PgStore::open(&db.url).await.unwrap();
+    (Arc::new(store), db)
+}
+
 backend!(sqlite, sqlite_store().await);
+backend!(postgres, postgres_store().await);

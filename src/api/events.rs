@@ -23,7 +23,7 @@ use crate::queue::{BusMessage, Event, Queue};
 
 /// How often the store is re-read while live events flow (a safety net), and while the
 /// bus is unavailable (the only source).
-const SAFETY_POLL: Duration = Duration::from_secs(5);
+const SAFETY_POLL: Duration = Duration::from_secs(2);
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 pub async fn stream(

@@ -24,6 +24,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => json!({"status": "ok", "location": state.images.description()}),
         Err(e) => json!({"status": "error", "error": e.to_string()}),
     };
+    // The bus is a fast path: without it SSE polls the store, so it degrades, not fails.
+    let event_bus = match state.queue.bus.ping().await {
+        Ok(()) => json!({"status": "ok"}),
+        Err(e) => json!({"status": "degraded", "error": e.to_string()}),
+    };
     let ok = database["status"] == "ok" && object_store["status"] == "ok";
     let status = if ok {
         StatusCode::OK
@@ -34,9 +39,35 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         status,
         Json(json!({
             "status": if ok { "ready" } else { "unavailable" },
-            "checks": {"database": database, "object_store": object_store},
+            "checks": {"database": database, "object_store": object_store, "event_bus": event_bus},
         })),
     )
+}
+
+/// `GET /v1/workers`: workers seen in the last 30 seconds.
+pub async fn workers(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, super::ApiError> {
+    let workers = state
+        .queue
+        .store
+        .list_workers(std::time::Duration::from_secs(30))
+        .await?;
+    let workers: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "name": w.name,
+                "host": w.host,
+                "device": w.device,
+                "model": w.model,
+                "current_job": w.current_job,
+                "started_at": super::jobs::timestamp(w.started_at),
+                "last_seen_at": super::jobs::timestamp(w.last_seen_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
 }
 
 /// `GET /v1/models`: what a request may name in `model`, with each model's defaults.

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/images", get(jobs::images))
         .route("/images/{id}", get(images::get))
         .route("/models", get(health::models))
+        .route("/workers", get(health::workers))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready));
     Router::new()

@@ -34,4 +34,6 @@ pub trait EventBus: Send + Sync {
     /// Wakes idle workers after an enqueue.
     async fn notify_new_job(&self) -> Result<(), BusError>;
     async fn new_jobs(&self) -> Result<BoxStream<'static, ()>, BusError>;
+    /// A round trip for readiness checks.
+    async fn ping(&self) -> Result<(), BusError>;
 }

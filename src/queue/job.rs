@@ -95,3 +95,16 @@ pub struct ListQuery {
     pub before: Option<Uuid>,
     pub limit: i64,
 }
+
+/// A worker process as operators see it (`GET /v1/workers`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub host: String,
+    pub device: String,
+    /// The model it has loaded, if any.
+    pub model: Option<String>,
+    pub current_job: Option<Uuid>,
+    pub started_at: i64,
+    pub last_seen_at: i64,
+}

@@ -74,4 +74,8 @@ impl EventBus for LocalBus {
             .map(|_| ())
             .boxed())
     }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }

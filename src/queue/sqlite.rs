@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore,
-    Lease, ListQuery, NewImage, NewJob, StoreError,
+    Lease, ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
 };
 
 const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
@@ -596,6 +596,55 @@ impl JobStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn upsert_worker(&self, w: &WorkerInfo) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (name, host, device, model, current_job, started_at, last_seen_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (name) DO UPDATE SET model = ?4, current_job = ?5, last_seen_at = ?7",
+        )
+        .bind(&w.name)
+        .bind(&w.host)
+        .bind(&w.device)
+        .bind(&w.model)
+        .bind(w.current_job.map(|j| j.to_string()))
+        .bind(w.started_at)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM workers WHERE last_seen_at >= ? ORDER BY started_at DESC, name",
+        )
+        .bind(now_ms() - ms(max_age))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let job: Option<String> = row.try_get("current_job")?;
+                Ok(WorkerInfo {
+                    name: row.try_get("name")?,
+                    host: row.try_get("host")?,
+                    device: row.try_get("device")?,
+                    model: row.try_get("model")?,
+                    current_job: job.as_deref().map(parse_uuid).transpose()?,
+                    started_at: row.try_get("started_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Event, EventKind, ImageRecord, Job, JobStatus, Lease, ListQuery, NewImage, NewJob};
+use super::{
+    Event, EventKind, ImageRecord, Job, JobStatus, Lease, ListQuery, NewImage, NewJob, WorkerInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,10 +34,21 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        // Connection trouble (and Postgres' "connection exception", "operator
+        // intervention" and "insufficient resources" classes) is an outage, not a bug:
+        // callers answer 503 and retry.
+        let outage_code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c.starts_with("53"));
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            _ if outage_code => StoreError::Unavailable(e.to_string()),
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -101,4 +114,11 @@ pub trait JobStore: Send + Sync {
     async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError>;
     /// A cheap round trip for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a worker (or refreshes it) with `last_seen_at` = now.
+    async fn upsert_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError>;
+    /// Workers seen within `max_age`, newest first.
+    async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError>;
+    /// Forgets a worker that shut down cleanly.
+    async fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
 }

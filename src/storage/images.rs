@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::prefix::PrefixStore;
 use object_store::{local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, PutPayload};
 use uuid::Uuid;
 
@@ -16,6 +18,14 @@ pub enum StorageError {
     BadLocation { url: String, reason: String },
 }
 
+/// Where an S3-compatible server is, beyond what the standard AWS variables say.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// e.g. `http://minio:9000`; path-style requests are used, so any S3 server works.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
 /// Stores and fetches images by key; the keys are recorded in the job store.
 #[derive(Clone)]
 pub struct ImageStore {
@@ -24,18 +34,45 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// Opens a store from a location: `file:///path`, or a plain directory path.
-    pub fn open(location: &str) -> Result<Self, StorageError> {
+    /// Opens a store from a location: `s3://bucket[/prefix]`, `file:///path`, or a plain
+    /// directory path. S3 credentials come from the standard `AWS_*` variables.
+    pub fn open(location: &str, s3: &S3Options) -> Result<Self, StorageError> {
         let bad = |reason: String| StorageError::BadLocation {
             url: location.to_string(),
             reason,
         };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name".into()));
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder
+                    .with_endpoint(endpoint)
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            }
+            // object_store retries transient S3 errors (5xx, timeouts) with backoff itself.
+            let s3_store = builder.build().map_err(|e| bad(e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3_store)
+            } else {
+                Arc::new(PrefixStore::new(s3_store, prefix))
+            };
+            return Ok(Self {
+                inner,
+                description: location.to_string(),
+            });
+        }
         let dir = match location.strip_prefix("file://") {
             Some(path) => path.to_string(),
             None if location.contains("://") => {
-                return Err(bad(
-                    "only file:// and plain paths are supported in this build".into(),
-                ))
+                return Err(bad("use s3://bucket, file:///path or a folder".into()))
             }
             None => location.to_string(),
         };

@@ -4,4 +4,4 @@
 mod images;
 pub mod png;
 
-pub use images::{ImageStore, StorageError};
+pub use images::{ImageStore, S3Options, StorageError};

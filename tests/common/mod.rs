@@ -2,6 +2,8 @@
 //! client, and an SSE reader.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,11 +55,11 @@ impl Server {
     /// Starts on an existing data directory (for restarts).
     pub async fn start_in(data: &Path, extra: &[&str]) -> Self {
         let (config, serve) = configs(data, extra);
-        let running = sdq::app::start(&config, &serve)
+        let running = sdq::app::start(&config, &serve, sdq::app::Role::All)
             .await
             .expect("server starts");
         Self {
-            base: format!("http://{}", running.addr),
+            base: format!("http://{}", running.addr.expect("api address")),
             running: Some(running),
             data: data.to_path_buf(),
             client: reqwest::Client::new(),
@@ -244,31 +246,46 @@ pub fn run_sdq(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A `sdq serve` child process on a free port; killed on drop.
+/// A child process of the real `sdq` binary; killed on drop.
 pub struct ServeProcess {
     pub child: Child,
+    /// The API's base URL (`None` for `sdq worker`).
     pub base: String,
 }
 
 impl ServeProcess {
+    /// `sdq serve` on the tiny model with its own data dir.
     pub fn spawn(data: &Path, extra: &[&str]) -> Self {
+        Self::spawn_role(
+            "serve",
+            &["--data-dir", data.to_str().unwrap(), "--model", "tiny"],
+            extra,
+            &[],
+        )
+    }
+
+    /// `sdq GLOBAL... ROLE ROLE_ARGS...` with extra environment; `api` and `serve` get a free port.
+    pub fn spawn_role(
+        role: &str,
+        global: &[&str],
+        role_args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let port = free_port();
-        let mut args = vec![
-            "--data-dir".to_string(),
-            data.display().to_string(),
-            "--model".into(),
-            "tiny".into(),
-            "serve".into(),
-            "--bind".into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut args: Vec<String> = global.iter().map(|s| s.to_string()).collect();
+        args.push(role.into());
+        if role != "worker" {
+            args.extend(["--bind".to_string(), format!("127.0.0.1:{port}")]);
+        }
+        args.extend(role_args.iter().map(|s| s.to_string()));
+        let log = std::env::var("SDQ_TEST_LOG").is_ok();
         let child = Command::new(sdq_bin())
             .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
             .spawn()
-            .expect("spawn sdq serve");
+            .expect("spawn sdq");
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -285,8 +302,8 @@ impl ServeProcess {
                 }
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "sdq serve did not start"
+                start.elapsed() < Duration::from_secs(60),
+                "sdq did not start"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -295,6 +312,24 @@ impl ServeProcess {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "sdq did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,0 +1,595 @@
+//! The PostgreSQL `JobStore` of the distributed deployment.
+//!
+//! Same behaviour as `sqlite.rs`, different SQL: claims take the best row with
+//! `FOR UPDATE SKIP LOCKED` so any number of workers claim concurrently without blocking
+//! each other, and every time comes from the database clock so leases mean the same on
+//! every host.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::{
+    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore,
+    Lease, ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
+};
+
+/// Now, in milliseconds since the epoch, from the database clock.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
+     progress_step, progress_total, last_seq, error, timings, run_at, created_at, started_at, finished_at";
+
+/// Jobs, events, images and workers in PostgreSQL.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+impl PgStore {
+    /// Connects to `url` and applies `migrations/postgres` (concurrent starters are
+    /// serialised by sqlx's migration lock).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            // A database outage should turn into a quick 503, not a hung request.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
+    let status: String = row.try_get("status")?;
+    let Json(spec): Json<JobSpec> = row.try_get("spec")?;
+    let timings: Option<Json<serde_json::Value>> = row.try_get("timings")?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        spec,
+        priority: row.try_get("priority")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        worker: row.try_get("worker")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        progress_step: row.try_get("progress_step")?,
+        progress_total: row.try_get("progress_total")?,
+        last_seq: row.try_get("last_seq")?,
+        error: row.try_get("error")?,
+        timings: timings.map(|Json(t)| t),
+        run_at: row.try_get("run_at")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn image_from_row(row: &PgRow) -> Result<ImageRecord, StoreError> {
+    Ok(ImageRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        index: row.try_get("idx")?,
+        object_key: row.try_get("object_key")?,
+        seed: row.try_get("seed")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+        bytes: row.try_get("bytes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+async fn insert_event(
+    conn: &mut PgConnection,
+    id: Uuid,
+    seq: i64,
+    kind: EventKind,
+) -> Result<Event, StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO job_events (job_id, seq, body, created_at) VALUES ($1, $2, $3, {NOW})"
+    ))
+    .bind(id)
+    .bind(seq)
+    .bind(Json(&kind))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Event {
+        job_id: id,
+        seq,
+        kind,
+    })
+}
+
+async fn next_seq_fenced(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "UPDATE jobs SET last_seq = last_seq + 1 \
+         WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
+    )
+    .bind(id)
+    .bind(token)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::LeaseLost(id))
+}
+
+async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
+                 (o.priority > j.priority OR (o.priority = j.priority AND \
+                  (o.created_at, o.id) < (j.created_at, j.id)))) + 1 \
+         FROM jobs j WHERE j.id = $1 AND j.status = 'queued'",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn enqueue(&self, new: NewJob) -> Result<(Job, Event), StoreError> {
+        let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs (id, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
+             VALUES ($1, 'queued', $2, $3, $4, $5, {NOW}, {NOW}, 1) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(&new.spec.model)
+        .bind(Json(&new.spec))
+        .bind(new.priority)
+        .bind(new.max_attempts.max(1))
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = job_from_row(&row)?;
+        let pos = position(&mut tx, id).await?.unwrap_or(1);
+        let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
+        tx.commit().await?;
+        Ok((job, event))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE ($1::text IS NULL OR status = $1) \
+               AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $2)) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        ))
+        .bind(q.status.map(|s| s.as_str()))
+        .bind(q.before)
+        .bind(q.limit.clamp(1, 500))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn queue_position(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        position(&mut conn, id).await
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<(Lease, Event)>, StoreError> {
+        let token = Uuid::new_v4();
+        let mut tx = self.pool.begin().await?;
+        // The claim query: best priority, then the model this worker has loaded, then
+        // the oldest; rows other workers are claiming right now are skipped, not waited on.
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
+                    lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
+                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1 \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
+                         ORDER BY priority DESC, (model = $4) IS TRUE DESC, created_at, id \
+                         LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(token)
+        .bind(ms(lease))
+        .bind(worker)
+        .bind(loaded_model)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        let started = EventKind::Started {
+            attempt: job.attempt as i64,
+            worker: worker.to_string(),
+        };
+        let event = insert_event(&mut tx, job.id, job.last_seq, started).await?;
+        tx.commit().await?;
+        Ok(Some((Lease { job, token }, event)))
+    }
+
+    async fn heartbeat(&self, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, StoreError> {
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET lease_expires_at = {NOW} + $1 \
+             WHERE id = $2 AND lease_token = $3 AND status = 'running' RETURNING cancel_requested"
+        ))
+        .bind(ms(lease))
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        cancel.ok_or(StoreError::LeaseLost(id))
+    }
+
+    async fn record(&self, id: Uuid, token: Uuid, kind: EventKind) -> Result<Event, StoreError> {
+        if kind.is_terminal() {
+            return Err(StoreError::Database(
+                "terminal events are recorded by complete/fail/cancel".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq_fenced(&mut tx, id, token).await?;
+        if let EventKind::Progress { step, total, .. } = &kind {
+            sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3")
+                .bind(step)
+                .bind(total)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let event = insert_event(&mut tx, id, seq, kind).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn complete(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        images: Vec<NewImage>,
+        timings: serde_json::Value,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let last_seq: i64 = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL \
+             WHERE id = $2 AND lease_token = $3 AND status = 'running' RETURNING last_seq"
+        ))
+        .bind(Json(&timings))
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let mut events = Vec::with_capacity(images.len() + 1);
+        let mut summaries = Vec::with_capacity(images.len());
+        let mut seq = last_seq;
+        for image in images {
+            sqlx::query(&format!(
+                "INSERT INTO images (id, job_id, idx, object_key, seed, width, height, bytes, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {NOW})"
+            ))
+            .bind(image.id)
+            .bind(id)
+            .bind(image.index)
+            .bind(&image.object_key)
+            .bind(image.seed)
+            .bind(image.width)
+            .bind(image.height)
+            .bind(image.bytes)
+            .execute(&mut *tx)
+            .await?;
+            let summary = ImageSummary {
+                index: image.index,
+                id: image.id,
+                url: image.url,
+                seed: image.seed,
+            };
+            seq += 1;
+            events.push(insert_event(&mut tx, id, seq, EventKind::Image(summary.clone())).await?);
+            summaries.push(summary);
+        }
+        seq += 1;
+        events.push(
+            insert_event(
+                &mut tx,
+                id,
+                seq,
+                EventKind::Succeeded {
+                    images: summaries,
+                    timings,
+                },
+            )
+            .await?,
+        );
+        sqlx::query("UPDATE jobs SET last_seq = $1 WHERE id = $2")
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn fail(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Event, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT attempt, max_attempts FROM jobs \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' FOR UPDATE",
+        )
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let attempt: i32 = row.try_get("attempt")?;
+        let max_attempts: i32 = row.try_get("max_attempts")?;
+        let retry = retry_after.filter(|_| attempt < max_attempts).map(ms);
+        let seq: i64 = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET status = CASE WHEN $1::bigint IS NULL THEN 'failed' ELSE 'queued' END, \
+                    run_at = COALESCE({NOW} + $1::bigint, run_at), \
+                    finished_at = CASE WHEN $1::bigint IS NULL THEN {NOW} END, \
+                    error = $2, lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
+                    last_seq = last_seq + 1 \
+             WHERE id = $3 RETURNING last_seq"
+        ))
+        .bind(retry)
+        .bind(error)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let kind = EventKind::Failed {
+            error: error.to_string(),
+            retrying: retry.is_some(),
+        };
+        let event = insert_event(&mut tx, id, seq, kind).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn cancel_running(&self, id: Uuid, token: Uuid) -> Result<Event, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET status = 'canceled', finished_at = {NOW}, lease_token = NULL, \
+                    lease_expires_at = NULL, last_seq = last_seq + 1 \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq"
+        ))
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let event = insert_event(&mut tx, id, seq, EventKind::Canceled).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn release(&self, id: Uuid, token: Uuid) -> Result<(), StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'queued', attempt = GREATEST(attempt - 1, 0), lease_token = NULL, \
+                    lease_expires_at = NULL, worker = NULL, run_at = {NOW}, progress_step = 0 \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'"
+        ))
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(id));
+        }
+        Ok(())
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let status =
+            JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
+        let outcome = match status {
+            JobStatus::Queued => {
+                let seq: i64 = sqlx::query_scalar(&format!(
+                    "UPDATE jobs SET status = 'canceled', finished_at = {NOW}, last_seq = last_seq + 1 \
+                     WHERE id = $1 RETURNING last_seq"
+                ))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                CancelOutcome::Canceled(insert_event(&mut tx, id, seq, EventKind::Canceled).await?)
+            }
+            JobStatus::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested
+            }
+            terminal => {
+                return Err(StoreError::Conflict {
+                    id,
+                    status: terminal,
+                })
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn rescue_expired(&self) -> Result<Vec<Event>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: two rescuers never move the same job, and neither waits on the other.
+        let rows = sqlx::query(&format!(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
+             WHERE status = 'running' AND lease_expires_at < {NOW} FOR UPDATE SKIP LOCKED"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Uuid = row.try_get("id")?;
+            let attempt: i32 = row.try_get("attempt")?;
+            let max_attempts: i32 = row.try_get("max_attempts")?;
+            let canceled: bool = row.try_get("cancel_requested")?;
+            let error =
+                format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
+            let (status, kind) = if canceled {
+                ("canceled", EventKind::Canceled)
+            } else if attempt >= max_attempts {
+                (
+                    "failed",
+                    EventKind::Failed {
+                        error: error.clone(),
+                        retrying: false,
+                    },
+                )
+            } else {
+                (
+                    "queued",
+                    EventKind::Failed {
+                        error: error.clone(),
+                        retrying: true,
+                    },
+                )
+            };
+            let seq: i64 = sqlx::query_scalar(&format!(
+                "UPDATE jobs SET status = $1, error = CASE WHEN $1 = 'canceled' THEN error ELSE $2 END, \
+                        lease_token = NULL, lease_expires_at = NULL, worker = NULL, run_at = {NOW}, \
+                        finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE {NOW} END, \
+                        last_seq = last_seq + 1 \
+                 WHERE id = $3 RETURNING last_seq"
+            ))
+            .bind(status)
+            .bind(&error)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            events.push(insert_event(&mut tx, id, seq, kind).await?);
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Json(kind): Json<EventKind> = row.try_get("body")?;
+                Ok(Event {
+                    job_id: id,
+                    seq: row.try_get("seq")?,
+                    kind,
+                })
+            })
+            .collect()
+    }
+
+    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM images WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(image_from_row).transpose()
+    }
+
+    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM images WHERE job_id = $1 ORDER BY idx")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(image_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn upsert_worker(&self, w: &WorkerInfo) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO workers (name, host, device, model, current_job, started_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, {NOW}) \
+             ON CONFLICT (name) DO UPDATE SET model = $4, current_job = $5, last_seen_at = {NOW}"
+        ))
+        .bind(&w.name)
+        .bind(&w.host)
+        .bind(&w.device)
+        .bind(&w.model)
+        .bind(w.current_job)
+        .bind(w.started_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM workers WHERE last_seen_at >= {NOW} - $1 ORDER BY started_at DESC, name"
+        ))
+        .bind(ms(max_age))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerInfo {
+                    name: row.try_get("name")?,
+                    host: row.try_get("host")?,
+                    device: row.try_get("device")?,
+                    model: row.try_get("model")?,
+                    current_job: row.try_get("current_job")?,
+                    started_at: row.try_get("started_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
