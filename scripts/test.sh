@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every unit and integration test.
-# Tests talk to real services over real connections; see README "Testing".
+# Tests talk to real services over real connections: the machine's PostgreSQL
+# (127.0.0.1:5432, trust; override with SDQ_TEST_POSTGRES_URL), private redis-server and
+# PostgreSQL instances they start themselves, and moto's S3 server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+./scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

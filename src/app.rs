@@ -107,7 +107,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.lease = serve.lease();
         wc.retry_base = serve.retry_base();
         wc.grace = serve.grace();
-        wc.poll_interval = serve.lease().min(wc.poll_interval);
+        wc.poll_interval = serve.poll_interval();
         wc.device = crate::cli::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
         wc.dtype = crate::cli::parse_dtype(&serve.dtype)?;

@@ -84,6 +84,10 @@ pub struct ServeConfig {
     /// Seconds a claimed job's lease lasts without a heartbeat.
     #[arg(long, env = "SDQ_LEASE_SECS", default_value_t = 30.0)]
     pub lease_secs: f64,
+    /// Seconds between claim attempts of an idle worker when no wake-up arrives
+    /// (wake-ups come through the event bus right after each submission).
+    #[arg(long, env = "SDQ_POLL_SECS", default_value_t = 5.0)]
+    pub poll_secs: f64,
     /// Seconds between rescuer passes.
     #[arg(long, env = "SDQ_RESCUE_SECS", default_value_t = 5.0)]
     pub rescue_secs: f64,
@@ -107,6 +111,9 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn lease(&self) -> Duration {
         secs(self.lease_secs)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        secs(self.poll_secs)
     }
     pub fn rescue_interval(&self) -> Duration {
         secs(self.rescue_secs)
