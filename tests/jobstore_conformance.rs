@@ -356,6 +356,26 @@ async fn expired_leases_are_rescued(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(lease2.job.attempt, 2);
+    // The first holder, whose lease expired and was re-claimed, can no longer write.
+    let progress = EventKind::Progress {
+        step: 1,
+        total: 4,
+        elapsed_ms: 1,
+        eta_ms: 1,
+    };
+    assert!(matches!(
+        store.record(retry, lease.token, progress).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.complete(retry, lease.token, vec![], json!({})).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.fail(retry, lease.token, "late", None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(store.get(retry).await.unwrap().unwrap().attempt, 2);
     tokio::time::sleep(Duration::from_millis(80)).await;
     let events = store.rescue_expired().await.unwrap();
     assert!(events[0].kind.is_terminal());
