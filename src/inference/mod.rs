@@ -12,6 +12,7 @@ pub mod rng;
 pub mod schedulers;
 pub mod tiny;
 pub mod tokenizer;
+pub mod unet;
 
 pub use error::InferenceError;
 pub use pipeline::{GenerateRequest, GeneratedImage, StableDiffusion, StepProgress};

@@ -77,6 +77,12 @@ pub struct UNetConfig {
     pub upcast_attention: bool,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// SDXL: width of each sinusoidal embedding of the six `add_time_ids`.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL: pooled text embedding width plus six time-id embeddings.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub sample_size: Option<usize>,
 }

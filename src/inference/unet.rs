@@ -1,0 +1,734 @@
+//! The conditional UNet of SD 1.x, 2.x and XL, built from `unet/config.json`.
+//!
+//! Our own because candle-transformers' UNet has no SDXL micro-conditioning (the
+//! `text_time` additional embedding of pooled text embeds and size/crop ids), and its
+//! configuration cannot express per-block transformer depths. Module and weight names
+//! follow diffusers' `UNet2DConditionModel`, so diffusers checkpoints load as they are.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
+    LayerNorm, Linear, VarBuilder,
+};
+
+use super::model_config::UNetConfig;
+
+type Result<T> = candle_core::Result<T>;
+
+/// Sinusoidal embedding of scalar timesteps, as diffusers' `get_timestep_embedding`.
+fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Result<Tensor> {
+    let half = dim / 2;
+    // Step by step in f32, exactly as diffusers does it in torch: at t≈1000 a rounding
+    // difference in a frequency is visible in the embedding.
+    let log_period = -(10000f64.ln()) as f32;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| ((i as f32 * log_period) / (half as f64 - shift) as f32).exp())
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], D::Minus1)
+    } else {
+        Tensor::cat(&[sin, cos], D::Minus1)
+    }
+}
+
+/// Two linears with SiLU between (`linear_1`, `linear_2`).
+#[derive(Debug)]
+struct TimestepEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepEmbedding {
+    fn new(vb: VarBuilder, input: usize, dim: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: linear(input, dim, vb.pp("linear_1"))?,
+            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.linear_2
+            .forward(&candle_nn::ops::silu(&self.linear_1.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale: f64,
+}
+
+fn conv3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
+    conv2d(
+        cin,
+        cout,
+        3,
+        Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        },
+        vb,
+    )
+}
+
+impl ResnetBlock {
+    fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        temb: usize,
+        c: &UNetConfig,
+        output_scale: f64,
+    ) -> Result<Self> {
+        let groups = c.norm_num_groups;
+        Ok(Self {
+            norm1: group_norm(groups, cin, c.norm_eps, vb.pp("norm1"))?,
+            conv1: conv3(vb.pp("conv1"), cin, cout)?,
+            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(groups, cout, c.norm_eps, vb.pp("norm2"))?,
+            conv2: conv3(vb.pp("conv2"), cout, cout)?,
+            conv_shortcut: if cin != cout {
+                Some(conv2d(
+                    cin,
+                    cout,
+                    1,
+                    Default::default(),
+                    vb.pp("conv_shortcut"),
+                )?)
+            } else {
+                None
+            },
+            output_scale,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let h = self
+            .conv1
+            .forward(&candle_nn::ops::silu(&self.norm1.forward(xs)?)?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&candle_nn::ops::silu(temb)?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self
+            .conv2
+            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (skip + h)?;
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, n, dim) = xs.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            let (b, n, _) = t.dims3()?;
+            t.reshape((b, n, self.heads, dim / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.to_q.forward(xs)?)?;
+        let k = heads(self.to_k.forward(context)?)?;
+        let v = heads(self.to_v.forward(context)?)?;
+        // Scores in f32 even for half-precision weights: softmax over long sequences
+        // overflows in f16 (diffusers' upcast_attention).
+        let in_dtype = q.dtype();
+        let scores = (q
+            .to_dtype(DType::F32)?
+            .matmul(&k.to_dtype(DType::F32)?.t()?)?
+            * self.scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, dim))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// GEGLU's GELU: diffusers uses the exact (erf) form; candle-transformers' UNet uses the
+/// tanh approximation, which only our equivalence test against it asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Gelu {
+    Exact,
+    #[cfg(test)]
+    Tanh,
+}
+
+#[derive(Debug)]
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff_in: Linear,
+    ff_out: Linear,
+    gelu: Gelu,
+}
+
+impl TransformerBlock {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        context_dim: usize,
+        gelu: Gelu,
+    ) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff_in: linear(dim, inner * 2, vb.pp("ff").pp("net").pp("0").pp("proj"))?,
+            ff_out: linear(inner, dim, vb.pp("ff").pp("net").pp("2"))?,
+            gelu,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let normed = self.norm1.forward(xs)?;
+        let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
+        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
+        // GEGLU: half of the projection gates the other half.
+        let proj = self.ff_in.forward(&self.norm3.forward(&xs)?)?;
+        let parts = proj.chunk(2, D::Minus1)?;
+        let gate = match self.gelu {
+            Gelu::Exact => parts[1].gelu_erf()?,
+            #[cfg(test)]
+            Gelu::Tanh => parts[1].gelu()?,
+        };
+        let gated = (&parts[0] * gate)?;
+        self.ff_out.forward(&gated)? + xs
+    }
+}
+
+#[derive(Debug)]
+enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+#[derive(Debug)]
+struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2D {
+    fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+        c: &UNetConfig,
+        gelu: Gelu,
+    ) -> Result<Self> {
+        let (proj_in, proj_out) = if c.use_linear_projection {
+            (
+                Projection::Linear(linear(channels, channels, vb.pp("proj_in"))?),
+                Projection::Linear(linear(channels, channels, vb.pp("proj_out"))?),
+            )
+        } else {
+            (
+                Projection::Conv(conv2d(
+                    channels,
+                    channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_in"),
+                )?),
+                Projection::Conv(conv2d(
+                    channels,
+                    channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_out"),
+                )?),
+            )
+        };
+        let blocks = (0..layers)
+            .map(|i| {
+                TransformerBlock::new(
+                    vb.pp("transformer_blocks").pp(i),
+                    channels,
+                    heads,
+                    c.cross_attention_dim,
+                    gelu,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: group_norm(c.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in,
+            blocks,
+            proj_out,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let normed = self.norm.forward(xs)?;
+        let to_tokens =
+            |t: Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_image = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,
+            Projection::Linear(lin) => to_image(lin.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
+
+/// One level of the UNet: resnets, optional attentions, optional resampler.
+#[derive(Debug)]
+struct Level {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<Transformer2D>,
+    resample: Option<Conv2d>,
+}
+
+/// The UNet. `forward` takes latents, a timestep, the text conditioning and, for SDXL,
+/// the pooled text embeds and time ids.
+#[derive(Debug)]
+pub struct UNet {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<(TimestepEmbedding, usize)>,
+    down: Vec<Level>,
+    mid_resnets: Vec<ResnetBlock>,
+    mid_attentions: Vec<Transformer2D>,
+    up: Vec<Level>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    config: UNetConfig,
+}
+
+/// What SDXL's UNet needs besides the per-token conditioning.
+pub struct AddedConditions<'a> {
+    /// `[batch, 1280]` pooled output of text_encoder_2.
+    pub text_embeds: &'a Tensor,
+    /// `[batch, 6]`: original size, crop top-left, target size.
+    pub time_ids: &'a Tensor,
+}
+
+impl UNet {
+    /// Builds the UNet; fails with a message naming the first unsupported config value.
+    pub fn new(vb: VarBuilder, c: &UNetConfig) -> Result<Self> {
+        Self::with_gelu(vb, c, Gelu::Exact)
+    }
+
+    pub(crate) fn with_gelu(vb: VarBuilder, c: &UNetConfig, gelu: Gelu) -> Result<Self> {
+        let n = c.block_out_channels.len();
+        if c.down_block_types.len() != n || c.up_block_types.len() != n {
+            candle_core::bail!("block type lists and block_out_channels differ in length");
+        }
+        let per_block =
+            |v: &super::model_config::PerBlock<usize>, what: &str| -> Result<Vec<usize>> {
+                (0..n)
+                    .map(|i| {
+                        v.get(i, n).ok_or_else(|| {
+                            candle_core::Error::Msg(format!("{what} has the wrong length"))
+                        })
+                    })
+                    .collect()
+            };
+        let heads = per_block(
+            c.num_attention_heads
+                .as_ref()
+                .unwrap_or(&c.attention_head_dim),
+            "attention heads",
+        )?;
+        let depth = per_block(
+            &c.transformer_layers_per_block,
+            "transformer_layers_per_block",
+        )?;
+        let ch = &c.block_out_channels;
+        let temb = ch[0] * 4;
+
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
+        let add_embedding = match c.addition_embed_type.as_deref() {
+            None => None,
+            Some("text_time") => {
+                let time_dim = c.addition_time_embed_dim.unwrap_or(256);
+                let input = c.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "text_time needs projection_class_embeddings_input_dim".into(),
+                    )
+                })?;
+                Some((
+                    TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?,
+                    time_dim,
+                ))
+            }
+            Some(other) => candle_core::bail!("unsupported addition_embed_type '{other}'"),
+        };
+
+        let mut down = Vec::with_capacity(n);
+        let mut out_ch = ch[0];
+        for i in 0..n {
+            let in_ch = out_ch;
+            out_ch = ch[i];
+            let vb = vb.pp("down_blocks").pp(i);
+            let cross = match c.down_block_types[i].as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => candle_core::bail!("unsupported down block '{other}'"),
+            };
+            let resnets = (0..c.layers_per_block)
+                .map(|j| {
+                    ResnetBlock::new(
+                        vb.pp("resnets").pp(j),
+                        if j == 0 { in_ch } else { out_ch },
+                        out_ch,
+                        temb,
+                        c,
+                        1.0,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let attentions = if cross {
+                (0..c.layers_per_block)
+                    .map(|j| {
+                        Transformer2D::new(
+                            vb.pp("attentions").pp(j),
+                            out_ch,
+                            heads[i],
+                            depth[i],
+                            c,
+                            gelu,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            let resample = if i + 1 < n {
+                let cfg = Conv2dConfig {
+                    padding: c.downsample_padding,
+                    stride: 2,
+                    ..Default::default()
+                };
+                Some(conv2d(
+                    out_ch,
+                    out_ch,
+                    3,
+                    cfg,
+                    vb.pp("downsamplers").pp("0").pp("conv"),
+                )?)
+            } else {
+                None
+            };
+            down.push(Level {
+                resnets,
+                attentions,
+                resample,
+            });
+        }
+
+        let last = ch[n - 1];
+        let mid = vb.pp("mid_block");
+        let mid_resnets = (0..2)
+            .map(|j| {
+                ResnetBlock::new(
+                    mid.pp("resnets").pp(j),
+                    last,
+                    last,
+                    temb,
+                    c,
+                    c.mid_block_scale_factor,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mid_attentions = vec![Transformer2D::new(
+            mid.pp("attentions").pp(0),
+            last,
+            heads[n - 1],
+            depth[n - 1],
+            c,
+            gelu,
+        )?];
+
+        let mut up = Vec::with_capacity(n);
+        let mut prev_out = last;
+        for i in 0..n {
+            let level = n - 1 - i;
+            let out_ch = ch[level];
+            let skip_in = ch[level.saturating_sub(1)];
+            let vb = vb.pp("up_blocks").pp(i);
+            let cross = match c.up_block_types[i].as_str() {
+                "CrossAttnUpBlock2D" => true,
+                "UpBlock2D" => false,
+                other => candle_core::bail!("unsupported up block '{other}'"),
+            };
+            let layers = c.layers_per_block + 1;
+            let resnets = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { skip_in } else { out_ch };
+                    let input = if j == 0 { prev_out } else { out_ch };
+                    ResnetBlock::new(vb.pp("resnets").pp(j), input + skip, out_ch, temb, c, 1.0)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let attentions = if cross {
+                (0..layers)
+                    .map(|j| {
+                        Transformer2D::new(
+                            vb.pp("attentions").pp(j),
+                            out_ch,
+                            heads[level],
+                            depth[level],
+                            c,
+                            gelu,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            let resample = if i + 1 < n {
+                Some(conv3(
+                    vb.pp("upsamplers").pp("0").pp("conv"),
+                    out_ch,
+                    out_ch,
+                )?)
+            } else {
+                None
+            };
+            up.push(Level {
+                resnets,
+                attentions,
+                resample,
+            });
+            prev_out = out_ch;
+        }
+
+        Ok(Self {
+            conv_in: conv3(vb.pp("conv_in"), c.in_channels, ch[0])?,
+            time_embedding,
+            add_embedding,
+            down,
+            mid_resnets,
+            mid_attentions,
+            up,
+            conv_norm_out: group_norm(
+                c.norm_num_groups,
+                ch[0],
+                c.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv3(vb.pp("conv_out"), ch[0], c.out_channels)?,
+            config: c.clone(),
+        })
+    }
+
+    /// Whether this UNet needs [`AddedConditions`] (SDXL).
+    pub fn needs_added_conditions(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// Predicts noise (or v) for `latents` at `timestep`.
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditions>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, _, _, _) = latents.dims4()?;
+        let dtype = latents.dtype();
+        let device = latents.device();
+
+        let t = Tensor::full(timestep as f32, batch, device)?;
+        let t_emb =
+            timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
+                .to_dtype(dtype)?;
+        let mut emb = self.time_embedding.forward(&t_emb)?;
+        if let Some((add_embedding, time_dim)) = &self.add_embedding {
+            let added = added.ok_or_else(|| {
+                candle_core::Error::Msg("this UNet needs text_embeds and time_ids".into())
+            })?;
+            let ids = added.time_ids.flatten_all()?;
+            let time_embeds = timestep_embedding(&ids, *time_dim, c.flip_sin_to_cos, c.freq_shift)?
+                .reshape((batch, ()))?
+                .to_dtype(dtype)?;
+            let input = Tensor::cat(
+                &[added.text_embeds.to_dtype(dtype)?, time_embeds],
+                D::Minus1,
+            )?;
+            emb = (emb + add_embedding.forward(&input)?)?;
+        }
+
+        let xs = if c.center_input_sample {
+            ((latents * 2.0)? - 1.0)?
+        } else {
+            latents.clone()
+        };
+        let mut xs = self.conv_in.forward(&xs)?;
+        let mut skips = vec![xs.clone()];
+        for level in &self.down {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                xs = resnet.forward(&xs, &emb)?;
+                if let Some(attn) = level.attentions.get(j) {
+                    xs = attn.forward(&xs, context)?;
+                }
+                skips.push(xs.clone());
+            }
+            if let Some(conv) = &level.resample {
+                xs = conv.forward(&xs)?;
+                skips.push(xs.clone());
+            }
+        }
+
+        xs = self.mid_resnets[0].forward(&xs, &emb)?;
+        for (attn, resnet) in self.mid_attentions.iter().zip(&self.mid_resnets[1..]) {
+            xs = attn.forward(&xs, context)?;
+            xs = resnet.forward(&xs, &emb)?;
+        }
+
+        for level in &self.up {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, &emb)?;
+                if let Some(attn) = level.attentions.get(j) {
+                    xs = attn.forward(&xs, context)?;
+                }
+            }
+            if let Some(conv) = &level.resample {
+                // Upsample to the size of the next skip, so odd latent sizes round-trip.
+                let (_, _, h, w) = skips.last().expect("skips remain").dims4()?;
+                xs = conv.forward(&xs.upsample_nearest2d(h, w)?)?;
+            }
+        }
+        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        self.conv_out.forward(&xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// On an SD-1.5-shaped model our UNet must compute what candle's does (which matches
+    /// diffusers there); SDXL-only parts are covered by the parity fixtures.
+    #[test]
+    fn matches_candles_unet_on_the_tiny_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("tiny");
+        crate::inference::tiny::ensure(&folder, 1).unwrap();
+        let config: UNetConfig =
+            crate::inference::model_config::read_json(&folder.join("unet/config.json")).unwrap();
+        let weights = folder.join("unet/diffusion_pytorch_model.safetensors");
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap()
+        };
+        let ours = UNet::with_gelu(vb.clone(), &config, Gelu::Tanh).unwrap();
+        let exact = UNet::new(vb.clone(), &config).unwrap();
+        let blocks =
+            crate::inference::pipeline::unet_blocks(&folder.join("unet"), &config).unwrap();
+        let theirs =
+            candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
+                vb, 4, 4, false, blocks,
+            )
+            .unwrap();
+        let mut rng = crate::inference::rng::TorchRng::new(3);
+        let latents =
+            Tensor::from_vec(rng.randn(2 * 4 * 8 * 12), (2, 4, 8, 12), &Device::Cpu).unwrap();
+        let context = Tensor::from_vec(rng.randn(2 * 77 * 32), (2, 77, 32), &Device::Cpu).unwrap();
+        for t in [999.0, 421.0, 1.0] {
+            let a = ours.forward(&latents, t, &context, None).unwrap();
+            let b = theirs.forward(&latents, t, &context).unwrap();
+            let diff = (a - &b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "t={t}: max diff {diff} (output scale {scale})"
+            );
+            // The exact GELU differs, but only slightly.
+            let e = exact.forward(&latents, t, &context, None).unwrap();
+            let gap = (e - &b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                gap > 0.0 && gap < 1e-2 * scale.max(1.0),
+                "t={t}: exact-GELU gap {gap}"
+            );
+        }
+    }
+}
