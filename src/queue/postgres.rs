@@ -14,8 +14,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore,
-    Lease, ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
+    CancelOutcome, Event, EventKind, ImageRecord, Job, JobSpec, JobStatus, JobStore, Lease,
+    ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
 };
 
 /// Now, in milliseconds since the epoch, from the database clock.
@@ -288,8 +288,7 @@ impl JobStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::LeaseLost(id))?;
-        let mut events = Vec::with_capacity(images.len() + 1);
-        let mut summaries = Vec::with_capacity(images.len());
+        let kinds = super::store::completion_events(&images, timings);
         let mut seq = last_seq;
         for image in images {
             sqlx::query(&format!(
@@ -306,29 +305,12 @@ impl JobStore for PgStore {
             .bind(image.bytes)
             .execute(&mut *tx)
             .await?;
-            let summary = ImageSummary {
-                index: image.index,
-                id: image.id,
-                url: image.url,
-                seed: image.seed,
-            };
-            seq += 1;
-            events.push(insert_event(&mut tx, id, seq, EventKind::Image(summary.clone())).await?);
-            summaries.push(summary);
         }
-        seq += 1;
-        events.push(
-            insert_event(
-                &mut tx,
-                id,
-                seq,
-                EventKind::Succeeded {
-                    images: summaries,
-                    timings,
-                },
-            )
-            .await?,
-        );
+        let mut events = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            seq += 1;
+            events.push(insert_event(&mut tx, id, seq, kind).await?);
+        }
         sqlx::query("UPDATE jobs SET last_seq = $1 WHERE id = $2")
             .bind(seq)
             .bind(id)
@@ -466,27 +448,9 @@ impl JobStore for PgStore {
             let attempt: i32 = row.try_get("attempt")?;
             let max_attempts: i32 = row.try_get("max_attempts")?;
             let canceled: bool = row.try_get("cancel_requested")?;
-            let error =
-                format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
-            let (status, kind) = if canceled {
-                ("canceled", EventKind::Canceled)
-            } else if attempt >= max_attempts {
-                (
-                    "failed",
-                    EventKind::Failed {
-                        error: error.clone(),
-                        retrying: false,
-                    },
-                )
-            } else {
-                (
-                    "queued",
-                    EventKind::Failed {
-                        error: error.clone(),
-                        retrying: true,
-                    },
-                )
-            };
+            let (status, kind, error) =
+                super::store::rescue_outcome(attempt.into(), max_attempts.into(), canceled);
+            let status = status.as_str();
             let seq: i64 = sqlx::query_scalar(&format!(
                 "UPDATE jobs SET status = $1, error = CASE WHEN $1 = 'canceled' THEN error ELSE $2 END, \
                         lease_token = NULL, lease_expires_at = NULL, worker = NULL, run_at = {NOW}, \

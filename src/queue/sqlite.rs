@@ -15,8 +15,8 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Event, EventKind, ImageRecord, ImageSummary, Job, JobSpec, JobStatus, JobStore,
-    Lease, ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
+    CancelOutcome, Event, EventKind, ImageRecord, Job, JobSpec, JobStatus, JobStore, Lease,
+    ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
 };
 
 const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
@@ -322,8 +322,7 @@ impl JobStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::LeaseLost(id))?;
-        let mut events = Vec::with_capacity(images.len() + 1);
-        let mut summaries = Vec::with_capacity(images.len());
+        let kinds = super::store::completion_events(&images, timings);
         let mut seq = last_seq;
         for image in images {
             sqlx::query(
@@ -341,29 +340,12 @@ impl JobStore for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let summary = ImageSummary {
-                index: image.index,
-                id: image.id,
-                url: image.url,
-                seed: image.seed,
-            };
-            seq += 1;
-            events.push(insert_event(&mut tx, id, seq, EventKind::Image(summary.clone())).await?);
-            summaries.push(summary);
         }
-        seq += 1;
-        events.push(
-            insert_event(
-                &mut tx,
-                id,
-                seq,
-                EventKind::Succeeded {
-                    images: summaries,
-                    timings,
-                },
-            )
-            .await?,
-        );
+        let mut events = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            seq += 1;
+            events.push(insert_event(&mut tx, id, seq, kind).await?);
+        }
         sqlx::query("UPDATE jobs SET last_seq = ? WHERE id = ?")
             .bind(seq)
             .bind(id.to_string())
@@ -514,27 +496,9 @@ impl JobStore for SqliteStore {
             let attempt: i64 = row.try_get("attempt")?;
             let max_attempts: i64 = row.try_get("max_attempts")?;
             let canceled = row.try_get::<i64, _>("cancel_requested")? != 0;
-            let error =
-                format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
-            let (status, kind) = if canceled {
-                ("canceled", EventKind::Canceled)
-            } else if attempt >= max_attempts {
-                (
-                    "failed",
-                    EventKind::Failed {
-                        error: error.clone(),
-                        retrying: false,
-                    },
-                )
-            } else {
-                (
-                    "queued",
-                    EventKind::Failed {
-                        error: error.clone(),
-                        retrying: true,
-                    },
-                )
-            };
+            let (status, kind, error) =
+                super::store::rescue_outcome(attempt, max_attempts, canceled);
+            let status = status.as_str();
             let seq: i64 = sqlx::query_scalar(
                 "UPDATE jobs SET status = ?, error = CASE WHEN ? = 'canceled' THEN error ELSE ? END, \
                         lease_token = NULL, lease_expires_at = NULL, worker = NULL, run_at = ?, \

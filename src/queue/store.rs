@@ -1,6 +1,7 @@
 //! `JobStore`: everything the queue asks of a database, as one trait.
 //!
-//! Each backend (`sqlite.rs`, and Postgres in the distributed form) differs only in SQL.
+//! The two backends (`sqlite.rs`, `postgres.rs`) differ only in SQL; the decisions they
+//! share (which events a completion records, what the rescuer does) live here.
 //! Every state change is one transaction that checks the state it expects, and every
 //! write about a running job is fenced by its lease token, so a worker that lost its
 //! lease cannot write. Methods return the events they recorded; `Queue` publishes them.
@@ -11,7 +12,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Event, EventKind, ImageRecord, Job, JobStatus, Lease, ListQuery, NewImage, NewJob, WorkerInfo,
+    Event, EventKind, ImageRecord, ImageSummary, Job, JobStatus, Lease, ListQuery, NewImage,
+    NewJob, WorkerInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -121,4 +123,49 @@ pub trait JobStore: Send + Sync {
     async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError>;
     /// Forgets a worker that shut down cleanly.
     async fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// The events a completion records, in order: one `image` per image, then `succeeded`.
+/// Both backends insert exactly these, so the event log is the same on either.
+pub(crate) fn completion_events(images: &[NewImage], timings: serde_json::Value) -> Vec<EventKind> {
+    let summaries: Vec<ImageSummary> = images
+        .iter()
+        .map(|image| ImageSummary {
+            index: image.index,
+            id: image.id,
+            url: image.url.clone(),
+            seed: image.seed,
+        })
+        .collect();
+    let mut kinds: Vec<EventKind> = summaries.iter().cloned().map(EventKind::Image).collect();
+    kinds.push(EventKind::Succeeded {
+        images: summaries,
+        timings,
+    });
+    kinds
+}
+
+/// What the rescuer does with a running job whose lease expired: cancel it if a cancel
+/// was asked for, fail it if it has used its attempts, else requeue it.
+pub(crate) fn rescue_outcome(
+    attempt: i64,
+    max_attempts: i64,
+    cancel_requested: bool,
+) -> (JobStatus, EventKind, String) {
+    let error = format!("worker stopped renewing its lease (attempt {attempt} of {max_attempts})");
+    if cancel_requested {
+        (JobStatus::Canceled, EventKind::Canceled, error)
+    } else if attempt >= max_attempts {
+        let kind = EventKind::Failed {
+            error: error.clone(),
+            retrying: false,
+        };
+        (JobStatus::Failed, kind, error)
+    } else {
+        let kind = EventKind::Failed {
+            error: error.clone(),
+            retrying: true,
+        };
+        (JobStatus::Queued, kind, error)
+    }
 }
