@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
-use crate::inference::{hub, tiny, GenerateRequest, SchedulerKind, StableDiffusion};
+use crate::inference::{hub, tiny, GenerateRequest, NoiseArray, SchedulerKind, StableDiffusion};
 use crate::queue::JobSpec;
 use crate::storage::png::encode;
 use crate::worker::png_metadata;
@@ -71,6 +71,12 @@ pub struct GenerateArgs {
     pub num_images: usize,
     #[arg(long, value_enum, default_value_t = LongPrompt::Chunk)]
     pub long_prompt: LongPrompt,
+    /// Starting latents (.npy, float32 NCHW), exactly as diffusers' `latents=` argument.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// One later random draw (.npy shaped like the latents); repeat in diffusers' draw order.
+    #[arg(long)]
+    pub noise: Vec<PathBuf>,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -230,6 +236,16 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         scheduler,
         num_images: args.num_images,
         long_prompt: args.long_prompt,
+        latents: args
+            .latents
+            .as_deref()
+            .map(NoiseArray::read_npy)
+            .transpose()?,
+        noise: args
+            .noise
+            .iter()
+            .map(|p| NoiseArray::read_npy(p))
+            .collect::<Result<_, _>>()?,
     };
 
     let t_load = Instant::now();

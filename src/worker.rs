@@ -142,6 +142,8 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         scheduler,
         num_images: spec.num_images as usize,
         long_prompt,
+        latents: None,
+        noise: Vec::new(),
     })
 }
 

@@ -14,5 +14,7 @@ pub mod tiny;
 pub mod tokenizer;
 
 pub use error::InferenceError;
-pub use pipeline::{GenerateRequest, GeneratedImage, StableDiffusion, StepProgress};
+pub use pipeline::{
+    FloatImage, GenerateRequest, GeneratedImage, NoiseArray, StableDiffusion, StepProgress,
+};
 pub use schedulers::SchedulerKind;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::clip::ClipTextModel;
 use super::model_config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
 use super::rng::TorchRng;
-use super::schedulers::{NoiseSource, SchedulerConfig, SchedulerKind};
+use super::schedulers::{NoiseSource, SchedulerConfigFile, SchedulerKind};
 use super::tokenizer::{LongPrompt, PromptTokenizer};
 use super::InferenceError;
 
@@ -34,6 +34,55 @@ pub struct GenerateRequest {
     pub num_images: usize,
     #[serde(default)]
     pub long_prompt: LongPrompt,
+    /// Starting latents instead of drawing them, exactly as diffusers' `latents=`
+    /// (unit normals, `[num_images, channels, height / 8, width / 8]`).
+    #[serde(skip)]
+    pub latents: Option<NoiseArray>,
+    /// Later random draws (ancestral, SDE and LCM noise), in the order diffusers makes
+    /// them, each shaped like the latents; draws beyond these come from the RNG.
+    #[serde(skip)]
+    pub noise: Vec<NoiseArray>,
+}
+
+/// A float32 array given by the caller in place of a random draw, so that a run can be
+/// replayed exactly across implementations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NoiseArray {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl NoiseArray {
+    /// Reads a float32 (or float64, converted) `.npy` file, as numpy's `np.save` writes.
+    pub fn read_npy(path: &Path) -> Result<Self, InferenceError> {
+        let tensor = Tensor::read_npy(path).map_err(|e| {
+            InferenceError::InvalidRequest(format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_tensor(&tensor)
+    }
+
+    /// Copies a tensor's values out, in row-major order.
+    pub fn from_tensor(tensor: &Tensor) -> Result<Self, InferenceError> {
+        Ok(Self {
+            shape: tensor.dims().to_vec(),
+            values: tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        })
+    }
+
+    fn to_tensor(
+        &self,
+        what: &str,
+        shape: &[usize],
+        like: &Tensor,
+    ) -> Result<Tensor, InferenceError> {
+        if self.shape != shape {
+            return Err(InferenceError::InvalidRequest(format!(
+                "{what} has shape {:?} but this request needs {shape:?}",
+                self.shape
+            )));
+        }
+        Ok(Tensor::from_slice(&self.values, shape, like.device())?.to_dtype(like.dtype())?)
+    }
 }
 
 /// Reported after every denoising step.
@@ -43,6 +92,32 @@ pub struct StepProgress {
     pub step: usize,
     pub total: usize,
     pub elapsed_ms: u64,
+}
+
+/// One RGB image as the VAE decoded it: floats in [0, 1], row-major, channels last
+/// (what diffusers returns with `output_type="np"`).
+#[derive(Debug, Clone)]
+pub struct FloatImage {
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub rgb: Vec<f32>,
+}
+
+impl FloatImage {
+    /// Rounds to 8 bits the way diffusers' `numpy_to_pil` does.
+    pub fn to_u8(&self) -> GeneratedImage {
+        GeneratedImage {
+            width: self.width,
+            height: self.height,
+            seed: self.seed,
+            rgb: self
+                .rgb
+                .iter()
+                .map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+                .collect(),
+        }
+    }
 }
 
 /// One RGB image, 8 bits per channel, row-major.
@@ -61,21 +136,40 @@ pub struct StableDiffusion {
     unet: UNet2DConditionModel,
     vae: AutoEncoderKL,
     vae_config: VaeConfig,
-    scheduler_config: SchedulerConfig,
+    scheduler_config: SchedulerConfigFile,
     device: Device,
     dtype: DType,
     folder: PathBuf,
 }
 
-/// One per image: the torch-compatible generator seeded with `seed + i`.
-struct PerImageNoise(Vec<TorchRng>);
+/// Where random draws come from: the caller's arrays first, in order, then one
+/// torch-compatible generator per image, seeded `seed + i` (diffusers' list of
+/// generators draws image by image in the same way).
+struct Draws {
+    supplied: std::collections::VecDeque<Tensor>,
+    per_image: Vec<TorchRng>,
+}
 
-impl NoiseSource for PerImageNoise {
+impl NoiseSource for Draws {
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(next) = self.supplied.pop_front() {
+            if next.dims() != like.dims() {
+                candle_core::bail!(
+                    "a supplied noise array has shape {:?}, the step needs {:?}",
+                    next.dims(),
+                    like.dims()
+                );
+            }
+            return next.to_dtype(like.dtype());
+        }
         let (batch, c, h, w) = like.dims4()?;
-        debug_assert_eq!(batch, self.0.len());
+        debug_assert_eq!(batch, self.per_image.len());
         let per_image = c * h * w;
-        let values: Vec<f32> = self.0.iter_mut().flat_map(|g| g.randn(per_image)).collect();
+        let values: Vec<f32> = self
+            .per_image
+            .iter_mut()
+            .flat_map(|g| g.randn(per_image))
+            .collect();
         Tensor::from_vec(values, (batch, c, h, w), like.device())?.to_dtype(like.dtype())
     }
 }
@@ -202,10 +296,10 @@ impl StableDiffusion {
         let vae_config: VaeConfig = read_json(&folder.join("vae/config.json"))?;
         let text_config: ClipTextConfig = read_json(&folder.join("text_encoder/config.json"))?;
         let scheduler_path = folder.join("scheduler/scheduler_config.json");
-        let scheduler_config: SchedulerConfig = if scheduler_path.exists() {
+        let scheduler_config: SchedulerConfigFile = if scheduler_path.exists() {
             read_json(&scheduler_path)?
         } else {
-            SchedulerConfig::default()
+            SchedulerConfigFile::default()
         };
         if text_config.hidden_size != unet_config.cross_attention_dim {
             return Err(InferenceError::invalid_model(
@@ -287,15 +381,30 @@ impl StableDiffusion {
         Ok(Tensor::cat(&encoded, 1)?)
     }
 
-    /// Runs txt2img. `on_step` is called after every step; `Break` cancels the run.
-    ///
-    /// Steps: encode the prompts, draw the starting latents (one generator per image,
-    /// seeded `seed + i`), denoise with classifier-free guidance, decode with the VAE.
+    /// Runs txt2img and returns 8-bit images. `on_step` is called after every step;
+    /// `Break` cancels the run.
     pub fn generate(
         &self,
         req: &GenerateRequest,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>, InferenceError> {
+        Ok(self
+            .generate_float(req, on_step)?
+            .iter()
+            .map(FloatImage::to_u8)
+            .collect())
+    }
+
+    /// Runs txt2img and returns the decoded images before 8-bit rounding (what the parity
+    /// tests compare with diffusers' `output_type="np"`).
+    ///
+    /// Steps: encode the prompts, take or draw the starting latents (one generator per
+    /// image, seeded `seed + i`), denoise with classifier-free guidance, decode with the VAE.
+    pub fn generate_float(
+        &self,
+        req: &GenerateRequest,
+        on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
+    ) -> Result<Vec<FloatImage>, InferenceError> {
         let multiple = self.size_multiple();
         if !req.width.is_multiple_of(multiple)
             || !req.height.is_multiple_of(multiple)
@@ -343,21 +452,47 @@ impl StableDiffusion {
         use_cfg: bool,
         started: Instant,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
-    ) -> Result<Vec<GeneratedImage>, InferenceError> {
+    ) -> Result<Vec<FloatImage>, InferenceError> {
+        if let Some(what) = self.scheduler_config.unsupported() {
+            return Err(InferenceError::invalid_model(
+                &self.folder,
+                format!("scheduler_config.json asks for {what}, which sdq does not implement"),
+            ));
+        }
         let embeddings = embeddings.to_dtype(self.dtype)?;
         let batch = req.num_images;
         let multiple = self.size_multiple();
         let (lh, lw) = (req.height / multiple, req.width / multiple);
         let channels = self.vae_config.latent_channels;
         let mut scheduler = req.scheduler.build(&self.scheduler_config, req.steps);
-        let mut noise = PerImageNoise(
-            (0..batch)
+        let shape = [batch, channels, lh, lw];
+        let like = Tensor::zeros(&shape, self.dtype, &self.device)?;
+        let supplied = req
+            .noise
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.to_tensor(&format!("noise array {}", i + 1), &shape, &like))
+            .collect::<Result<_, _>>()?;
+        let mut noise = Draws {
+            supplied,
+            per_image: (0..batch)
                 .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
                 .collect(),
-        );
-
-        let shape = Tensor::zeros((batch, channels, lh, lw), self.dtype, &self.device)?;
-        let mut latents = (noise.randn_like(&shape)? * scheduler.init_noise_sigma())?;
+        };
+        // Given latents do not consume the generators, exactly as in diffusers.
+        let initial = match &req.latents {
+            Some(given) => given.to_tensor("latents", &shape, &like)?,
+            None => {
+                let mut rng_only = Draws {
+                    supplied: Default::default(),
+                    per_image: std::mem::take(&mut noise.per_image),
+                };
+                let drawn = rng_only.randn_like(&like)?;
+                noise.per_image = rng_only.per_image;
+                drawn
+            }
+        };
+        let mut latents = (initial * scheduler.init_noise_sigma())?;
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
         for (index, &t) in timesteps.iter().enumerate() {
@@ -393,7 +528,7 @@ impl StableDiffusion {
         &self,
         latents: &Tensor,
         req: &GenerateRequest,
-    ) -> Result<Vec<GeneratedImage>, InferenceError> {
+    ) -> Result<Vec<FloatImage>, InferenceError> {
         let mut latents = (latents / self.vae_config.scaling_factor)?;
         if let Some(shift) = self.vae_config.shift_factor {
             latents = (latents + shift)?;
@@ -404,14 +539,11 @@ impl StableDiffusion {
             let decoded = self.vae.decode(&one)?;
             let pixels = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?
                 .clamp(0.0, 1.0)?
-                .affine(255.0, 0.0)?
-                .round()?
-                .to_dtype(DType::U8)?
                 .squeeze(0)?
                 .permute((1, 2, 0))?
                 .flatten_all()?
-                .to_vec1::<u8>()?;
-            images.push(GeneratedImage {
+                .to_vec1::<f32>()?;
+            images.push(FloatImage {
                 width: req.width,
                 height: req.height,
                 seed: req.seed.wrapping_add(i as u64),
@@ -438,6 +570,8 @@ mod tests {
             scheduler,
             num_images: 1,
             long_prompt: LongPrompt::Chunk,
+            latents: None,
+            noise: Vec::new(),
         }
     }
 

@@ -7,14 +7,19 @@ mod config;
 mod ddim;
 mod euler;
 mod euler_ancestral;
+mod sigmas;
 
-pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{
+    BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SchedulerConfigFile,
+    TimestepSpacing,
+};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// Draws standard-normal noise shaped like the latents, one generator per image.
 pub trait NoiseSource {
+    /// Standard normals with the shape, dtype and device of `like`.
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor>;
 }
 
@@ -74,8 +79,9 @@ impl SchedulerKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Builds the scheduler for `steps` denoising steps.
-    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Box<dyn Scheduler> {
+    /// Builds the scheduler for `steps` denoising steps from the model's config file.
+    pub fn build(self, file: &SchedulerConfigFile, steps: usize) -> Box<dyn Scheduler> {
+        let config = &file.resolve(self);
         match self {
             Self::Ddim => Box::new(ddim::Ddim::new(config, steps)),
             Self::Euler => Box::new(euler::Euler::new(config, steps)),
@@ -87,41 +93,6 @@ impl SchedulerKind {
 impl std::fmt::Display for SchedulerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// Sigmas of the Euler family: `sqrt((1 - ᾱ) / ᾱ)` interpolated at `timesteps`, then 0.
-fn euler_sigmas(config: &SchedulerConfig, timesteps: &[f64]) -> Vec<f64> {
-    let table: Vec<f64> = config
-        .alphas_cumprod()
-        .iter()
-        .map(|&a| (((1.0 - a) / a) as f32).sqrt() as f64)
-        .collect();
-    let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &table)).collect();
-    sigmas.push(0.0);
-    sigmas
-}
-
-/// `np.interp(x, arange(len(table)), table)`.
-fn interp(x: f64, table: &[f64]) -> f64 {
-    if x <= 0.0 {
-        return table[0];
-    }
-    let last = table.len() - 1;
-    if x >= last as f64 {
-        return table[last];
-    }
-    let i = x.floor() as usize;
-    let frac = x - i as f64;
-    table[i] + (table[i + 1] - table[i]) * frac
-}
-
-/// The initial noise scale of the Euler family.
-fn euler_init_sigma(config: &SchedulerConfig, sigmas: &[f64]) -> f64 {
-    let max = sigmas.iter().cloned().fold(0.0, f64::max);
-    match config.timestep_spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-        TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
     }
 }
 
@@ -153,13 +124,5 @@ mod tests {
             assert_eq!(SchedulerKind::parse(kind.name()), Some(kind));
         }
         assert_eq!(SchedulerKind::parse("nope"), None);
-    }
-
-    #[test]
-    fn interp_matches_numpy() {
-        let table = [0.0, 10.0, 20.0];
-        assert_eq!(interp(0.5, &table), 5.0);
-        assert_eq!(interp(-1.0, &table), 0.0);
-        assert_eq!(interp(9.0, &table), 20.0);
     }
 }
