@@ -143,8 +143,10 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "scaling_factor": 0.18215,
         "force_upcast": true,
     });
+    // Exactly Stable Diffusion 1.5's file: it leaves `timestep_spacing` and
+    // `prediction_type` out, so each sampler falls back to its own diffusers default.
     let scheduler_config = json!({
-        "_class_name": "DDIMScheduler",
+        "_class_name": "PNDMScheduler",
         "_diffusers_version": "0.30.0",
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
@@ -152,9 +154,9 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "beta_schedule": "scaled_linear",
         "clip_sample": false,
         "set_alpha_to_one": false,
+        "skip_prk_steps": true,
         "steps_offset": 1,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
+        "trained_betas": null,
     });
     let model_index = json!({
         "_class_name": "StableDiffusionPipeline",
@@ -162,7 +164,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "feature_extractor": [null, null],
         "safety_checker": [null, null],
         "requires_safety_checker": false,
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -183,6 +185,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         &dir.join("text_encoder/model.safetensors"),
         &mut rng,
         |vb| ClipTextModel::new(vb, &text).map(drop),
+        str::to_string,
     )?;
     let unet: UNetConfig = parse(unet_config);
     let blocks = super::pipeline::unet_blocks(dir, &unet)?;
@@ -190,23 +193,40 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         &mut rng,
         |vb| UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop),
+        str::to_string,
     )?;
     let vae: VaeConfig = parse(vae_config);
     save_random(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         &mut rng,
         |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+        modern_vae_attention_name,
     )?;
     // Written last: its presence marks a complete model.
     write_json(&dir.join("model_index.json"), &model_index)
 }
 
+/// candle builds the VAE's attention under the names of diffusers < 0.14 (`query`,
+/// `proj_attn`, ...); diffusers today saves `to_q` ... `to_out.0`, and candle reads both,
+/// so the tiny model is written the way current diffusers writes it.
+fn modern_vae_attention_name(name: &str) -> String {
+    [
+        (".query.", ".to_q."),
+        (".key.", ".to_k."),
+        (".value.", ".to_v."),
+        (".proj_attn.", ".to_out.0."),
+    ]
+    .iter()
+    .fold(name.to_string(), |n, (old, new)| n.replace(old, new))
+}
+
 /// Builds a module against an empty `VarMap` to learn its parameter names and shapes,
-/// fills every parameter from `rng`, and saves them as safetensors.
+/// fills every parameter from `rng`, and saves them as safetensors under `rename(name)`.
 fn save_random(
     path: &Path,
     rng: &mut TorchRng,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+    rename: impl Fn(&str) -> String,
 ) -> Result<(), InferenceError> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
@@ -233,7 +253,7 @@ fn save_random(
             let std = 1.0 / fan_in.sqrt();
             normals.iter().map(|v| std * v).collect()
         };
-        tensors.insert(name.clone(), Tensor::from_vec(values, dims, &Device::Cpu)?);
+        tensors.insert(rename(name), Tensor::from_vec(values, dims, &Device::Cpu)?);
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| io(parent, source))?;
