@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Writes the parity fixtures under tests/fixtures/parity/ with diffusers as the reference.
+
+diffusers runs on CPU in float32 on the tiny model that our own binary writes
+(`sdq tiny-model`), so both sides read the very same weights. For every case the script
+keeps what a Rust test needs to reproduce diffusers without Python:
+
+* the starting latents (float32 NCHW, exactly what `latents=` would take),
+* every later random draw of the scheduler (ancestral / SDE / LCM noise), in draw order,
+* the output image as float32 NHWC in [0, 1] (`output_type="np"`), plus a PNG to look at.
+
+Random draws are not generated here but recorded: every `randn_tensor` call diffusers
+makes is intercepted, so the files hold exactly what diffusers used. The pipeline gets a
+list of `torch.Generator("cpu").manual_seed(seed + i)`, one per image, which is what
+`sdq --rng torch-cpu` reproduces; a case marked `seed_path` is also checked with no files.
+
+Usage (from the repository root):
+
+    scripts/parity/install.sh
+    cargo build --bin sdq
+    target/parity-venv/bin/python scripts/parity/generate_fixtures.py
+"""
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+import diffusers
+import transformers
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils import torch_utils
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "parity"
+TINY_SEED = 0
+
+# Our API name -> how a diffusers user would select the same sampler on top of the model's
+# own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "dpmpp-2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpmpp-2m-karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp-2m-sde-karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+}
+
+CAT = "a photo of a cat sitting on a red chair, highly detailed"
+LONG = (
+    "oil painting of a mountain landscape at sunset, a castle on a hill, a river through the valley, "
+    "snow covered trees, blue sky and white clouds, a small house in the forest, a dog running on the "
+    "beach, an old man with a beard, a woman in a green dress, flowers in a vase, a bowl of fruit on a "
+    "wooden table, studio lighting, sharp focus, 4k, digital art of a city street at night with neon "
+    "lights, portrait of an astronaut riding a horse on the moon"
+)
+
+
+def case(name, scheduler, **kw):
+    c = {
+        "name": name,
+        "scheduler": scheduler,
+        "prompt": CAT,
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "guidance_scale": 7.5,
+        "num_images": 1,
+        "seed": 42,
+        "long_prompt": "truncate",
+        "seed_path": False,
+    }
+    c.update(kw)
+    return c
+
+
+CASES = [
+    case("ddim", "ddim"),
+    case("euler", "euler"),
+    case("euler-a", "euler-a", seed_path=True),
+    case("negative-prompt", "euler", negative_prompt="blurry, low quality, ugly", seed=7),
+    case("guidance-1", "euler", guidance_scale=1.0, seed=3),
+    case("batch-2", "euler-a", num_images=2, seed=11, seed_path=True),
+    case("long-prompt", "ddim", prompt=LONG, negative_prompt="cartoon, " * 50, seed=5),
+    case("pndm", "pndm", steps=6),
+    case("heun", "heun"),
+    case("dpmpp-2m", "dpmpp-2m", steps=6),
+    case("dpmpp-2m-karras", "dpmpp-2m-karras", steps=6),
+    case("dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", steps=6, seed_path=True),
+    case("unipc", "unipc", steps=6),
+    case("lcm", "lcm", guidance_scale=1.0, seed_path=True),
+]
+
+TOKENIZER_PROMPTS = [
+    "",
+    "a photo of a cat",
+    "A Photo Of A CAT!!!",
+    "portrait of an astronaut, riding a horse; on the moon... (4k) [sharp focus]",
+    "3 dogs and 12 cats, 1920x1080, 0.5 weight, 2024-01-01",
+    "  lots   of\twhitespace \n and newlines  ",
+    "café crème brûlée, naïve façade",
+    "東京の夜景 and 日本語 text",
+    "emoji 🐱🚀 test ✨",
+    "don't can't we're I'll you've she'd it's",
+    "snake_case-and-kebab/with\\slashes @ # $ % ^ & *",
+    "ÀÉÎÕÜ uppercase accents",
+    LONG,
+    LONG + ", " + LONG,
+]
+
+RNG_CASES = [(0, 16), (0, 17), (1, 31), (42, 100), (42, 256), (7, 1000), (123456789, 4101), (2**32 + 5, 64)]
+
+
+def run_tiny_model(sdq: pathlib.Path, folder: pathlib.Path) -> None:
+    subprocess.run([str(sdq), "tiny-model", "--out", str(folder), "--seed", str(TINY_SEED)], check=True)
+
+
+def fingerprint(folder: pathlib.Path) -> dict:
+    """Sums of |w| per component, so a test can tell that its tiny model is this one."""
+    out = {}
+    for part, file in [
+        ("text_encoder", "model.safetensors"),
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+    ]:
+        tensors = load_file(folder / part / file)
+        out[part] = {
+            "tensors": len(tensors),
+            "abs_sum": float(sum(np.abs(t.astype(np.float64)).sum() for t in tensors.values())),
+        }
+    return out
+
+
+class DrawRecorder:
+    """Replaces diffusers' `randn_tensor` everywhere it was imported and keeps each draw."""
+
+    def __init__(self):
+        self.original = torch_utils.randn_tensor
+        self.draws = []
+        self.patched = []
+
+    def __enter__(self):
+        def recording(*args, **kwargs):
+            value = self.original(*args, **kwargs)
+            self.draws.append(value.detach().to(torch.float32).cpu().numpy().copy())
+            return value
+
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__name__", "") or ""
+            if name.startswith("diffusers") and getattr(module, "randn_tensor", None) is self.original:
+                module.randn_tensor = recording
+                self.patched.append(module)
+        return self
+
+    def __exit__(self, *exc):
+        for module in self.patched:
+            module.randn_tensor = self.original
+
+
+def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+    np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def write_pipeline_cases(pipe: StableDiffusionPipeline) -> list:
+    base = pipe.scheduler.config
+    manifest = []
+    for c in CASES:
+        cls, overrides = SCHEDULERS[c["scheduler"]]
+        pipe.scheduler = cls.from_config(base, **overrides)
+        n = c["num_images"]
+        generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(n)]
+        with DrawRecorder() as rec:
+            result = pipe(
+                prompt=c["prompt"],
+                negative_prompt=c["negative_prompt"] or None,
+                width=c["width"],
+                height=c["height"],
+                num_inference_steps=c["steps"],
+                guidance_scale=c["guidance_scale"],
+                num_images_per_prompt=n,
+                generator=generators,
+                output_type="np",
+            )
+        images = result.images.astype(np.float32)
+        latents, noise = rec.draws[0], rec.draws[1:]
+        stem = c["name"]
+        save_npy(OUT / f"{stem}.latents.npy", latents)
+        entry = dict(c)
+        entry["latents"] = f"{stem}.latents.npy"
+        entry["noise"] = None
+        if noise:
+            save_npy(OUT / f"{stem}.noise.npy", np.stack(noise))
+            entry["noise"] = f"{stem}.noise.npy"
+        save_npy(OUT / f"{stem}.image.npy", images)
+        entry["image"] = f"{stem}.image.npy"
+        pipe.numpy_to_pil(images)[0].save(OUT / f"{stem}.png")
+        entry["diffusers_scheduler"] = {
+            "class": cls.__name__,
+            "overrides": overrides,
+            "timesteps": [float(t) for t in pipe.scheduler.timesteps],
+        }
+        manifest.append(entry)
+        print(f"{stem}: {cls.__name__} {len(noise)} noise draws, mean {images.mean():.4f}", flush=True)
+    return manifest
+
+
+def write_tokenizer_ids(pipe: StableDiffusionPipeline) -> None:
+    tok = pipe.tokenizer
+    cases = []
+    for prompt in TOKENIZER_PROMPTS:
+        full = tok(prompt).input_ids
+        window = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        cases.append({"prompt": prompt, "ids": full, "truncated": window})
+    doc = {"tokenizer_class": type(tok).__name__, "cases": cases}
+    (OUT / "tokenizer.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_rng() -> None:
+    cases = []
+    for seed, n in RNG_CASES:
+        gen = torch.Generator("cpu").manual_seed(seed)
+        values = torch.randn(n, generator=gen, dtype=torch.float32).numpy()
+        # A second draw from the same generator checks that the state advances like torch's.
+        more = torch.randn(n, generator=gen, dtype=torch.float32).numpy()
+        file = f"rng-{seed}-{n}.npy"
+        save_npy(OUT / file, np.stack([values, more]))
+        cases.append({"seed": seed, "n": n, "file": file})
+    (OUT / "rng.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sdq", type=pathlib.Path, default=ROOT / "target" / "debug" / "sdq")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp) / "tiny"
+        run_tiny_model(args.sdq, folder)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.set_progress_bar_config(disable=True)
+        cases = write_pipeline_cases(pipe)
+        write_tokenizer_ids(pipe)
+        write_rng()
+        manifest = {
+            "generated_by": "scripts/parity/generate_fixtures.py",
+            "versions": {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+            },
+            "tiny_model": {"seed": TINY_SEED, "fingerprint": fingerprint(folder)},
+            "tolerance": 2.0 / 255.0,
+            "cases": cases,
+        }
+        (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {len(CASES)} pipeline cases to {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
