@@ -1,0 +1,210 @@
+//! Our images are diffusers' images: every case in `tests/fixtures/parity/manifest.json`
+//! (written by `scripts/parity/generate_fixtures.py` with diffusers on CPU) is run through
+//! our pipeline on the same tiny model and must match diffusers' float output within
+//! 2/255 per pixel. Run with `-- --nocapture` to see max and mean differences per case.
+//!
+//! The cases replay diffusers' random draws from the recorded `.npy` files; cases marked
+//! `seed_path` are run a second time from the seed alone, which checks that our
+//! torch-compatible RNG draws what diffusers' `torch.Generator("cpu")` list drew.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor};
+use sdq::inference::tokenizer::LongPrompt;
+use sdq::inference::{GenerateRequest, NoiseArray, SchedulerKind, StableDiffusion};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    tiny_model: TinyModel,
+    tolerance: f32,
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TinyModel {
+    seed: u64,
+    fingerprint: std::collections::BTreeMap<String, Fingerprint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Fingerprint {
+    tensors: usize,
+    abs_sum: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    name: String,
+    scheduler: String,
+    prompt: String,
+    negative_prompt: String,
+    width: usize,
+    height: usize,
+    steps: usize,
+    guidance_scale: f64,
+    num_images: usize,
+    seed: u64,
+    long_prompt: LongPrompt,
+    seed_path: bool,
+    latents: String,
+    noise: Option<String>,
+    image: String,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+fn manifest() -> &'static Manifest {
+    static MANIFEST: OnceLock<Manifest> = OnceLock::new();
+    MANIFEST.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+/// The tiny model the fixtures were made from, written once per test binary.
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("tiny");
+        sdq::inference::tiny::write(&folder, manifest().tiny_model.seed).unwrap();
+        (dir, folder)
+    })
+    .1
+}
+
+fn npy(file: &str) -> Tensor {
+    Tensor::read_npy(fixtures().join(file)).unwrap()
+}
+
+/// Largest and mean absolute difference between two equally shaped tensors.
+fn differences(ours: &Tensor, theirs: &Tensor) -> (f32, f32) {
+    let diff = (ours - theirs).unwrap().abs().unwrap();
+    let max = diff.flatten_all().unwrap().max(0).unwrap();
+    let mean = diff.flatten_all().unwrap().mean(0).unwrap();
+    (max.to_scalar().unwrap(), mean.to_scalar().unwrap())
+}
+
+fn run(sd: &StableDiffusion, req: &GenerateRequest) -> Tensor {
+    let images = sd
+        .generate_float(req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let per_image: Vec<Tensor> = images
+        .iter()
+        .map(|im| Tensor::from_slice(&im.rgb, (im.height, im.width, 3), &Device::Cpu).unwrap())
+        .collect();
+    Tensor::stack(&per_image, 0).unwrap()
+}
+
+fn check(name: &str) {
+    let m = manifest();
+    let case = m
+        .cases
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no case '{name}' in the manifest"));
+    let sd = StableDiffusion::load(model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let scheduler = SchedulerKind::parse(&case.scheduler)
+        .unwrap_or_else(|| panic!("unknown scheduler '{}'", case.scheduler));
+    let noise = match &case.noise {
+        Some(file) => {
+            let stack = npy(file);
+            (0..stack.dim(0).unwrap())
+                .map(|i| NoiseArray::from_tensor(&stack.get(i).unwrap()).unwrap())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut req = GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        width: case.width,
+        height: case.height,
+        steps: case.steps,
+        guidance_scale: case.guidance_scale,
+        seed: case.seed,
+        scheduler,
+        num_images: case.num_images,
+        long_prompt: case.long_prompt,
+        latents: Some(NoiseArray::from_tensor(&npy(&case.latents)).unwrap()),
+        noise,
+    };
+    let expected = npy(&case.image);
+    let mut runs = vec![("recorded draws", run(&sd, &req))];
+    if case.seed_path {
+        req.latents = None;
+        req.noise.clear();
+        runs.push(("seed only", run(&sd, &req)));
+    }
+    for (how, ours) in runs {
+        assert_eq!(ours.dims(), expected.dims(), "{name}: image shape");
+        let (max, mean) = differences(&ours, &expected);
+        eprintln!(
+            "parity {name:<22} {how:<15} max {max:.6} ({:.2}/255) mean {mean:.6}",
+            max * 255.0
+        );
+        assert!(
+            max <= m.tolerance,
+            "{name} ({how}): max difference {max} ({:.2}/255) exceeds {}/255",
+            max * 255.0,
+            m.tolerance * 255.0
+        );
+    }
+}
+
+/// One test per fixture case, so failures name the case and cases run in parallel.
+macro_rules! cases {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(#[test] fn $test() { check($name) })*
+    };
+}
+
+cases! {
+    ddim => "ddim",
+    euler => "euler",
+    euler_ancestral => "euler-a",
+    negative_prompt => "negative-prompt",
+    guidance_one_skips_the_unconditional_pass => "guidance-1",
+    batch_of_two => "batch-2",
+    long_prompt_truncated => "long-prompt",
+}
+
+/// The fixtures only mean something for the exact weights they were made from.
+#[test]
+fn tiny_model_is_the_one_the_fixtures_were_made_from() {
+    for (part, file) in [
+        ("text_encoder", "model.safetensors"),
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+    ] {
+        let tensors =
+            candle_core::safetensors::load(model_dir().join(part).join(file), &Device::Cpu)
+                .unwrap();
+        let abs_sum: f64 = tensors
+            .values()
+            .map(|t| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        let want = &manifest().tiny_model.fingerprint[part];
+        assert_eq!(tensors.len(), want.tensors, "{part}: tensor count");
+        assert!(
+            ((abs_sum - want.abs_sum) / want.abs_sum).abs() < 1e-9,
+            "{part}: weights differ from the fixtures' ({abs_sum} vs {}); \
+             regenerate them with scripts/parity/generate_fixtures.py",
+            want.abs_sum
+        );
+    }
+}
