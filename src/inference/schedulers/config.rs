@@ -66,6 +66,7 @@ pub struct SchedulerConfigFile {
     pub use_karras_sigmas: Option<bool>,
     pub final_sigmas_type: Option<FinalSigmas>,
     pub solver_order: Option<usize>,
+    pub solver_type: Option<String>,
     pub lower_order_final: Option<bool>,
     pub euler_at_final: Option<bool>,
     pub rescale_betas_zero_snr: Option<bool>,
@@ -97,6 +98,7 @@ pub struct SchedulerConfig {
     pub use_karras_sigmas: bool,
     pub final_sigmas_type: FinalSigmas,
     pub solver_order: usize,
+    pub solver_type: Option<String>,
     pub lower_order_final: bool,
     pub euler_at_final: bool,
     pub rescale_betas_zero_snr: bool,
@@ -137,6 +139,23 @@ fn class_defaults(kind: SchedulerKind) -> ClassDefaults {
             clip_sample: true,
             ..base
         },
+        SchedulerKind::Pndm => ClassDefaults {
+            timestep_spacing: TimestepSpacing::Leading,
+            ..base
+        },
+        SchedulerKind::Heun => ClassDefaults {
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            ..base
+        },
+        SchedulerKind::Lcm => ClassDefaults {
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            timestep_spacing: TimestepSpacing::Leading,
+            set_alpha_to_one: true,
+            ..base
+        },
         _ => base,
     }
 }
@@ -146,7 +165,11 @@ impl SchedulerConfigFile {
     /// what the sampler's name fixes (Karras sigmas for the `-karras` variants).
     pub fn resolve(&self, kind: SchedulerKind) -> SchedulerConfig {
         let d = class_defaults(kind);
-        let karras = self.use_karras_sigmas.unwrap_or(false);
+        let karras = match kind {
+            SchedulerKind::DpmPp2m => false,
+            SchedulerKind::DpmPp2mKarras | SchedulerKind::DpmPp2mSdeKarras => true,
+            _ => self.use_karras_sigmas.unwrap_or(false),
+        };
         SchedulerConfig {
             num_train_timesteps: self.num_train_timesteps.unwrap_or(1000),
             beta_start: self.beta_start.unwrap_or(d.beta_start),
@@ -162,7 +185,8 @@ impl SchedulerConfigFile {
             skip_prk_steps: self.skip_prk_steps.unwrap_or(false),
             use_karras_sigmas: karras,
             final_sigmas_type: self.final_sigmas_type.unwrap_or(FinalSigmas::Zero),
-            solver_order: self.solver_order.unwrap_or(2).max(1),
+            solver_order: self.solver_order.unwrap_or(2).clamp(1, 3),
+            solver_type: self.solver_type.clone(),
             lower_order_final: self.lower_order_final.unwrap_or(true),
             euler_at_final: self.euler_at_final.unwrap_or(false),
             rescale_betas_zero_snr: self.rescale_betas_zero_snr.unwrap_or(false),
@@ -408,6 +432,12 @@ mod tests {
         );
         let empty = SchedulerConfigFile::default();
         assert!(empty.resolve(SchedulerKind::Ddim).clip_sample);
+        assert_eq!(
+            empty.resolve(SchedulerKind::Lcm).beta_schedule,
+            BetaSchedule::ScaledLinear
+        );
+        assert!(file.resolve(SchedulerKind::DpmPp2mKarras).use_karras_sigmas);
+        assert!(!file.resolve(SchedulerKind::DpmPp2m).use_karras_sigmas);
     }
 
     #[test]

@@ -5,9 +5,14 @@
 
 mod config;
 mod ddim;
+mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod lcm;
+mod pndm;
 mod sigmas;
+mod unipc;
 
 pub use config::{
     BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SchedulerConfigFile,
@@ -46,22 +51,54 @@ pub trait Scheduler: Send {
 pub enum SchedulerKind {
     #[serde(rename = "ddim")]
     Ddim,
+    #[serde(rename = "pndm")]
+    Pndm,
     #[serde(rename = "euler")]
     Euler,
     #[serde(rename = "euler-a")]
     EulerAncestral,
+    #[serde(rename = "heun")]
+    Heun,
+    #[serde(rename = "dpmpp-2m")]
+    DpmPp2m,
+    #[serde(rename = "dpmpp-2m-karras")]
+    DpmPp2mKarras,
+    #[serde(rename = "dpmpp-2m-sde-karras")]
+    DpmPp2mSdeKarras,
+    #[serde(rename = "unipc")]
+    UniPc,
+    #[serde(rename = "lcm")]
+    Lcm,
 }
 
 impl SchedulerKind {
     /// Every supported scheduler, in the order the API lists them.
-    pub const ALL: [SchedulerKind; 3] = [Self::Ddim, Self::Euler, Self::EulerAncestral];
+    pub const ALL: [SchedulerKind; 10] = [
+        Self::Ddim,
+        Self::Pndm,
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Heun,
+        Self::DpmPp2m,
+        Self::DpmPp2mKarras,
+        Self::DpmPp2mSdeKarras,
+        Self::UniPc,
+        Self::Lcm,
+    ];
 
     /// The name used in requests.
     pub fn name(self) -> &'static str {
         match self {
             Self::Ddim => "ddim",
+            Self::Pndm => "pndm",
             Self::Euler => "euler",
             Self::EulerAncestral => "euler-a",
+            Self::Heun => "heun",
+            Self::DpmPp2m => "dpmpp-2m",
+            Self::DpmPp2mKarras => "dpmpp-2m-karras",
+            Self::DpmPp2mSdeKarras => "dpmpp-2m-sde-karras",
+            Self::UniPc => "unipc",
+            Self::Lcm => "lcm",
         }
     }
 
@@ -69,8 +106,15 @@ impl SchedulerKind {
     pub fn a1111_name(self) -> &'static str {
         match self {
             Self::Ddim => "DDIM",
+            Self::Pndm => "PLMS",
             Self::Euler => "Euler",
             Self::EulerAncestral => "Euler a",
+            Self::Heun => "Heun",
+            Self::DpmPp2m => "DPM++ 2M",
+            Self::DpmPp2mKarras => "DPM++ 2M Karras",
+            Self::DpmPp2mSdeKarras => "DPM++ 2M SDE Karras",
+            Self::UniPc => "UniPC",
+            Self::Lcm => "LCM",
         }
     }
 
@@ -84,8 +128,16 @@ impl SchedulerKind {
         let config = &file.resolve(self);
         match self {
             Self::Ddim => Box::new(ddim::Ddim::new(config, steps)),
+            Self::Pndm => Box::new(pndm::Pndm::new(config, steps)),
             Self::Euler => Box::new(euler::Euler::new(config, steps)),
             Self::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config, steps)),
+            Self::Heun => Box::new(heun::Heun::new(config, steps)),
+            Self::DpmPp2m | Self::DpmPp2mKarras => {
+                Box::new(dpm_solver::DpmSolver::new(config, steps, false))
+            }
+            Self::DpmPp2mSdeKarras => Box::new(dpm_solver::DpmSolver::new(config, steps, true)),
+            Self::UniPc => Box::new(unipc::UniPc::new(config, steps)),
+            Self::Lcm => Box::new(lcm::Lcm::new(config, steps)),
         }
     }
 }
