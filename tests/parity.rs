@@ -161,6 +161,7 @@ fn check(name: &str) {
 macro_rules! cases {
     ($($test:ident => $name:literal),* $(,)?) => {
         $(#[test] fn $test() { check($name) })*
+        const CHECKED: &[&str] = &[$($name),*];
     };
 }
 
@@ -172,6 +173,27 @@ cases! {
     guidance_one_skips_the_unconditional_pass => "guidance-1",
     batch_of_two => "batch-2",
     long_prompt_truncated => "long-prompt",
+    pndm => "pndm",
+    heun => "heun",
+    dpmpp_2m => "dpmpp-2m",
+    dpmpp_2m_karras => "dpmpp-2m-karras",
+    dpmpp_2m_sde_karras => "dpmpp-2m-sde-karras",
+    unipc => "unipc",
+    lcm => "lcm",
+}
+
+#[test]
+fn every_fixture_case_has_a_test() {
+    let missing: Vec<&str> = manifest()
+        .cases
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| !CHECKED.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fixture cases without a test: {missing:?}"
+    );
 }
 
 /// The fixtures only mean something for the exact weights they were made from.
