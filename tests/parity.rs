@@ -230,3 +230,100 @@ fn tiny_model_is_the_one_the_fixtures_were_made_from() {
         );
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct TokenizerFixture {
+    cases: Vec<TokenizerCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizerCase {
+    prompt: String,
+    ids: Vec<u32>,
+    truncated: Vec<u32>,
+}
+
+/// Our tokenizer gives the ids diffusers' CLIPTokenizer gives, whether it is loaded
+/// from `tokenizer.json` or built from `vocab.json` + `merges.txt`.
+#[test]
+fn tokenizer_ids_match_transformers() {
+    use sdq::inference::tokenizer::PromptTokenizer;
+    let text = std::fs::read_to_string(fixtures().join("tokenizer-ids.json")).unwrap();
+    let fixture: TokenizerFixture = serde_json::from_str(&text).unwrap();
+    let plain = tempfile::tempdir().unwrap();
+    for file in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+        std::fs::copy(
+            model_dir().join("tokenizer").join(file),
+            plain.path().join(file),
+        )
+        .unwrap();
+    }
+    for (source, dir) in [
+        ("tokenizer.json", model_dir().join("tokenizer")),
+        ("vocab + merges", plain.path().to_path_buf()),
+    ] {
+        let tok = PromptTokenizer::load(&dir, 77).unwrap();
+        for case in &fixture.cases {
+            let window = tok
+                .windows(&case.prompt, LongPrompt::Truncate, 1)
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                window, case.truncated,
+                "{source}: {:?} (77-token window)",
+                case.prompt
+            );
+            let content = tok.content_ids(&case.prompt).unwrap();
+            let framed: Vec<u32> = [case.ids[0]]
+                .into_iter()
+                .chain(content)
+                .chain([case.ids[case.ids.len() - 1]])
+                .collect();
+            assert_eq!(framed, case.ids, "{source}: {:?} (all ids)", case.prompt);
+        }
+    }
+    eprintln!("tokenizer: {} prompts match", fixture.cases.len());
+}
+
+#[derive(Debug, Deserialize)]
+struct RngFixture {
+    cases: Vec<RngCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RngCase {
+    seed: u64,
+    n: usize,
+    file: String,
+}
+
+/// `TorchRng::new(seed).randn(n)`, twice in a row, gives what
+/// `torch.randn(n, generator=torch.Generator("cpu").manual_seed(seed))` gives.
+#[test]
+fn torch_rng_matches_torch_randn() {
+    use sdq::inference::rng::TorchRng;
+    let text = std::fs::read_to_string(fixtures().join("rng.json")).unwrap();
+    let fixture: RngFixture = serde_json::from_str(&text).unwrap();
+    for case in &fixture.cases {
+        let want: Vec<Vec<f32>> = npy(&case.file).to_vec2().unwrap();
+        let mut rng = TorchRng::new(case.seed);
+        for (draw, expected) in want.iter().enumerate() {
+            let ours = rng.randn(case.n);
+            let max = ours
+                .iter()
+                .zip(expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!(
+                "torch rng seed {} n {} draw {draw}: max diff {max:e}",
+                case.seed, case.n
+            );
+            assert!(
+                max <= 1e-6,
+                "seed {} n {} draw {draw}: max diff {max}",
+                case.seed,
+                case.n
+            );
+        }
+    }
+}

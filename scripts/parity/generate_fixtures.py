@@ -129,6 +129,8 @@ TOKENIZER_PROMPTS = [
     "don't can't we're I'll you've she'd it's",
     "snake_case-and-kebab/with\\slashes @ # $ % ^ & *",
     "ÀÉÎÕÜ uppercase accents",
+    "a cat<|endoftext|>a dog <|startoftext|>",
+    "mixed CASE with ﬁ ligature and full-width ＡＢＣ and e\u0301 combining",
     LONG,
     LONG + ", " + LONG,
 ]
@@ -229,15 +231,26 @@ def write_pipeline_cases(pipe: StableDiffusionPipeline) -> list:
     return manifest
 
 
-def write_tokenizer_ids(pipe: StableDiffusionPipeline) -> None:
+def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path) -> None:
+    """What diffusers feeds the text encoder for each prompt (its own tokenizer), checked
+    against transformers' CLIP tokenizer built from vocab.json + merges.txt alone, so the
+    ids do not merely echo the tokenizer.json our binary wrote."""
     tok = pipe.tokenizer
-    cases = []
+    vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())
+    merges = [
+        tuple(line.split())
+        for line in (folder / "tokenizer" / "merges.txt").read_text().splitlines()[1:]
+        if line.strip()
+    ]
+    plain = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+    lines = []
     for prompt in TOKENIZER_PROMPTS:
         full = tok(prompt).input_ids
         window = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
-        cases.append({"prompt": prompt, "ids": full, "truncated": window})
-    doc = {"tokenizer_class": type(tok).__name__, "cases": cases}
-    (OUT / "tokenizer.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        assert plain(prompt).input_ids == full, f"transformers' two CLIP tokenizers disagree on {prompt!r}"
+        lines.append(json.dumps({"prompt": prompt, "ids": full, "truncated": window}, ensure_ascii=False))
+    doc = '{\n "tokenizer_class": "%s",\n "cases": [\n  %s\n ]\n}\n' % (type(tok).__name__, ",\n  ".join(lines))
+    (OUT / "tokenizer-ids.json").write_text(doc)
 
 
 def write_rng() -> None:
@@ -270,7 +283,7 @@ def main() -> None:
         )
         pipe.set_progress_bar_config(disable=True)
         cases = write_pipeline_cases(pipe)
-        write_tokenizer_ids(pipe)
+        write_tokenizer_ids(pipe, folder)
         write_rng()
         manifest = {
             "generated_by": "scripts/parity/generate_fixtures.py",

@@ -192,5 +192,12 @@ pub fn build_clip_tokenizer(vocab: &Path, merges: &Path) -> Result<Tokenizer, In
             .add_prefix_space(false),
     ));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    // As in every published tokenizer.json: a prompt that spells out a marker gets the
+    // marker's id, as transformers' CLIPTokenizer gives it, not the pieces of its text.
+    tok.add_special_tokens([
+        tokenizers::AddedToken::from(BOS, true),
+        tokenizers::AddedToken::from(EOS, true),
+    ])
+    .map_err(bad)?;
     Ok(tok)
 }
