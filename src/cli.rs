@@ -64,7 +64,8 @@ pub struct GenerateArgs {
     pub width: Option<usize>,
     #[arg(long)]
     pub height: Option<usize>,
-    /// ddim, euler or euler-a.
+    /// ddim, pndm, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde-karras,
+    /// unipc or lcm.
     #[arg(long, default_value = "euler-a")]
     pub scheduler: String,
     #[arg(long, default_value_t = 1)]
@@ -206,9 +207,11 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         bail!("unknown --rng '{}' (torch-cpu)", args.rng);
     }
     let scheduler = SchedulerKind::parse(&args.scheduler).with_context(|| {
+        let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
         format!(
-            "unknown scheduler '{}' (ddim, euler, euler-a)",
-            args.scheduler
+            "unknown scheduler '{}' ({})",
+            args.scheduler,
+            names.join(", ")
         )
     })?;
     if args.num_images == 0 {

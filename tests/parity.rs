@@ -327,3 +327,68 @@ fn torch_rng_matches_torch_randn() {
         }
     }
 }
+
+/// `sdq generate --latents FILE --noise FILE...` replays a diffusers run from the command
+/// line: the PNG it writes is diffusers' image rounded to 8 bits.
+#[test]
+fn cli_replays_diffusers_from_latents_and_noise_files() {
+    let case = manifest()
+        .cases
+        .iter()
+        .find(|c| c.name == "euler-a")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = npy(case.noise.as_deref().unwrap());
+    let mut args: Vec<String> = [
+        "--model",
+        model_dir().to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "generate",
+        "--prompt",
+        &case.prompt,
+        "--scheduler",
+        &case.scheduler,
+        "--long-prompt",
+        "truncate",
+        "--latents",
+        fixtures().join(&case.latents).to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for i in 0..stack.dim(0).unwrap() {
+        let path = dir.path().join(format!("noise-{i}.npy"));
+        stack.get(i).unwrap().write_npy(&path).unwrap();
+        args.extend(["--noise".into(), path.to_str().unwrap().into()]);
+    }
+    let out = dir.path().join("out.png");
+    args.extend(
+        [
+            ("--steps", case.steps.to_string()),
+            ("--guidance-scale", case.guidance_scale.to_string()),
+            // A seed whose generator would draw other noise: the files must be used.
+            ("--seed", (case.seed + 1000).to_string()),
+            ("--width", case.width.to_string()),
+            ("--height", case.height.to_string()),
+            ("--output", out.to_str().unwrap().to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v]),
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sdq"))
+        .args(&args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "sdq {args:?}");
+    let png = image::open(&out).unwrap().to_rgb8();
+    let expected: Vec<f32> = npy(&case.image).flatten_all().unwrap().to_vec1().unwrap();
+    let worst = png
+        .as_raw()
+        .iter()
+        .zip(&expected)
+        .map(|(&ours, &theirs)| (ours as f32 - (theirs * 255.0).round()).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("cli euler-a: max difference {worst} levels of 255");
+    assert!(worst <= 2.0, "{worst} levels of 255");
+}
