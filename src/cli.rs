@@ -44,6 +44,9 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = tiny::DEFAULT_SEED)]
         seed: u64,
+        /// Which family to imitate: sd15 (epsilon) or sd2 (v-prediction, OpenCLIP-style).
+        #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
+        kind: tiny::TinyKind,
     },
 }
 
@@ -113,11 +116,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Generate(args) => generate(&cli.config, args),
-        Command::TinyModel { out, seed } => {
+        Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());
             }
-            tiny::write(&out, seed)
+            tiny::write_kind(&out, seed, kind)
                 .with_context(|| format!("writing the tiny model to {}", out.display()))?;
             println!("wrote tiny model (seed {seed}) to {}", out.display());
             Ok(())

@@ -80,10 +80,41 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), InferenceErr
     std::fs::write(path, text + "\n").map_err(|source| io(path, source))
 }
 
-/// Writes a complete model folder to `dir` (which must not exist yet).
+/// Which Stable Diffusion family the tiny model imitates.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TinyKind {
+    /// SD 1.x: quick-gelu CLIP, convolutional attention projections, epsilon prediction,
+    /// padding with the end marker.
+    #[default]
+    Sd15,
+    /// SD 2.x (768-v): gelu OpenCLIP text encoder, linear attention projections,
+    /// upcast attention, v-prediction, padding with "!".
+    Sd2,
+}
+
+/// Writes a complete SD-1.5-shaped model folder to `dir` (which must not exist yet).
 pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+    write_kind(dir, seed, TinyKind::Sd15)
+}
+
+/// Writes a complete model folder of the given family to `dir`.
+pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+    let sd2 = kind == TinyKind::Sd2;
     let (vocab, merges) = train_bpe(CORPUS, MERGES);
-    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges)?;
+    // SD 2's tokenizer pads with "!" (id 0), not with the end marker.
+    let pad = if sd2 { "!" } else { super::tokenizer::EOS };
+    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges, pad)?;
 
     let text_config = json!({
         "_name_or_path": "sdq/tiny",
@@ -95,7 +126,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
+        "hidden_act": if sd2 { "gelu" } else { "quick_gelu" },
         "layer_norm_eps": 1e-5,
         "projection_dim": 32,
         "bos_token_id": vocab.len() - 2,
@@ -124,8 +155,8 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "freq_shift": 0,
         "downsample_padding": 1,
         "mid_block_scale_factor": 1,
-        "use_linear_projection": false,
-        "upcast_attention": false,
+        "use_linear_projection": sd2,
+        "upcast_attention": sd2,
     });
     let vae_config = json!({
         "_class_name": "AutoencoderKL",
@@ -143,9 +174,9 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "scaling_factor": 0.18215,
         "force_upcast": true,
     });
-    // Exactly Stable Diffusion 1.5's file: it leaves `timestep_spacing` and
-    // `prediction_type` out, so each sampler falls back to its own diffusers default.
-    let scheduler_config = json!({
+    // Exactly Stable Diffusion 1.5's file (2.1's adds v-prediction): it leaves
+    // `timestep_spacing` out, so each sampler falls back to its own diffusers default.
+    let mut scheduler_config = json!({
         "_class_name": "PNDMScheduler",
         "_diffusers_version": "0.30.0",
         "num_train_timesteps": 1000,
@@ -158,13 +189,17 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "steps_offset": 1,
         "trained_betas": null,
     });
+    if sd2 {
+        scheduler_config["_class_name"] = json!("DDIMScheduler");
+        scheduler_config["prediction_type"] = json!("v_prediction");
+    }
     let model_index = json!({
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.30.0",
         "feature_extractor": [null, null],
         "safety_checker": [null, null],
         "requires_safety_checker": false,
-        "scheduler": ["diffusers", "PNDMScheduler"],
+        "scheduler": ["diffusers", if sd2 { "DDIMScheduler" } else { "PNDMScheduler" }],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -354,6 +389,7 @@ fn write_tokenizer(
     dir: &Path,
     vocab: &[String],
     merges: &[(String, String)],
+    pad: &str,
 ) -> Result<(), InferenceError> {
     std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
     let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
@@ -383,7 +419,7 @@ fn write_tokenizer(
             "bos_token": special(super::tokenizer::BOS),
             "eos_token": special(super::tokenizer::EOS),
             "unk_token": special(super::tokenizer::EOS),
-            "pad_token": special(super::tokenizer::EOS),
+            "pad_token": special(pad),
         }),
     )?;
     write_json(
@@ -392,11 +428,14 @@ fn write_tokenizer(
             "bos_token": super::tokenizer::BOS,
             "eos_token": super::tokenizer::EOS,
             "unk_token": super::tokenizer::EOS,
-            "pad_token": super::tokenizer::EOS,
+            "pad_token": pad,
         }),
     )?;
-    let tokenizer = super::tokenizer::build_clip_tokenizer(&dir.join("vocab.json"), &merges_path)?;
+    let mut tokenizer =
+        super::tokenizer::build_clip_tokenizer(&dir.join("vocab.json"), &merges_path)?;
     let json_path = dir.join("tokenizer.json");
+    super::tokenizer::add_special(&mut tokenizer, pad)
+        .map_err(|e| InferenceError::invalid_model(&json_path, e))?;
     tokenizer
         .save(&json_path, true)
         .map_err(|e| InferenceError::invalid_model(&json_path, e))

@@ -60,7 +60,7 @@ impl PromptTokenizer {
     /// Loads from a `tokenizer/` folder; `window` is the text encoder's position count.
     pub fn load(dir: &Path, window: usize) -> Result<Self, InferenceError> {
         let json = dir.join("tokenizer.json");
-        let inner = if json.exists() {
+        let mut inner = if json.exists() {
             Tokenizer::from_file(&json).map_err(|e| InferenceError::invalid_model(&json, e))?
         } else {
             build_clip_tokenizer(&dir.join("vocab.json"), &dir.join("merges.txt"))?
@@ -78,10 +78,18 @@ impl PromptTokenizer {
         };
         let bos = id(BOS)?;
         let eos = id(EOS)?;
-        let pad = match config.as_ref().and_then(|c| c.pad_token.as_ref()) {
-            Some(TokenName::Plain(t)) | Some(TokenName::Added { content: t }) => id(t)?,
+        let pad_name = match config.as_ref().and_then(|c| c.pad_token.as_ref()) {
+            Some(TokenName::Plain(t)) | Some(TokenName::Added { content: t }) => Some(t.clone()),
+            None => None,
+        };
+        let pad = match &pad_name {
+            Some(t) => id(t)?,
             None => eos,
         };
+        if let Some(name) = pad_name.filter(|t| t != BOS && t != EOS) {
+            add_special(&mut inner, &name)
+                .map_err(|e| InferenceError::invalid_model(&config_path, e))?;
+        }
         let window = config
             .and_then(|c| c.model_max_length)
             .filter(|m| *m >= 3.0 && (*m as usize) <= window)
@@ -147,6 +155,14 @@ impl PromptTokenizer {
     pub fn window(&self) -> usize {
         self.window
     }
+}
+
+/// Makes `token` an added special token, as transformers does with every special token
+/// it is given: SD 2's pad token "!" then never merges with neighbouring "!" in a
+/// prompt ("!!!" is three pad ids), exactly as diffusers tokenizes it.
+pub(crate) fn add_special(tokenizer: &mut Tokenizer, token: &str) -> tokenizers::Result<()> {
+    tokenizer.add_special_tokens([tokenizers::AddedToken::from(token.to_string(), true)])?;
+    Ok(())
 }
 
 /// Builds CLIP's fast tokenizer from its two plain files, as transformers would.
