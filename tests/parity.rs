@@ -7,26 +7,29 @@
 //! `seed_path` are run a second time from the seed alone, which checks that our
 //! torch-compatible RNG draws what diffusers' `torch.Generator("cpu")` list drew.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
+use sdq::inference::tiny::TinyKind;
 use sdq::inference::tokenizer::LongPrompt;
 use sdq::inference::{GenerateRequest, NoiseArray, SchedulerKind, StableDiffusion};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
-    tiny_model: TinyModel,
+    tiny_models: BTreeMap<String, TinyModel>,
     tolerance: f32,
     cases: Vec<Case>,
 }
 
 #[derive(Debug, Deserialize)]
 struct TinyModel {
+    kind: TinyKind,
     seed: u64,
-    fingerprint: std::collections::BTreeMap<String, Fingerprint>,
+    fingerprint: BTreeMap<String, Fingerprint>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +52,7 @@ struct Case {
     seed: u64,
     long_prompt: LongPrompt,
     seed_path: bool,
+    model: String,
     latents: String,
     noise: Option<String>,
     image: String,
@@ -66,16 +70,18 @@ fn manifest() -> &'static Manifest {
     })
 }
 
-/// The tiny model the fixtures were made from, written once per test binary.
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
+/// The tiny models the fixtures were made from, written once per test binary.
+fn model_dir(name: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let root = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("tiny");
-        sdq::inference::tiny::write(&folder, manifest().tiny_model.seed).unwrap();
-        (dir, folder)
-    })
-    .1
+        for (name, model) in &manifest().tiny_models {
+            sdq::inference::tiny::write_kind(&dir.path().join(name), model.seed, model.kind)
+                .unwrap();
+        }
+        dir
+    });
+    root.path().join(name)
 }
 
 fn npy(file: &str) -> Tensor {
@@ -108,7 +114,7 @@ fn check(name: &str) {
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no case '{name}' in the manifest"));
-    let sd = StableDiffusion::load(model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let sd = StableDiffusion::load(&model_dir(&case.model), &Device::Cpu, DType::F32).unwrap();
     let scheduler = SchedulerKind::parse(&case.scheduler)
         .unwrap_or_else(|| panic!("unknown scheduler '{}'", case.scheduler));
     let noise = match &case.noise {
@@ -173,6 +179,10 @@ cases! {
     guidance_one_skips_the_unconditional_pass => "guidance-1",
     batch_of_two => "batch-2",
     long_prompt_truncated => "long-prompt",
+    sd2_v_prediction_ddim => "sd2-ddim",
+    sd2_v_prediction_euler_ancestral => "sd2-euler-a",
+    sd2_v_prediction_dpmpp_2m_karras => "sd2-dpmpp-2m-karras",
+    sd2_v_prediction_heun => "sd2-heun",
     pndm => "pndm",
     heun => "heun",
     dpmpp_2m => "dpmpp-2m",
@@ -198,14 +208,20 @@ fn every_fixture_case_has_a_test() {
 
 /// The fixtures only mean something for the exact weights they were made from.
 #[test]
-fn tiny_model_is_the_one_the_fixtures_were_made_from() {
+fn tiny_models_are_the_ones_the_fixtures_were_made_from() {
+    for (name, model) in &manifest().tiny_models {
+        check_fingerprint(name, model);
+    }
+}
+
+fn check_fingerprint(name: &str, model: &TinyModel) {
     for (part, file) in [
         ("text_encoder", "model.safetensors"),
         ("unet", "diffusion_pytorch_model.safetensors"),
         ("vae", "diffusion_pytorch_model.safetensors"),
     ] {
         let tensors =
-            candle_core::safetensors::load(model_dir().join(part).join(file), &Device::Cpu)
+            candle_core::safetensors::load(model_dir(name).join(part).join(file), &Device::Cpu)
                 .unwrap();
         let abs_sum: f64 = tensors
             .values()
@@ -220,11 +236,11 @@ fn tiny_model_is_the_one_the_fixtures_were_made_from() {
                     .unwrap()
             })
             .sum();
-        let want = &manifest().tiny_model.fingerprint[part];
-        assert_eq!(tensors.len(), want.tensors, "{part}: tensor count");
+        let want = &model.fingerprint[part];
+        assert_eq!(tensors.len(), want.tensors, "{name} {part}: tensor count");
         assert!(
             ((abs_sum - want.abs_sum) / want.abs_sum).abs() < 1e-9,
-            "{part}: weights differ from the fixtures' ({abs_sum} vs {}); \
+            "{name} {part}: weights differ from the fixtures' ({abs_sum} vs {}); \
              regenerate them with scripts/parity/generate_fixtures.py",
             want.abs_sum
         );
@@ -247,19 +263,23 @@ struct TokenizerCase {
 /// from `tokenizer.json` or built from `vocab.json` + `merges.txt`.
 #[test]
 fn tokenizer_ids_match_transformers() {
+    for name in manifest().tiny_models.keys() {
+        check_tokenizer(name);
+    }
+}
+
+fn check_tokenizer(model: &str) {
     use sdq::inference::tokenizer::PromptTokenizer;
-    let text = std::fs::read_to_string(fixtures().join("tokenizer-ids.json")).unwrap();
+    let file = format!("tokenizer-ids.{model}.json");
+    let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
     let fixture: TokenizerFixture = serde_json::from_str(&text).unwrap();
     let plain = tempfile::tempdir().unwrap();
+    let tokenizer_dir = model_dir(model).join("tokenizer");
     for file in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
-        std::fs::copy(
-            model_dir().join("tokenizer").join(file),
-            plain.path().join(file),
-        )
-        .unwrap();
+        std::fs::copy(tokenizer_dir.join(file), plain.path().join(file)).unwrap();
     }
     for (source, dir) in [
-        ("tokenizer.json", model_dir().join("tokenizer")),
+        ("tokenizer.json", tokenizer_dir.clone()),
         ("vocab + merges", plain.path().to_path_buf()),
     ] {
         let tok = PromptTokenizer::load(&dir, 77).unwrap();
@@ -270,7 +290,7 @@ fn tokenizer_ids_match_transformers() {
                 .remove(0);
             assert_eq!(
                 window, case.truncated,
-                "{source}: {:?} (77-token window)",
+                "{model} {source}: {:?} (77-token window)",
                 case.prompt
             );
             let content = tok.content_ids(&case.prompt).unwrap();
@@ -279,10 +299,14 @@ fn tokenizer_ids_match_transformers() {
                 .chain(content)
                 .chain([case.ids[case.ids.len() - 1]])
                 .collect();
-            assert_eq!(framed, case.ids, "{source}: {:?} (all ids)", case.prompt);
+            assert_eq!(
+                framed, case.ids,
+                "{model} {source}: {:?} (all ids)",
+                case.prompt
+            );
         }
     }
-    eprintln!("tokenizer: {} prompts match", fixture.cases.len());
+    eprintln!("tokenizer {model}: {} prompts match", fixture.cases.len());
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,7 +365,7 @@ fn cli_replays_diffusers_from_latents_and_noise_files() {
     let stack = npy(case.noise.as_deref().unwrap());
     let mut args: Vec<String> = [
         "--model",
-        model_dir().to_str().unwrap(),
+        model_dir(&case.model).to_str().unwrap(),
         "--data-dir",
         dir.path().to_str().unwrap(),
         "generate",

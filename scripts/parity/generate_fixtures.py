@@ -51,6 +51,8 @@ from diffusers.utils import torch_utils
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "parity"
 TINY_SEED = 0
+# The tiny models, by the `--kind` our binary writes them with.
+MODELS = ["sd15", "sd2"]
 
 # Our API name -> how a diffusers user would select the same sampler on top of the model's
 # own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
@@ -94,6 +96,7 @@ def case(name, scheduler, **kw):
         "seed": 42,
         "long_prompt": "truncate",
         "seed_path": False,
+        "model": "sd15",
     }
     c.update(kw)
     return c
@@ -114,6 +117,11 @@ CASES = [
     case("dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", steps=6, seed_path=True),
     case("unipc", "unipc", steps=6),
     case("lcm", "lcm", guidance_scale=1.0, seed_path=True),
+    # SD 2.x: v-prediction, linear attention projections, gelu text encoder, "!" padding.
+    case("sd2-ddim", "ddim", model="sd2", negative_prompt="blurry"),
+    case("sd2-euler-a", "euler-a", model="sd2", seed=8, seed_path=True),
+    case("sd2-dpmpp-2m-karras", "dpmpp-2m-karras", model="sd2", steps=6),
+    case("sd2-heun", "heun", model="sd2"),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -138,8 +146,10 @@ TOKENIZER_PROMPTS = [
 RNG_CASES = [(0, 16), (0, 17), (1, 31), (42, 100), (42, 256), (7, 1000), (123456789, 4101), (2**32 + 5, 64)]
 
 
-def run_tiny_model(sdq: pathlib.Path, folder: pathlib.Path) -> None:
-    subprocess.run([str(sdq), "tiny-model", "--out", str(folder), "--seed", str(TINY_SEED)], check=True)
+def run_tiny_model(sdq: pathlib.Path, folder: pathlib.Path, kind: str) -> None:
+    subprocess.run(
+        [str(sdq), "tiny-model", "--out", str(folder), "--seed", str(TINY_SEED), "--kind", kind], check=True
+    )
 
 
 def fingerprint(folder: pathlib.Path) -> dict:
@@ -188,10 +198,13 @@ def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array, dtype=np.float32))
 
 
-def write_pipeline_cases(pipe: StableDiffusionPipeline) -> list:
-    base = pipe.scheduler.config
+def write_pipeline_cases(pipes: dict) -> list:
     manifest = []
+    # Every case starts from the model's own scheduler config, never from a previous case's.
+    bases = {name: pipe.scheduler.config for name, pipe in pipes.items()}
     for c in CASES:
+        pipe = pipes[c["model"]]
+        base = bases[c["model"]]
         cls, overrides = SCHEDULERS[c["scheduler"]]
         pipe.scheduler = cls.from_config(base, **overrides)
         n = c["num_images"]
@@ -231,7 +244,7 @@ def write_pipeline_cases(pipe: StableDiffusionPipeline) -> list:
     return manifest
 
 
-def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path) -> None:
+def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path, model: str) -> None:
     """What diffusers feeds the text encoder for each prompt (its own tokenizer), checked
     against transformers' CLIP tokenizer built from vocab.json + merges.txt alone, so the
     ids do not merely echo the tokenizer.json our binary wrote."""
@@ -242,7 +255,9 @@ def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path) -> 
         for line in (folder / "tokenizer" / "merges.txt").read_text().splitlines()[1:]
         if line.strip()
     ]
-    plain = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+    config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    pad = config["pad_token"]["content"] if isinstance(config["pad_token"], dict) else config["pad_token"]
+    plain = transformers.CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad)
     lines = []
     for prompt in TOKENIZER_PROMPTS:
         full = tok(prompt).input_ids
@@ -250,7 +265,7 @@ def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path) -> 
         assert plain(prompt).input_ids == full, f"transformers' two CLIP tokenizers disagree on {prompt!r}"
         lines.append(json.dumps({"prompt": prompt, "ids": full, "truncated": window}, ensure_ascii=False))
     doc = '{\n "tokenizer_class": "%s",\n "cases": [\n  %s\n ]\n}\n' % (type(tok).__name__, ",\n  ".join(lines))
-    (OUT / "tokenizer-ids.json").write_text(doc)
+    (OUT / f"tokenizer-ids.{model}.json").write_text(doc)
 
 
 def write_rng() -> None:
@@ -276,14 +291,18 @@ def main() -> None:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = pathlib.Path(tmp) / "tiny"
-        run_tiny_model(args.sdq, folder)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-        )
-        pipe.set_progress_bar_config(disable=True)
-        cases = write_pipeline_cases(pipe)
-        write_tokenizer_ids(pipe, folder)
+        pipes, models = {}, {}
+        for model in MODELS:
+            folder = pathlib.Path(tmp) / model
+            run_tiny_model(args.sdq, folder, model)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.set_progress_bar_config(disable=True)
+            write_tokenizer_ids(pipe, folder, model)
+            pipes[model] = pipe
+            models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
+        cases = write_pipeline_cases(pipes)
         write_rng()
         manifest = {
             "generated_by": "scripts/parity/generate_fixtures.py",
@@ -292,7 +311,7 @@ def main() -> None:
                 "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__,
             },
-            "tiny_model": {"seed": TINY_SEED, "fingerprint": fingerprint(folder)},
+            "tiny_models": models,
             "tolerance": 2.0 / 255.0,
             "cases": cases,
         }
