@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
-use crate::inference::{hub, tiny, GenerateRequest, NoiseArray, SchedulerKind, StableDiffusion};
+use crate::inference::{
+    hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
+};
 use crate::queue::JobSpec;
 use crate::storage::png::encode;
 use crate::worker::png_metadata;
@@ -36,7 +38,7 @@ pub enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Generate images locally, without a server.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -81,6 +83,13 @@ pub struct GenerateArgs {
     /// One later random draw (.npy shaped like the latents); repeat in diffusers' draw order.
     #[arg(long)]
     pub noise: Vec<PathBuf>,
+    /// img2img: start from this image (resized to --width/--height if given, else to its
+    /// own size rounded down to a multiple of 8).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// img2img: how much of the image to repaint, 0 to 1.
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f64,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -115,7 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", cli.config.database_url());
             Ok(())
         }),
-        Command::Generate(args) => generate(&cli.config, args),
+        Command::Generate(args) => generate(&cli.config, *args),
         Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());
@@ -205,6 +214,37 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
+/// Reads an img2img start image as 8-bit RGB, resized (Lanczos, as diffusers' image
+/// processor does) to the requested size or to its own size rounded down to 8 pixels.
+fn load_init_image(
+    path: &Path,
+    width: Option<usize>,
+    height: Option<usize>,
+    strength: f64,
+) -> anyhow::Result<InitImage> {
+    let image = image::open(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .to_rgb8();
+    let w = width.unwrap_or(image.width() as usize / 8 * 8);
+    let h = height.unwrap_or(image.height() as usize / 8 * 8);
+    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
+        image
+    } else {
+        image::imageops::resize(
+            &image,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        )
+    };
+    Ok(InitImage {
+        width: w,
+        height: h,
+        rgb: image.into_raw(),
+        strength,
+    })
+}
+
 fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     if args.rng != "torch-cpu" {
         bail!("unknown --rng '{}' (torch-cpu)", args.rng);
@@ -223,15 +263,24 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let defaults = hub::known(&config.model);
+    let init_image = args
+        .init_image
+        .as_deref()
+        .map(|p| load_init_image(p, args.width, args.height, args.strength))
+        .transpose()?;
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        width: args
-            .width
-            .unwrap_or(defaults.map_or(512, |d| d.default_width)),
-        height: args
-            .height
-            .unwrap_or(defaults.map_or(512, |d| d.default_height)),
+        width: init_image.as_ref().map_or(
+            args.width
+                .unwrap_or(defaults.map_or(512, |d| d.default_width)),
+            |i| i.width,
+        ),
+        height: init_image.as_ref().map_or(
+            args.height
+                .unwrap_or(defaults.map_or(512, |d| d.default_height)),
+            |i| i.height,
+        ),
         steps: args
             .steps
             .unwrap_or(defaults.map_or(30, |d| d.default_steps)),
@@ -252,6 +301,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .iter()
             .map(|p| NoiseArray::read_npy(p))
             .collect::<Result<_, _>>()?,
+        init_image,
     };
 
     let t_load = Instant::now();

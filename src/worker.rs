@@ -144,6 +144,7 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         long_prompt,
         latents: None,
         noise: Vec::new(),
+        init_image: None,
     })
 }
 

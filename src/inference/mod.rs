@@ -12,9 +12,11 @@ pub mod rng;
 pub mod schedulers;
 pub mod tiny;
 pub mod tokenizer;
+pub mod vae_encoder;
 
 pub use error::InferenceError;
 pub use pipeline::{
-    FloatImage, GenerateRequest, GeneratedImage, NoiseArray, StableDiffusion, StepProgress,
+    FloatImage, GenerateRequest, GeneratedImage, InitImage, NoiseArray, StableDiffusion,
+    StepProgress,
 };
 pub use schedulers::SchedulerKind;

@@ -17,6 +17,7 @@ use super::model_config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
 use super::rng::TorchRng;
 use super::schedulers::{NoiseSource, SchedulerConfigFile, SchedulerKind};
 use super::tokenizer::{LongPrompt, PromptTokenizer};
+use super::vae_encoder::VaeEncoder;
 use super::InferenceError;
 
 /// One generation, as the pipeline sees it (already validated by the caller).
@@ -42,6 +43,28 @@ pub struct GenerateRequest {
     /// them, each shaped like the latents; draws beyond these come from the RNG.
     #[serde(skip)]
     pub noise: Vec<NoiseArray>,
+    /// img2img: start from this image instead of pure noise.
+    #[serde(skip)]
+    pub init_image: Option<InitImage>,
+}
+
+/// The image img2img starts from, and how much of it to repaint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// Must equal the request's size.
+    pub width: usize,
+    pub height: usize,
+    /// 8-bit RGB, row-major.
+    pub rgb: Vec<u8>,
+    /// 0 keeps the image, 1 replaces it entirely (diffusers' `strength`).
+    pub strength: f64,
+}
+
+/// The first schedule entry img2img runs, as diffusers' `get_timesteps` picks it: the
+/// last `floor(steps * strength)` steps of the full schedule.
+fn img2img_start(steps: usize, strength: f64, order: usize) -> usize {
+    let kept = ((steps as f64 * strength).floor() as usize).min(steps);
+    (steps - kept) * order
 }
 
 /// A float32 array given by the caller in place of a random draw, so that a run can be
@@ -135,6 +158,7 @@ pub struct StableDiffusion {
     text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoEncoderKL,
+    vae_encoder: VaeEncoder,
     vae_config: VaeConfig,
     scheduler_config: SchedulerConfigFile,
     device: Device,
@@ -333,18 +357,21 @@ impl StableDiffusion {
             device,
         )?;
         let vae = AutoEncoderKL::new(
-            vae_vb,
+            vae_vb.clone(),
             vae_config.in_channels,
             vae_config.out_channels,
             vae_blocks(&vae_config),
         )
         .map_err(|e| InferenceError::invalid_model(&folder.join("vae"), e))?;
+        let vae_encoder = VaeEncoder::new(vae_vb, &vae_config)
+            .map_err(|e| InferenceError::invalid_model(&folder.join("vae"), e))?;
 
         Ok(Self {
             tokenizer,
             text_encoder,
             unet,
             vae,
+            vae_encoder,
             vae_config,
             scheduler_config,
             device: device.clone(),
@@ -479,23 +506,45 @@ impl StableDiffusion {
                 .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
                 .collect(),
         };
-        // Given latents do not consume the generators, exactly as in diffusers.
-        let initial = match &req.latents {
-            Some(given) => given.to_tensor("latents", &shape, &like)?,
+        let timesteps = scheduler.timesteps().to_vec();
+        let (start, mut latents) = match &req.init_image {
             None => {
-                let mut rng_only = Draws {
-                    supplied: Default::default(),
-                    per_image: std::mem::take(&mut noise.per_image),
+                // Given latents do not consume the generators, exactly as in diffusers.
+                let initial = match &req.latents {
+                    Some(given) => given.to_tensor("latents", &shape, &like)?,
+                    None => {
+                        let mut rng_only = Draws {
+                            supplied: Default::default(),
+                            per_image: std::mem::take(&mut noise.per_image),
+                        };
+                        let drawn = rng_only.randn_like(&like)?;
+                        noise.per_image = rng_only.per_image;
+                        drawn
+                    }
                 };
-                let drawn = rng_only.randn_like(&like)?;
-                noise.per_image = rng_only.per_image;
-                drawn
+                (0, (initial * scheduler.init_noise_sigma())?)
+            }
+            Some(init) => {
+                if req.latents.is_some() {
+                    return Err(InferenceError::InvalidRequest(
+                        "img2img starts from its image: latents cannot be given too".into(),
+                    ));
+                }
+                let start = img2img_start(req.steps, init.strength, scheduler.order());
+                if start >= timesteps.len() {
+                    return Err(InferenceError::InvalidRequest(format!(
+                        "strength {} leaves no denoising step out of {}",
+                        init.strength, req.steps
+                    )));
+                }
+                // Draw order as in diffusers: the posterior sample, then add_noise's noise.
+                let clean = self.encode_init_image(init, &like, &mut noise)?;
+                let fresh = noise.randn_like(&clean)?;
+                (start, scheduler.add_noise(&clean, &fresh, start)?)
             }
         };
-        let mut latents = (initial * scheduler.init_noise_sigma())?;
-        let timesteps = scheduler.timesteps().to_vec();
-        let total = timesteps.len();
-        for (index, &t) in timesteps.iter().enumerate() {
+        let total = timesteps.len() - start;
+        for (index, &t) in timesteps.iter().enumerate().skip(start) {
             let input = if use_cfg {
                 Tensor::cat(&[&latents, &latents], 0)?
             } else {
@@ -512,7 +561,7 @@ impl StableDiffusion {
             };
             latents = scheduler.step(&predicted, index, &latents, &mut noise)?;
             let progress = StepProgress {
-                step: index + 1,
+                step: index + 1 - start,
                 total,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             };
@@ -521,6 +570,49 @@ impl StableDiffusion {
             }
         }
         self.decode(&latents, req)
+    }
+
+    /// img2img's clean latents: the image in [-1, 1], encoded, one posterior sample per
+    /// image of the batch (drawn like the latents), times the VAE's `scaling_factor`.
+    fn encode_init_image(
+        &self,
+        init: &InitImage,
+        like: &Tensor,
+        noise: &mut Draws,
+    ) -> Result<Tensor, InferenceError> {
+        let (_, _, lh, lw) = like.dims4()?;
+        let multiple = self.size_multiple();
+        if init.width != lw * multiple || init.height != lh * multiple {
+            return Err(InferenceError::InvalidRequest(format!(
+                "the init image is {}x{} but the request is {}x{}",
+                init.width,
+                init.height,
+                lw * multiple,
+                lh * multiple
+            )));
+        }
+        if !(init.strength > 0.0 && init.strength <= 1.0) {
+            return Err(InferenceError::InvalidRequest(
+                "strength must be in (0, 1]".into(),
+            ));
+        }
+        if init.rgb.len() != init.width * init.height * 3 {
+            return Err(InferenceError::InvalidRequest(
+                "the init image has the wrong number of pixels".into(),
+            ));
+        }
+        let pixels = Tensor::from_slice(&init.rgb, (init.height, init.width, 3), &self.device)?
+            .to_dtype(DType::F32)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .affine(2.0 / 255.0, -1.0)?
+            .to_dtype(self.dtype)?;
+        let posterior = self.vae_encoder.encode(&pixels)?;
+        let z = noise.randn_like(like)?;
+        let sample = posterior
+            .mean
+            .broadcast_add(&posterior.std.broadcast_mul(&z)?)?;
+        Ok((sample * self.vae_config.scaling_factor)?)
     }
 
     /// Latents to 8-bit RGB images, scaled by the VAE's own `scaling_factor`.
@@ -572,7 +664,17 @@ mod tests {
             long_prompt: LongPrompt::Chunk,
             latents: None,
             noise: Vec::new(),
+            init_image: None,
         }
+    }
+
+    #[test]
+    fn img2img_runs_the_last_strength_fraction_of_the_schedule() {
+        // diffusers: int(steps * strength) steps are kept, counted from the end.
+        assert_eq!(img2img_start(5, 0.6, 1), 2);
+        assert_eq!(img2img_start(10, 1.0, 1), 0);
+        assert_eq!(img2img_start(4, 0.5, 2), 4);
+        assert_eq!(img2img_start(3, 0.2, 1), 3);
     }
 
     #[test]

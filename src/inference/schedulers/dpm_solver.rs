@@ -77,6 +77,15 @@ impl DpmSolver {
 }
 
 impl Scheduler for DpmSolver {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
+        (original * alpha)? + (noise * sigma)?
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

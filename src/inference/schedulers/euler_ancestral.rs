@@ -32,6 +32,14 @@ impl EulerAncestral {
 }
 
 impl Scheduler for EulerAncestral {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_sigma(self.sigmas[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

@@ -52,6 +52,18 @@ impl Heun {
 }
 
 impl Scheduler for Heun {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_sigma(self.sigmas[index], original, noise)
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

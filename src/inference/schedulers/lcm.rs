@@ -49,6 +49,14 @@ impl Lcm {
 }
 
 impl Scheduler for Lcm {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_timestep(&self.alphas_cumprod, self.timesteps[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

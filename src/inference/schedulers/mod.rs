@@ -36,6 +36,18 @@ pub trait Scheduler: Send {
     fn init_noise_sigma(&self) -> f64;
     /// Scales the UNet input for the step at `index`.
     fn scale_model_input(&self, sample: Tensor, index: usize) -> candle_core::Result<Tensor>;
+    /// How many schedule entries one step spans (2 for Heun): img2img starts at
+    /// `skipped_steps * order`, as diffusers slices its timesteps.
+    fn order(&self) -> usize {
+        1
+    }
+    /// Noises a clean sample to the level of schedule entry `index` (img2img's start).
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor>;
     /// Takes the UNet output at step `index` and returns the next, less noisy sample.
     fn step(
         &mut self,
@@ -146,6 +158,26 @@ impl std::fmt::Display for SchedulerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// `sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) n`: forward diffusion of the ᾱ-indexed schedulers.
+fn add_noise_at_timestep(
+    alphas_cumprod: &[f64],
+    t: f64,
+    original: &Tensor,
+    noise: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let a = alphas_cumprod[t as usize];
+    (original * a.sqrt())? + (noise * (1.0 - a).sqrt())?
+}
+
+/// `x + sigma n`: forward diffusion of the Euler family, whose samples are unscaled.
+fn add_noise_at_sigma(
+    sigma: f64,
+    original: &Tensor,
+    noise: &Tensor,
+) -> candle_core::Result<Tensor> {
+    original + (noise * sigma)?
 }
 
 /// The model's prediction of the clean sample, given the Euler-family `sigma`.

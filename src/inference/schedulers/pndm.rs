@@ -180,6 +180,14 @@ impl Pndm {
 }
 
 impl Scheduler for Pndm {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_timestep(&self.alphas_cumprod, self.timesteps[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

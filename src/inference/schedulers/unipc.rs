@@ -217,6 +217,15 @@ impl UniPc {
 }
 
 impl Scheduler for UniPc {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
+        (original * alpha)? + (noise * sigma)?
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
