@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use sdq::inference::tiny::TinyKind;
 use sdq::inference::tokenizer::LongPrompt;
-use sdq::inference::{GenerateRequest, NoiseArray, SchedulerKind, StableDiffusion};
+use sdq::inference::{GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +53,9 @@ struct Case {
     long_prompt: LongPrompt,
     seed_path: bool,
     model: String,
-    latents: String,
+    latents: Option<String>,
+    init_image: Option<String>,
+    strength: Option<f64>,
     noise: Option<String>,
     image: String,
 }
@@ -137,8 +139,20 @@ fn check(name: &str) {
         scheduler,
         num_images: case.num_images,
         long_prompt: case.long_prompt,
-        latents: Some(NoiseArray::from_tensor(&npy(&case.latents)).unwrap()),
+        latents: case
+            .latents
+            .as_deref()
+            .map(|file| NoiseArray::from_tensor(&npy(file)).unwrap()),
         noise,
+        init_image: case.init_image.as_deref().map(|file| {
+            let image = image::open(fixtures().join(file)).unwrap().to_rgb8();
+            InitImage {
+                width: image.width() as usize,
+                height: image.height() as usize,
+                rgb: image.into_raw(),
+                strength: case.strength.unwrap(),
+            }
+        }),
     };
     let expected = npy(&case.image);
     let mut runs = vec![("recorded draws", run(&sd, &req))];
@@ -183,6 +197,10 @@ cases! {
     sd2_v_prediction_euler_ancestral => "sd2-euler-a",
     sd2_v_prediction_dpmpp_2m_karras => "sd2-dpmpp-2m-karras",
     sd2_v_prediction_heun => "sd2-heun",
+    img2img_ddim => "img2img-ddim",
+    img2img_euler_ancestral => "img2img-euler-a",
+    img2img_heun => "img2img-heun",
+    img2img_dpmpp_2m_sde_karras => "img2img-dpmpp-2m-sde-karras",
     pndm => "pndm",
     heun => "heun",
     dpmpp_2m => "dpmpp-2m",
@@ -356,11 +374,22 @@ fn torch_rng_matches_torch_randn() {
 /// line: the PNG it writes is diffusers' image rounded to 8 bits.
 #[test]
 fn cli_replays_diffusers_from_latents_and_noise_files() {
-    let case = manifest()
-        .cases
-        .iter()
-        .find(|c| c.name == "euler-a")
-        .unwrap();
+    cli_replay("euler-a");
+}
+
+/// The same for img2img: `--init-image` and `--strength`, with the posterior sample and
+/// add_noise's noise as the first two `--noise` files.
+#[test]
+fn cli_replays_diffusers_img2img() {
+    cli_replay("img2img-euler-a");
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
+}
+
+fn cli_replay(name: &str) {
+    let case = manifest().cases.iter().find(|c| c.name == name).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stack = npy(case.noise.as_deref().unwrap());
     let mut args: Vec<String> = [
@@ -375,12 +404,17 @@ fn cli_replays_diffusers_from_latents_and_noise_files() {
         &case.scheduler,
         "--long-prompt",
         "truncate",
-        "--latents",
-        fixtures().join(&case.latents).to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(latents) = &case.latents {
+        args.extend(["--latents".into(), path_arg(&fixtures().join(latents))]);
+    }
+    if let Some(init) = &case.init_image {
+        args.extend(["--init-image".into(), path_arg(&fixtures().join(init))]);
+        args.extend(["--strength".into(), case.strength.unwrap().to_string()]);
+    }
     for i in 0..stack.dim(0).unwrap() {
         let path = dir.path().join(format!("noise-{i}.npy"));
         stack.get(i).unwrap().write_npy(&path).unwrap();
@@ -413,6 +447,6 @@ fn cli_replays_diffusers_from_latents_and_noise_files() {
         .zip(&expected)
         .map(|(&ours, &theirs)| (ours as f32 - (theirs * 255.0).round()).abs())
         .fold(0.0f32, f32::max);
-    eprintln!("cli euler-a: max difference {worst} levels of 255");
+    eprintln!("cli {name}: max difference {worst} levels of 255");
     assert!(worst <= 2.0, "{worst} levels of 255");
 }

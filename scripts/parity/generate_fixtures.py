@@ -30,6 +30,7 @@ import sys
 import tempfile
 
 import numpy as np
+import PIL.Image
 import torch
 from safetensors.numpy import load_file
 
@@ -43,6 +44,7 @@ from diffusers import (
     HeunDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
@@ -82,6 +84,19 @@ LONG = (
 )
 
 
+INIT_IMAGE = "img2img.init.png"
+
+
+def write_init_image() -> None:
+    """A deterministic picture with edges, gradients and flat areas for img2img."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32) / 63.0
+    r = 0.5 + 0.5 * np.sin(6.0 * x + 2.0 * y)
+    g = ((x - 0.4) ** 2 + (y - 0.6) ** 2 < 0.08).astype(np.float32) * 0.8 + 0.1 * y
+    b = np.where(x + y > 1.0, 0.9, 0.2) * (1.0 - 0.5 * x)
+    rgb = (np.stack([r, g, b], axis=-1).clip(0, 1) * 255).round().astype(np.uint8)
+    PIL.Image.fromarray(rgb).save(OUT / INIT_IMAGE)
+
+
 def case(name, scheduler, **kw):
     c = {
         "name": name,
@@ -97,6 +112,8 @@ def case(name, scheduler, **kw):
         "long_prompt": "truncate",
         "seed_path": False,
         "model": "sd15",
+        "init_image": None,
+        "strength": None,
     }
     c.update(kw)
     return c
@@ -122,6 +139,12 @@ CASES = [
     case("sd2-euler-a", "euler-a", model="sd2", seed=8, seed_path=True),
     case("sd2-dpmpp-2m-karras", "dpmpp-2m-karras", model="sd2", steps=6),
     case("sd2-heun", "heun", model="sd2"),
+    # img2img from a fixed 64x64 picture: the posterior sample, add_noise's noise, then
+    # the scheduler's own draws.
+    case("img2img-ddim", "ddim", init_image=INIT_IMAGE, strength=0.6, steps=5),
+    case("img2img-euler-a", "euler-a", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
+    case("img2img-heun", "heun", init_image=INIT_IMAGE, strength=0.6, steps=5),
+    case("img2img-dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", init_image=INIT_IMAGE, strength=0.5, steps=6),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -209,25 +232,35 @@ def write_pipeline_cases(pipes: dict) -> list:
         pipe.scheduler = cls.from_config(base, **overrides)
         n = c["num_images"]
         generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(n)]
+        common = dict(
+            prompt=c["prompt"],
+            negative_prompt=c["negative_prompt"] or None,
+            num_inference_steps=c["steps"],
+            guidance_scale=c["guidance_scale"],
+            num_images_per_prompt=n,
+            generator=generators,
+            output_type="np",
+        )
         with DrawRecorder() as rec:
-            result = pipe(
-                prompt=c["prompt"],
-                negative_prompt=c["negative_prompt"] or None,
-                width=c["width"],
-                height=c["height"],
-                num_inference_steps=c["steps"],
-                guidance_scale=c["guidance_scale"],
-                num_images_per_prompt=n,
-                generator=generators,
-                output_type="np",
-            )
+            if c["init_image"]:
+                img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+                img2img.set_progress_bar_config(disable=True)
+                init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
+                result = img2img(image=init, strength=c["strength"], **common)
+            else:
+                result = pipe(width=c["width"], height=c["height"], **common)
         images = result.images.astype(np.float32)
-        latents, noise = rec.draws[0], rec.draws[1:]
         stem = c["name"]
-        save_npy(OUT / f"{stem}.latents.npy", latents)
         entry = dict(c)
-        entry["latents"] = f"{stem}.latents.npy"
+        entry["latents"] = None
         entry["noise"] = None
+        if c["init_image"]:
+            # The posterior is sampled image by image; as one draw it is their batch.
+            noise = [np.concatenate(rec.draws[:n])] + rec.draws[n:]
+        else:
+            latents, noise = rec.draws[0], rec.draws[1:]
+            save_npy(OUT / f"{stem}.latents.npy", latents)
+            entry["latents"] = f"{stem}.latents.npy"
         if noise:
             save_npy(OUT / f"{stem}.noise.npy", np.stack(noise))
             entry["noise"] = f"{stem}.noise.npy"
@@ -302,6 +335,7 @@ def main() -> None:
             write_tokenizer_ids(pipe, folder, model)
             pipes[model] = pipe
             models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
+        write_init_image()
         cases = write_pipeline_cases(pipes)
         write_rng()
         manifest = {
