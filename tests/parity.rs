@@ -56,6 +56,8 @@ struct Case {
     latents: Option<String>,
     init_image: Option<String>,
     strength: Option<f64>,
+    /// Keys written over the model's scheduler_config.json for this case.
+    scheduler_config: serde_json::Map<String, serde_json::Value>,
     noise: Option<String>,
     image: String,
 }
@@ -84,6 +86,35 @@ fn model_dir(name: &str) -> PathBuf {
         dir
     });
     root.path().join(name)
+}
+
+/// A copy of `model` under `dir` whose scheduler_config.json has `keys` written over it,
+/// as diffusers' `from_config(config, **keys)` sees them.
+fn with_scheduler_keys(
+    model: &Path,
+    dir: &Path,
+    keys: &serde_json::Map<String, serde_json::Value>,
+) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let folder = dir.join("model");
+    copy(model, &folder);
+    let path = folder.join("scheduler/scheduler_config.json");
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config.extend(keys.clone());
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    folder
 }
 
 fn npy(file: &str) -> Tensor {
@@ -116,7 +147,17 @@ fn check(name: &str) {
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no case '{name}' in the manifest"));
-    let sd = StableDiffusion::load(&model_dir(&case.model), &Device::Cpu, DType::F32).unwrap();
+    let patched = tempfile::tempdir().unwrap();
+    let folder = if case.scheduler_config.is_empty() {
+        model_dir(&case.model)
+    } else {
+        with_scheduler_keys(
+            &model_dir(&case.model),
+            patched.path(),
+            &case.scheduler_config,
+        )
+    };
+    let sd = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
     let scheduler = SchedulerKind::parse(&case.scheduler)
         .unwrap_or_else(|| panic!("unknown scheduler '{}'", case.scheduler));
     let noise = match &case.noise {
@@ -201,6 +242,12 @@ cases! {
     img2img_euler_ancestral => "img2img-euler-a",
     img2img_heun => "img2img-heun",
     img2img_dpmpp_2m_sde_karras => "img2img-dpmpp-2m-sde-karras",
+    trailing_spacing => "trailing-euler",
+    karras_sigmas_ending_at_sigma_min => "karras-euler-sigma-min",
+    pndm_with_runge_kutta_warm_up => "pndm-prk",
+    cosine_betas => "cosine-ddim",
+    unipc_third_order => "unipc-order-3",
+    zero_terminal_snr_v_prediction => "sd2-zero-snr-ddim",
     pndm => "pndm",
     heun => "heun",
     dpmpp_2m => "dpmpp-2m",

@@ -114,6 +114,7 @@ def case(name, scheduler, **kw):
         "model": "sd15",
         "init_image": None,
         "strength": None,
+        "scheduler_config": {},
     }
     c.update(kw)
     return c
@@ -145,6 +146,19 @@ CASES = [
     case("img2img-euler-a", "euler-a", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
     case("img2img-heun", "heun", init_image=INIT_IMAGE, strength=0.6, steps=5),
     case("img2img-dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", init_image=INIT_IMAGE, strength=0.5, steps=6),
+    # Scheduler settings that SD 1.5's own file does not use, written into the model's
+    # scheduler_config.json on our side and passed to from_config on diffusers'.
+    case("trailing-euler", "euler", scheduler_config={"timestep_spacing": "trailing"}),
+    case("karras-euler-sigma-min", "euler", scheduler_config={"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    case("pndm-prk", "pndm", steps=6, scheduler_config={"skip_prk_steps": False}),
+    case("cosine-ddim", "ddim", scheduler_config={"beta_schedule": "squaredcos_cap_v2"}),
+    case("unipc-order-3", "unipc", steps=8, scheduler_config={"solver_order": 3}),
+    case(
+        "sd2-zero-snr-ddim",
+        "ddim",
+        model="sd2",
+        scheduler_config={"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+    ),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -229,7 +243,7 @@ def write_pipeline_cases(pipes: dict) -> list:
         pipe = pipes[c["model"]]
         base = bases[c["model"]]
         cls, overrides = SCHEDULERS[c["scheduler"]]
-        pipe.scheduler = cls.from_config(base, **overrides)
+        pipe.scheduler = cls.from_config(base, **{**overrides, **c["scheduler_config"]})
         n = c["num_images"]
         generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(n)]
         common = dict(
