@@ -1,25 +1,17 @@
 //! DPM-Solver++ 2M (diffusers `DPMSolverMultistepScheduler`, `solver_order=2`,
 //! midpoint): a second-order multistep solver in log-SNR time that reuses the previous
 //! clean-sample prediction. The SDE variant (`sde-dpmsolver++`) adds fresh noise on
-//! every step. `dpmpp-2m`, `dpmpp-2m-karras` and `dpmpp-2m-sde-karras` all land here.
+//! every step. `dpmpp-2m`, `dpmpp-2m-karras` and `dpmpp-2m-sde-karras` all land here;
+//! their names fix the algorithm, order 2 and the midpoint rule, so a file's
+//! `algorithm_type`, `solver_order` and `solver_type` are not read.
 
 use candle_core::Tensor;
 
 use super::config::round_half_even;
-use super::sigmas::{final_sigma, interp, karras, log_table, sigma_table, sigma_to_t, to_f32};
+use super::sigmas::{
+    alpha_sigma, final_sigma, interp, karras, lambda, log_table, sigma_table, sigma_to_t, to_f32,
+};
 use super::{BetaSchedule, FinalSigmas, NoiseSource, PredictionType, Scheduler, SchedulerConfig};
-
-/// `alpha_t = 1 / sqrt(sigma^2 + 1)` and `sigma_t = sigma * alpha_t` of a VP model.
-fn alpha_sigma(sigma: f64) -> (f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-/// log(alpha_t / sigma_t); +inf at sigma = 0, which the update formulas handle.
-fn lambda(sigma: f64) -> f64 {
-    let (a, s) = alpha_sigma(sigma);
-    a.ln() - s.ln()
-}
 
 /// Per-run state: the schedule and the last two clean-sample predictions.
 pub struct DpmSolver {

@@ -83,6 +83,20 @@ pub(crate) fn final_sigma(config: &SchedulerConfig, table: &[f64]) -> f64 {
     }
 }
 
+/// `alpha_t = 1 / sqrt(sigma^2 + 1)` and `sigma_t = sigma * alpha_t`: the variance-preserving
+/// scalings behind an Euler-style sigma, used by the multistep solvers.
+pub(crate) fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// Half the log-SNR, `log(alpha_t / sigma_t)`; +inf at sigma = 0, which the multistep
+/// update formulas turn into "return the clean-sample prediction".
+pub(crate) fn lambda(sigma: f64) -> f64 {
+    let (a, s) = alpha_sigma(sigma);
+    a.ln() - s.ln()
+}
+
 /// Rounds every value to float32, as diffusers stores its schedules.
 pub(crate) fn to_f32(values: Vec<f64>) -> Vec<f64> {
     values.into_iter().map(|v| v as f32 as f64).collect()

@@ -6,18 +6,10 @@
 use candle_core::Tensor;
 
 use super::config::round_half_even;
-use super::sigmas::{final_sigma, interp, karras, log_table, sigma_table, sigma_to_t, to_f32};
+use super::sigmas::{
+    alpha_sigma, final_sigma, interp, karras, lambda, log_table, sigma_table, sigma_to_t, to_f32,
+};
 use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig};
-
-fn alpha_sigma(sigma: f64) -> (f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-fn lambda(sigma: f64) -> f64 {
-    let (a, s) = alpha_sigma(sigma);
-    a.ln() - s.ln()
-}
 
 /// Per-run state: the schedule, the recent x0 predictions and the pending correction.
 pub struct UniPc {
