@@ -507,6 +507,13 @@ impl StableDiffusion {
                 .collect(),
         };
         let timesteps = scheduler.timesteps().to_vec();
+        if timesteps.is_empty() {
+            // PNDM's Runge-Kutta warm-up needs more steps than a very short run has.
+            return Err(InferenceError::InvalidRequest(format!(
+                "{} cannot run {} steps with this model's scheduler config",
+                req.scheduler, req.steps
+            )));
+        }
         let (start, mut latents) = match &req.init_image {
             None => {
                 // Given latents do not consume the generators, exactly as in diffusers.
