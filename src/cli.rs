@@ -46,7 +46,8 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = tiny::DEFAULT_SEED)]
         seed: u64,
-        /// Which family to imitate: sd15 (epsilon) or sd2 (v-prediction, OpenCLIP-style).
+        /// Which family to imitate: sd15 (epsilon), sd2 (v-prediction, OpenCLIP-style) or
+        /// inpaint (SD 1.5 with a 9-channel inpainting UNet).
         #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
         kind: tiny::TinyKind,
     },
@@ -87,9 +88,12 @@ pub struct GenerateArgs {
     /// own size rounded down to a multiple of 8).
     #[arg(long)]
     pub init_image: Option<PathBuf>,
-    /// img2img: how much of the image to repaint, 0 to 1.
-    #[arg(long, default_value_t = 0.8)]
-    pub strength: f64,
+    /// Inpainting: white repaints, black keeps (with --init-image; resized like it).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// img2img and inpainting: how much to repaint, 0 to 1 (default 0.8, inpainting 1).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -215,12 +219,14 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
 }
 
 /// Reads an img2img start image as 8-bit RGB, resized (Lanczos, as diffusers' image
-/// processor does) to the requested size or to its own size rounded down to 8 pixels.
+/// processor does) to the requested size or to its own size rounded down to 8 pixels,
+/// and its inpainting mask as gray levels of the same size.
 fn load_init_image(
     path: &Path,
+    mask: Option<&Path>,
     width: Option<usize>,
     height: Option<usize>,
-    strength: f64,
+    strength: Option<f64>,
 ) -> anyhow::Result<InitImage> {
     let image = image::open(path)
         .with_context(|| format!("reading {}", path.display()))?
@@ -237,11 +243,36 @@ fn load_init_image(
             image::imageops::FilterType::Lanczos3,
         )
     };
+    let mask = mask
+        .map(|p| -> anyhow::Result<Vec<u8>> {
+            let rgb = image::open(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .to_rgb8();
+            // PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, rounded.
+            let gray = image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+                let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
+                image::Luma([((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
+            });
+            let gray = if (gray.width() as usize, gray.height() as usize) == (w, h) {
+                gray
+            } else {
+                image::imageops::resize(
+                    &gray,
+                    w as u32,
+                    h as u32,
+                    image::imageops::FilterType::Lanczos3,
+                )
+            };
+            Ok(gray.into_raw())
+        })
+        .transpose()?;
+    let default_strength = if mask.is_some() { 1.0 } else { 0.8 };
     Ok(InitImage {
         width: w,
         height: h,
         rgb: image.into_raw(),
-        strength,
+        strength: strength.unwrap_or(default_strength),
+        mask,
     })
 }
 
@@ -266,8 +297,19 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     let init_image = args
         .init_image
         .as_deref()
-        .map(|p| load_init_image(p, args.width, args.height, args.strength))
+        .map(|p| {
+            load_init_image(
+                p,
+                args.mask.as_deref(),
+                args.width,
+                args.height,
+                args.strength,
+            )
+        })
         .transpose()?;
+    if args.mask.is_some() && init_image.is_none() {
+        bail!("--mask needs --init-image");
+    }
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),

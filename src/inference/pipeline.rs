@@ -58,6 +58,45 @@ pub struct InitImage {
     pub rgb: Vec<u8>,
     /// 0 keeps the image, 1 replaces it entirely (diffusers' `strength`).
     pub strength: f64,
+    /// Inpainting: one gray byte per pixel, white (>= 128) is repainted.
+    pub mask: Option<Vec<u8>>,
+}
+
+/// What an inpainting run carries through the denoising loop.
+struct Inpaint {
+    /// Inpainting UNets (9 input channels): mask and masked-image latents, concatenated.
+    conditioning: Option<Tensor>,
+    /// Ordinary UNets: the known region is put back after every step.
+    blend: Option<Blend>,
+}
+
+/// Masked latent blending for UNets without mask inputs.
+struct Blend {
+    /// 1 where the image is repainted, at latent resolution.
+    mask: Tensor,
+    image_latents: Tensor,
+    /// The starting noise, reused to noise the known region to each next timestep.
+    noise: Tensor,
+}
+
+impl Blend {
+    /// After the step at `index`: the known region, noised to the next timestep (clean
+    /// after the last), replaces what the sampler made of it.
+    fn apply(
+        &self,
+        latents: &Tensor,
+        scheduler: &dyn super::schedulers::Scheduler,
+        index: usize,
+        len: usize,
+    ) -> candle_core::Result<Tensor> {
+        let known = if index + 1 < len {
+            scheduler.add_noise(&self.image_latents, &self.noise, index + 1)?
+        } else {
+            self.image_latents.clone()
+        };
+        let keep = self.mask.affine(-1.0, 1.0)?;
+        known.broadcast_mul(&keep)? + latents.broadcast_mul(&self.mask)?
+    }
 }
 
 /// The first schedule entry img2img runs, as diffusers' `get_timesteps` picks it: the
@@ -159,6 +198,8 @@ pub struct StableDiffusion {
     unet: UNet2DConditionModel,
     vae: AutoEncoderKL,
     vae_encoder: VaeEncoder,
+    /// 9 for inpainting UNets (latents, mask, masked-image latents), else 4.
+    unet_in_channels: usize,
     vae_config: VaeConfig,
     scheduler_config: SchedulerConfigFile,
     device: Device,
@@ -243,9 +284,9 @@ pub(crate) fn unet_blocks(
             "SDXL-style UNets (addition_embed_type) are not supported yet".into(),
         ));
     }
-    if c.in_channels != 4 || c.out_channels != 4 {
+    if !matches!(c.in_channels, 4 | 9) || c.out_channels != 4 {
         return Err(bad(format!(
-            "UNets with {} input channels (inpainting) are not supported yet",
+            "UNets with {} input channels are not supported (4, or 9 for inpainting)",
             c.in_channels
         )));
     }
@@ -347,7 +388,7 @@ impl StableDiffusion {
             device,
         )?;
         let blocks = unet_blocks(&folder.join("unet"), &unet_config)?;
-        let unet = UNet2DConditionModel::new(unet_vb, 4, 4, false, blocks)
+        let unet = UNet2DConditionModel::new(unet_vb, unet_config.in_channels, 4, false, blocks)
             .map_err(|e| InferenceError::invalid_model(&folder.join("unet"), e))?;
 
         let vae_vb = load_weights(
@@ -372,6 +413,7 @@ impl StableDiffusion {
             unet,
             vae,
             vae_encoder,
+            unet_in_channels: unet_config.in_channels,
             vae_config,
             scheduler_config,
             device: device.clone(),
@@ -514,8 +556,13 @@ impl StableDiffusion {
                 req.scheduler, req.steps
             )));
         }
-        let (start, mut latents) = match &req.init_image {
+        let (start, mut latents, inpaint) = match &req.init_image {
             None => {
+                if self.unet_in_channels != 4 {
+                    return Err(InferenceError::InvalidRequest(
+                        "this is an inpainting model: give an init image and a mask".into(),
+                    ));
+                }
                 // Given latents do not consume the generators, exactly as in diffusers.
                 let initial = match &req.latents {
                     Some(given) => given.to_tensor("latents", &shape, &like)?,
@@ -529,7 +576,7 @@ impl StableDiffusion {
                         drawn
                     }
                 };
-                (0, (initial * scheduler.init_noise_sigma())?)
+                (0, (initial * scheduler.init_noise_sigma())?, None)
             }
             Some(init) => {
                 if req.latents.is_some() {
@@ -544,10 +591,32 @@ impl StableDiffusion {
                         init.strength, req.steps
                     )));
                 }
-                // Draw order as in diffusers: the posterior sample, then add_noise's noise.
-                let clean = self.encode_init_image(init, &like, &mut noise)?;
-                let fresh = noise.randn_like(&clean)?;
-                (start, scheduler.add_noise(&clean, &fresh, start)?)
+                let pixels = self.init_pixels(init, &like)?;
+                match &init.mask {
+                    None if self.unet_in_channels != 4 => {
+                        return Err(InferenceError::InvalidRequest(
+                            "this is an inpainting model: give a mask too".into(),
+                        ))
+                    }
+                    // Draw order as in diffusers: the posterior sample, then add_noise's noise.
+                    None => {
+                        let clean = self.sample_posterior(&pixels, &like, &mut noise)?;
+                        let fresh = noise.randn_like(&clean)?;
+                        (start, scheduler.add_noise(&clean, &fresh, start)?, None)
+                    }
+                    Some(mask) => {
+                        let (latents, inpaint) = self.start_inpaint(
+                            init,
+                            mask,
+                            &pixels,
+                            &like,
+                            &mut noise,
+                            scheduler.as_ref(),
+                            start,
+                        )?;
+                        (start, latents, Some(inpaint))
+                    }
+                }
             }
         };
         let total = timesteps.len() - start;
@@ -557,7 +626,20 @@ impl StableDiffusion {
             } else {
                 latents.clone()
             };
-            let input = scheduler.scale_model_input(input, index)?;
+            let mut input = scheduler.scale_model_input(input, index)?;
+            if let Some(Inpaint {
+                conditioning: Some(extra),
+                ..
+            }) = &inpaint
+            {
+                // Inpainting UNets read the mask and the masked image beside the latents.
+                let extra = if use_cfg {
+                    Tensor::cat(&[extra, extra], 0)?
+                } else {
+                    extra.clone()
+                };
+                input = Tensor::cat(&[&input, &extra], 1)?;
+            }
             let predicted = self.unet.forward(&input, t, &embeddings)?;
             let predicted = if use_cfg {
                 let parts = predicted.chunk(2, 0)?;
@@ -567,6 +649,12 @@ impl StableDiffusion {
                 predicted
             };
             latents = scheduler.step(&predicted, index, &latents, &mut noise)?;
+            if let Some(Inpaint {
+                blend: Some(blend), ..
+            }) = &inpaint
+            {
+                latents = blend.apply(&latents, scheduler.as_ref(), index, timesteps.len())?;
+            }
             let progress = StepProgress {
                 step: index + 1 - start,
                 total,
@@ -579,14 +667,9 @@ impl StableDiffusion {
         self.decode(&latents, req)
     }
 
-    /// img2img's clean latents: the image in [-1, 1], encoded, one posterior sample per
-    /// image of the batch (drawn like the latents), times the VAE's `scaling_factor`.
-    fn encode_init_image(
-        &self,
-        init: &InitImage,
-        like: &Tensor,
-        noise: &mut Draws,
-    ) -> Result<Tensor, InferenceError> {
+    /// The init image as diffusers' image processor gives it to the VAE: `[1, 3, H, W]`
+    /// in [-1, 1].
+    fn init_pixels(&self, init: &InitImage, like: &Tensor) -> Result<Tensor, InferenceError> {
         let (_, _, lh, lw) = like.dims4()?;
         let multiple = self.size_multiple();
         if init.width != lw * multiple || init.height != lh * multiple {
@@ -608,18 +691,103 @@ impl StableDiffusion {
                 "the init image has the wrong number of pixels".into(),
             ));
         }
-        let pixels = Tensor::from_slice(&init.rgb, (init.height, init.width, 3), &self.device)?
-            .to_dtype(DType::F32)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .affine(2.0 / 255.0, -1.0)?
-            .to_dtype(self.dtype)?;
-        let posterior = self.vae_encoder.encode(&pixels)?;
+        Ok(
+            Tensor::from_slice(&init.rgb, (init.height, init.width, 3), &self.device)?
+                .to_dtype(DType::F32)?
+                .permute((2, 0, 1))?
+                .unsqueeze(0)?
+                .affine(2.0 / 255.0, -1.0)?
+                .to_dtype(self.dtype)?,
+        )
+    }
+
+    /// Encodes `pixels` and draws one posterior sample per image of the batch (drawn like
+    /// the latents), times the VAE's `scaling_factor`.
+    fn sample_posterior(
+        &self,
+        pixels: &Tensor,
+        like: &Tensor,
+        noise: &mut Draws,
+    ) -> Result<Tensor, InferenceError> {
+        let posterior = self.vae_encoder.encode(pixels)?;
         let z = noise.randn_like(like)?;
         let sample = posterior
             .mean
             .broadcast_add(&posterior.std.broadcast_mul(&z)?)?;
         Ok((sample * self.vae_config.scaling_factor)?)
+    }
+
+    /// Sets up inpainting as diffusers' `StableDiffusionInpaintPipeline` does, drawing in
+    /// its order: the image's posterior (unless an inpainting UNet starts from pure
+    /// noise), the starting noise, then the masked image's posterior.
+    #[allow(clippy::too_many_arguments)]
+    fn start_inpaint(
+        &self,
+        init: &InitImage,
+        mask: &[u8],
+        pixels: &Tensor,
+        like: &Tensor,
+        noise: &mut Draws,
+        scheduler: &dyn super::schedulers::Scheduler,
+        start: usize,
+    ) -> Result<(Tensor, Inpaint), InferenceError> {
+        if mask.len() != init.width * init.height {
+            return Err(InferenceError::InvalidRequest(
+                "the mask must be one gray byte per pixel of the init image".into(),
+            ));
+        }
+        let (batch, _, lh, lw) = like.dims4()?;
+        let nine_channels = self.unet_in_channels == 9;
+        // Strength 1 starts from pure noise rather than from the noised image.
+        let from_noise = init.strength >= 1.0;
+        let image_latents = if !nine_channels || !from_noise {
+            Some(self.sample_posterior(pixels, like, noise)?)
+        } else {
+            None
+        };
+        let fresh = noise.randn_like(like)?;
+        let latents = match (&image_latents, from_noise) {
+            (Some(clean), false) => scheduler.add_noise(clean, &fresh, start)?,
+            _ => (&fresh * scheduler.init_noise_sigma())?,
+        };
+        // White (>= 0.5) repaints; the masked image keeps only what is not repainted.
+        let repaint: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 })
+            .collect();
+        let full = Tensor::from_vec(repaint, (1, 1, init.height, init.width), &self.device)?
+            .to_dtype(self.dtype)?;
+        let keep = full.affine(-1.0, 1.0)?;
+        let masked = pixels.broadcast_mul(&keep)?;
+        let masked_latents = self.sample_posterior(&masked, like, noise)?;
+        // torch's nearest interpolation to the latent size picks every 8th pixel.
+        let step = self.size_multiple();
+        let small: Vec<f32> = {
+            let values = full.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            (0..lh)
+                .flat_map(|y| (0..lw).map(move |x| (y, x)))
+                .map(|(y, x)| values[y * step * init.width + x * step])
+                .collect()
+        };
+        let mask_latent = Tensor::from_vec(small, (1, 1, lh, lw), &self.device)?
+            .to_dtype(self.dtype)?
+            .repeat((batch, 1, 1, 1))?;
+        let inpaint = if nine_channels {
+            Inpaint {
+                conditioning: Some(Tensor::cat(&[&mask_latent, &masked_latents], 1)?),
+                blend: None,
+            }
+        } else {
+            Inpaint {
+                conditioning: None,
+                blend: Some(Blend {
+                    mask: mask_latent,
+                    image_latents: image_latents.expect("drawn for ordinary UNets"),
+                    noise: fresh,
+                }),
+            }
+        };
+        Ok((latents, inpaint))
     }
 
     /// Latents to 8-bit RGB images, scaled by the VAE's own `scaling_factor`.

@@ -101,6 +101,8 @@ pub enum TinyKind {
     /// SD 2.x (768-v): gelu OpenCLIP text encoder, linear attention projections,
     /// upcast attention, v-prediction, padding with "!".
     Sd2,
+    /// SD 1.5 inpainting: a UNet with 9 input channels (latents, mask, masked image).
+    Inpaint,
 }
 
 /// Writes a complete SD-1.5-shaped model folder to `dir` (which must not exist yet).
@@ -111,6 +113,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
 /// Writes a complete model folder of the given family to `dir`.
 pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
     let sd2 = kind == TinyKind::Sd2;
+    let unet_in = if kind == TinyKind::Inpaint { 9 } else { 4 };
     let (vocab, merges) = train_bpe(CORPUS, MERGES);
     // SD 2's tokenizer pads with "!" (id 0), not with the end marker.
     let pad = if sd2 { "!" } else { super::tokenizer::EOS };
@@ -138,7 +141,7 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": "0.30.0",
         "sample_size": 8,
-        "in_channels": 4,
+        "in_channels": unet_in,
         "out_channels": 4,
         "block_out_channels": [32, 64],
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -193,8 +196,13 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         scheduler_config["_class_name"] = json!("DDIMScheduler");
         scheduler_config["prediction_type"] = json!("v_prediction");
     }
+    let pipeline = if kind == TinyKind::Inpaint {
+        "StableDiffusionInpaintPipeline"
+    } else {
+        "StableDiffusionPipeline"
+    };
     let model_index = json!({
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": pipeline,
         "_diffusers_version": "0.30.0",
         "feature_extractor": [null, null],
         "safety_checker": [null, null],
@@ -227,7 +235,7 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
     save_random(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         &mut rng,
-        |vb| UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop),
+        |vb| UNet2DConditionModel::new(vb, unet_in, 4, false, blocks.clone()).map(drop),
         str::to_string,
     )?;
     let vae: VaeConfig = parse(vae_config);
