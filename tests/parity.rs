@@ -56,6 +56,7 @@ struct Case {
     latents: Option<String>,
     init_image: Option<String>,
     strength: Option<f64>,
+    mask: Option<String>,
     /// Keys written over the model's scheduler_config.json for this case.
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     noise: Option<String>,
@@ -192,6 +193,12 @@ fn check(name: &str) {
                 height: image.height() as usize,
                 rgb: image.into_raw(),
                 strength: case.strength.unwrap(),
+                mask: case.mask.as_deref().map(|file| {
+                    image::open(fixtures().join(file))
+                        .unwrap()
+                        .to_luma8()
+                        .into_raw()
+                }),
             }
         }),
     };
@@ -242,6 +249,11 @@ cases! {
     img2img_euler_ancestral => "img2img-euler-a",
     img2img_heun => "img2img-heun",
     img2img_dpmpp_2m_sde_karras => "img2img-dpmpp-2m-sde-karras",
+    inpaint_blending_ddim => "inpaint-blend-ddim",
+    inpaint_blending_euler_ancestral => "inpaint-blend-euler-a",
+    inpaint_unet_ddim => "inpaint-ddim",
+    inpaint_unet_euler_ancestral => "inpaint-euler-a",
+    inpaint_unet_dpmpp_2m_karras => "inpaint-dpmpp-2m-karras",
     trailing_spacing => "trailing-euler",
     karras_sigmas_ending_at_sigma_min => "karras-euler-sigma-min",
     pndm_with_runge_kutta_warm_up => "pndm-prk",
@@ -431,6 +443,12 @@ fn cli_replays_diffusers_img2img() {
     cli_replay("img2img-euler-a");
 }
 
+/// And for inpainting with an inpainting UNet: `--mask` as well.
+#[test]
+fn cli_replays_diffusers_inpainting() {
+    cli_replay("inpaint-euler-a");
+}
+
 fn path_arg(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
@@ -461,6 +479,9 @@ fn cli_replay(name: &str) {
     if let Some(init) = &case.init_image {
         args.extend(["--init-image".into(), path_arg(&fixtures().join(init))]);
         args.extend(["--strength".into(), case.strength.unwrap().to_string()]);
+    }
+    if let Some(mask) = &case.mask {
+        args.extend(["--mask".into(), path_arg(&fixtures().join(mask))]);
     }
     for i in 0..stack.dim(0).unwrap() {
         let path = dir.path().join(format!("noise-{i}.npy"));

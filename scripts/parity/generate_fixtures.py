@@ -45,6 +45,7 @@ from diffusers import (
     LCMScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
@@ -54,7 +55,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "parity"
 TINY_SEED = 0
 # The tiny models, by the `--kind` our binary writes them with.
-MODELS = ["sd15", "sd2"]
+MODELS = ["sd15", "sd2", "inpaint"]
 
 # Our API name -> how a diffusers user would select the same sampler on top of the model's
 # own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
@@ -85,6 +86,7 @@ LONG = (
 
 
 INIT_IMAGE = "img2img.init.png"
+MASK = "inpaint.mask.png"
 
 
 def write_init_image() -> None:
@@ -95,6 +97,11 @@ def write_init_image() -> None:
     b = np.where(x + y > 1.0, 0.9, 0.2) * (1.0 - 0.5 * x)
     rgb = (np.stack([r, g, b], axis=-1).clip(0, 1) * 255).round().astype(np.uint8)
     PIL.Image.fromarray(rgb).save(OUT / INIT_IMAGE)
+    # White repaints: a disc and a bar, with soft (anti-aliased) edges to binarize.
+    disc = np.clip(1.0 - (np.sqrt((x - 0.35) ** 2 + (y - 0.4) ** 2) - 0.22) * 40.0, 0, 1)
+    bar = ((x > 0.6) & (x < 0.85) & (y > 0.1) & (y < 0.9)).astype(np.float32)
+    mask = (np.maximum(disc, bar) * 255).round().astype(np.uint8)
+    PIL.Image.fromarray(mask, mode="L").save(OUT / MASK)
 
 
 def case(name, scheduler, **kw):
@@ -114,6 +121,7 @@ def case(name, scheduler, **kw):
         "model": "sd15",
         "init_image": None,
         "strength": None,
+        "mask": None,
         "scheduler_config": {},
     }
     c.update(kw)
@@ -146,6 +154,12 @@ CASES = [
     case("img2img-euler-a", "euler-a", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
     case("img2img-heun", "heun", init_image=INIT_IMAGE, strength=0.6, steps=5),
     case("img2img-dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", init_image=INIT_IMAGE, strength=0.5, steps=6),
+    # Inpainting: an ordinary UNet (masked latent blending) and a 9-channel one.
+    case("inpaint-blend-ddim", "ddim", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("inpaint-blend-euler-a", "euler-a", init_image=INIT_IMAGE, mask=MASK, strength=0.75, steps=4, seed_path=True),
+    case("inpaint-ddim", "ddim", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("inpaint-euler-a", "euler-a", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, seed_path=True),
+    case("inpaint-dpmpp-2m-karras", "dpmpp-2m-karras", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=0.6, steps=6),
     # Scheduler settings that SD 1.5's own file does not use, written into the model's
     # scheduler_config.json on our side and passed to from_config on diffusers'.
     case("trailing-euler", "euler", scheduler_config={"timestep_spacing": "trailing"}),
@@ -256,7 +270,16 @@ def write_pipeline_cases(pipes: dict) -> list:
             output_type="np",
         )
         with DrawRecorder() as rec:
-            if c["init_image"]:
+            if c["mask"]:
+                assert n == 1, "posterior draws of a batch would need merging"
+                inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+                inpaint.set_progress_bar_config(disable=True)
+                init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
+                mask = PIL.Image.open(OUT / c["mask"])
+                result = inpaint(
+                    image=init, mask_image=mask, strength=c["strength"], width=c["width"], height=c["height"], **common
+                )
+            elif c["init_image"]:
                 img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
                 img2img.set_progress_bar_config(disable=True)
                 init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
@@ -268,7 +291,9 @@ def write_pipeline_cases(pipes: dict) -> list:
         entry = dict(c)
         entry["latents"] = None
         entry["noise"] = None
-        if c["init_image"]:
+        if c["mask"]:
+            noise = rec.draws
+        elif c["init_image"]:
             # The posterior is sampled image by image; as one draw it is their batch.
             noise = [np.concatenate(rec.draws[:n])] + rec.draws[n:]
         else:
