@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::app::Role;
 use crate::config::{Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
-use crate::inference::{hub, tiny, GenerateRequest, SchedulerKind, StableDiffusion};
+use crate::inference::{
+    hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
+};
 use crate::queue::JobSpec;
 use crate::storage::png::encode;
 use crate::worker::png_metadata;
@@ -41,7 +43,7 @@ pub enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Generate images locally, without a server.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -49,6 +51,10 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = tiny::DEFAULT_SEED)]
         seed: u64,
+        /// Which family to imitate: sd15 (epsilon), sd2 (v-prediction, OpenCLIP-style) or
+        /// inpaint (SD 1.5 with a 9-channel inpainting UNet).
+        #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
+        kind: tiny::TinyKind,
     },
 }
 
@@ -69,13 +75,30 @@ pub struct GenerateArgs {
     pub width: Option<usize>,
     #[arg(long)]
     pub height: Option<usize>,
-    /// ddim, euler or euler-a.
+    /// ddim, pndm, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde-karras,
+    /// unipc or lcm.
     #[arg(long, default_value = "euler-a")]
     pub scheduler: String,
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
     #[arg(long, value_enum, default_value_t = LongPrompt::Chunk)]
     pub long_prompt: LongPrompt,
+    /// Starting latents (.npy, float32 NCHW), exactly as diffusers' `latents=` argument.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// One later random draw (.npy shaped like the latents); repeat in diffusers' draw order.
+    #[arg(long)]
+    pub noise: Vec<PathBuf>,
+    /// img2img: start from this image (resized to --width/--height if given, else to its
+    /// own size rounded down to a multiple of 8).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// Inpainting: white repaints, black keeps (with --init-image; resized like it).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// img2img and inpainting: how much to repaint, 0 to 1 (default 0.8, inpainting 1).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -116,12 +139,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", cli.config.database_url());
             Ok(())
         }),
-        Command::Generate(args) => generate(&cli.config, args),
-        Command::TinyModel { out, seed } => {
+        Command::Generate(args) => generate(&cli.config, *args),
+        Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());
             }
-            tiny::write(&out, seed)
+            tiny::write_kind(&out, seed, kind)
                 .with_context(|| format!("writing the tiny model to {}", out.display()))?;
             println!("wrote tiny model (seed {seed}) to {}", out.display());
             Ok(())
@@ -212,14 +235,74 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
+/// Reads an img2img start image as 8-bit RGB, resized (Lanczos, as diffusers' image
+/// processor does) to the requested size or to its own size rounded down to 8 pixels,
+/// and its inpainting mask as gray levels of the same size.
+fn load_init_image(
+    path: &Path,
+    mask: Option<&Path>,
+    width: Option<usize>,
+    height: Option<usize>,
+    strength: Option<f64>,
+) -> anyhow::Result<InitImage> {
+    let image = image::open(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .to_rgb8();
+    let w = width.unwrap_or(image.width() as usize / 8 * 8);
+    let h = height.unwrap_or(image.height() as usize / 8 * 8);
+    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
+        image
+    } else {
+        image::imageops::resize(
+            &image,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        )
+    };
+    let mask = mask
+        .map(|p| -> anyhow::Result<Vec<u8>> {
+            let rgb = image::open(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .to_rgb8();
+            // PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, rounded.
+            let gray = image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+                let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
+                image::Luma([((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
+            });
+            let gray = if (gray.width() as usize, gray.height() as usize) == (w, h) {
+                gray
+            } else {
+                image::imageops::resize(
+                    &gray,
+                    w as u32,
+                    h as u32,
+                    image::imageops::FilterType::Lanczos3,
+                )
+            };
+            Ok(gray.into_raw())
+        })
+        .transpose()?;
+    let default_strength = if mask.is_some() { 1.0 } else { 0.8 };
+    Ok(InitImage {
+        width: w,
+        height: h,
+        rgb: image.into_raw(),
+        strength: strength.unwrap_or(default_strength),
+        mask,
+    })
+}
+
 fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     if args.rng != "torch-cpu" {
         bail!("unknown --rng '{}' (torch-cpu)", args.rng);
     }
     let scheduler = SchedulerKind::parse(&args.scheduler).with_context(|| {
+        let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
         format!(
-            "unknown scheduler '{}' (ddim, euler, euler-a)",
-            args.scheduler
+            "unknown scheduler '{}' ({})",
+            args.scheduler,
+            names.join(", ")
         )
     })?;
     if args.num_images == 0 {
@@ -228,15 +311,35 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let defaults = hub::known(&config.model);
+    let init_image = args
+        .init_image
+        .as_deref()
+        .map(|p| {
+            load_init_image(
+                p,
+                args.mask.as_deref(),
+                args.width,
+                args.height,
+                args.strength,
+            )
+        })
+        .transpose()?;
+    if args.mask.is_some() && init_image.is_none() {
+        bail!("--mask needs --init-image");
+    }
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        width: args
-            .width
-            .unwrap_or(defaults.map_or(512, |d| d.default_width)),
-        height: args
-            .height
-            .unwrap_or(defaults.map_or(512, |d| d.default_height)),
+        width: init_image.as_ref().map_or(
+            args.width
+                .unwrap_or(defaults.map_or(512, |d| d.default_width)),
+            |i| i.width,
+        ),
+        height: init_image.as_ref().map_or(
+            args.height
+                .unwrap_or(defaults.map_or(512, |d| d.default_height)),
+            |i| i.height,
+        ),
         steps: args
             .steps
             .unwrap_or(defaults.map_or(30, |d| d.default_steps)),
@@ -247,6 +350,17 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         scheduler,
         num_images: args.num_images,
         long_prompt: args.long_prompt,
+        latents: args
+            .latents
+            .as_deref()
+            .map(NoiseArray::read_npy)
+            .transpose()?,
+        noise: args
+            .noise
+            .iter()
+            .map(|p| NoiseArray::read_npy(p))
+            .collect::<Result<_, _>>()?,
+        init_image,
     };
 
     let t_load = Instant::now();

@@ -159,6 +159,9 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         scheduler,
         num_images: spec.num_images as usize,
         long_prompt,
+        latents: None,
+        noise: Vec::new(),
+        init_image: None,
     })
 }
 

@@ -13,7 +13,11 @@ pub mod schedulers;
 pub mod tiny;
 pub mod tokenizer;
 pub mod unet;
+pub mod vae_encoder;
 
 pub use error::InferenceError;
-pub use pipeline::{GenerateRequest, GeneratedImage, StableDiffusion, StepProgress};
+pub use pipeline::{
+    FloatImage, GenerateRequest, GeneratedImage, InitImage, NoiseArray, StableDiffusion,
+    StepProgress,
+};
 pub use schedulers::SchedulerKind;

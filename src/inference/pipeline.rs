@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::clip::ClipTextModel;
 use super::model_config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
 use super::rng::TorchRng;
-use super::schedulers::{NoiseSource, SchedulerConfig, SchedulerKind};
+use super::schedulers::{NoiseSource, SchedulerConfigFile, SchedulerKind};
 use super::tokenizer::{LongPrompt, PromptTokenizer};
+use super::vae_encoder::VaeEncoder;
 use super::InferenceError;
 
 /// One generation, as the pipeline sees it (already validated by the caller).
@@ -34,6 +35,116 @@ pub struct GenerateRequest {
     pub num_images: usize,
     #[serde(default)]
     pub long_prompt: LongPrompt,
+    /// Starting latents instead of drawing them, exactly as diffusers' `latents=`
+    /// (unit normals, `[num_images, channels, height / 8, width / 8]`).
+    #[serde(skip)]
+    pub latents: Option<NoiseArray>,
+    /// Later random draws (ancestral, SDE and LCM noise), in the order diffusers makes
+    /// them, each shaped like the latents; draws beyond these come from the RNG.
+    #[serde(skip)]
+    pub noise: Vec<NoiseArray>,
+    /// img2img: start from this image instead of pure noise.
+    #[serde(skip)]
+    pub init_image: Option<InitImage>,
+}
+
+/// The image img2img starts from, and how much of it to repaint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// Must equal the request's size.
+    pub width: usize,
+    pub height: usize,
+    /// 8-bit RGB, row-major.
+    pub rgb: Vec<u8>,
+    /// 0 keeps the image, 1 replaces it entirely (diffusers' `strength`).
+    pub strength: f64,
+    /// Inpainting: one gray byte per pixel, white (>= 128) is repainted.
+    pub mask: Option<Vec<u8>>,
+}
+
+/// What an inpainting run carries through the denoising loop.
+struct Inpaint {
+    /// Inpainting UNets (9 input channels): mask and masked-image latents, concatenated.
+    conditioning: Option<Tensor>,
+    /// Ordinary UNets: the known region is put back after every step.
+    blend: Option<Blend>,
+}
+
+/// Masked latent blending for UNets without mask inputs.
+struct Blend {
+    /// 1 where the image is repainted, at latent resolution.
+    mask: Tensor,
+    image_latents: Tensor,
+    /// The starting noise, reused to noise the known region to each next timestep.
+    noise: Tensor,
+}
+
+impl Blend {
+    /// After the step at `index`: the known region, noised to the next timestep (clean
+    /// after the last), replaces what the sampler made of it.
+    fn apply(
+        &self,
+        latents: &Tensor,
+        scheduler: &dyn super::schedulers::Scheduler,
+        index: usize,
+        len: usize,
+    ) -> candle_core::Result<Tensor> {
+        let known = if index + 1 < len {
+            scheduler.add_noise(&self.image_latents, &self.noise, index + 1)?
+        } else {
+            self.image_latents.clone()
+        };
+        let keep = self.mask.affine(-1.0, 1.0)?;
+        known.broadcast_mul(&keep)? + latents.broadcast_mul(&self.mask)?
+    }
+}
+
+/// The first schedule entry img2img runs, as diffusers' `get_timesteps` picks it: the
+/// last `floor(steps * strength)` steps of the full schedule.
+fn img2img_start(steps: usize, strength: f64, order: usize) -> usize {
+    let kept = ((steps as f64 * strength).floor() as usize).min(steps);
+    (steps - kept) * order
+}
+
+/// A float32 array given by the caller in place of a random draw, so that a run can be
+/// replayed exactly across implementations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NoiseArray {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl NoiseArray {
+    /// Reads a float32 (or float64, converted) `.npy` file, as numpy's `np.save` writes.
+    pub fn read_npy(path: &Path) -> Result<Self, InferenceError> {
+        let tensor = Tensor::read_npy(path).map_err(|e| {
+            InferenceError::InvalidRequest(format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_tensor(&tensor)
+    }
+
+    /// Copies a tensor's values out, in row-major order.
+    pub fn from_tensor(tensor: &Tensor) -> Result<Self, InferenceError> {
+        Ok(Self {
+            shape: tensor.dims().to_vec(),
+            values: tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        })
+    }
+
+    fn to_tensor(
+        &self,
+        what: &str,
+        shape: &[usize],
+        like: &Tensor,
+    ) -> Result<Tensor, InferenceError> {
+        if self.shape != shape {
+            return Err(InferenceError::InvalidRequest(format!(
+                "{what} has shape {:?} but this request needs {shape:?}",
+                self.shape
+            )));
+        }
+        Ok(Tensor::from_slice(&self.values, shape, like.device())?.to_dtype(like.dtype())?)
+    }
 }
 
 /// Reported after every denoising step.
@@ -43,6 +154,32 @@ pub struct StepProgress {
     pub step: usize,
     pub total: usize,
     pub elapsed_ms: u64,
+}
+
+/// One RGB image as the VAE decoded it: floats in [0, 1], row-major, channels last
+/// (what diffusers returns with `output_type="np"`).
+#[derive(Debug, Clone)]
+pub struct FloatImage {
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub rgb: Vec<f32>,
+}
+
+impl FloatImage {
+    /// Rounds to 8 bits the way diffusers' `numpy_to_pil` does.
+    pub fn to_u8(&self) -> GeneratedImage {
+        GeneratedImage {
+            width: self.width,
+            height: self.height,
+            seed: self.seed,
+            rgb: self
+                .rgb
+                .iter()
+                .map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+                .collect(),
+        }
+    }
 }
 
 /// One RGB image, 8 bits per channel, row-major.
@@ -60,22 +197,44 @@ pub struct StableDiffusion {
     text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoEncoderKL,
+    vae_encoder: VaeEncoder,
+    /// 9 for inpainting UNets (latents, mask, masked-image latents), else 4.
+    unet_in_channels: usize,
     vae_config: VaeConfig,
-    scheduler_config: SchedulerConfig,
+    scheduler_config: SchedulerConfigFile,
     device: Device,
     dtype: DType,
     folder: PathBuf,
 }
 
-/// One per image: the torch-compatible generator seeded with `seed + i`.
-struct PerImageNoise(Vec<TorchRng>);
+/// Where random draws come from: the caller's arrays first, in order, then one
+/// torch-compatible generator per image, seeded `seed + i` (diffusers' list of
+/// generators draws image by image in the same way).
+struct Draws {
+    supplied: std::collections::VecDeque<Tensor>,
+    per_image: Vec<TorchRng>,
+}
 
-impl NoiseSource for PerImageNoise {
+impl NoiseSource for Draws {
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(next) = self.supplied.pop_front() {
+            if next.dims() != like.dims() {
+                candle_core::bail!(
+                    "a supplied noise array has shape {:?}, the step needs {:?}",
+                    next.dims(),
+                    like.dims()
+                );
+            }
+            return next.to_dtype(like.dtype());
+        }
         let (batch, c, h, w) = like.dims4()?;
-        debug_assert_eq!(batch, self.0.len());
+        debug_assert_eq!(batch, self.per_image.len());
         let per_image = c * h * w;
-        let values: Vec<f32> = self.0.iter_mut().flat_map(|g| g.randn(per_image)).collect();
+        let values: Vec<f32> = self
+            .per_image
+            .iter_mut()
+            .flat_map(|g| g.randn(per_image))
+            .collect();
         Tensor::from_vec(values, (batch, c, h, w), like.device())?.to_dtype(like.dtype())
     }
 }
@@ -125,9 +284,9 @@ pub(crate) fn unet_blocks(
             "SDXL-style UNets (addition_embed_type) are not supported yet".into(),
         ));
     }
-    if c.in_channels != 4 || c.out_channels != 4 {
+    if !matches!(c.in_channels, 4 | 9) || c.out_channels != 4 {
         return Err(bad(format!(
-            "UNets with {} input channels (inpainting) are not supported yet",
+            "UNets with {} input channels are not supported (4, or 9 for inpainting)",
             c.in_channels
         )));
     }
@@ -202,10 +361,10 @@ impl StableDiffusion {
         let vae_config: VaeConfig = read_json(&folder.join("vae/config.json"))?;
         let text_config: ClipTextConfig = read_json(&folder.join("text_encoder/config.json"))?;
         let scheduler_path = folder.join("scheduler/scheduler_config.json");
-        let scheduler_config: SchedulerConfig = if scheduler_path.exists() {
+        let scheduler_config: SchedulerConfigFile = if scheduler_path.exists() {
             read_json(&scheduler_path)?
         } else {
-            SchedulerConfig::default()
+            SchedulerConfigFile::default()
         };
         if text_config.hidden_size != unet_config.cross_attention_dim {
             return Err(InferenceError::invalid_model(
@@ -229,7 +388,7 @@ impl StableDiffusion {
             device,
         )?;
         let blocks = unet_blocks(&folder.join("unet"), &unet_config)?;
-        let unet = UNet2DConditionModel::new(unet_vb, 4, 4, false, blocks)
+        let unet = UNet2DConditionModel::new(unet_vb, unet_config.in_channels, 4, false, blocks)
             .map_err(|e| InferenceError::invalid_model(&folder.join("unet"), e))?;
 
         let vae_vb = load_weights(
@@ -239,18 +398,22 @@ impl StableDiffusion {
             device,
         )?;
         let vae = AutoEncoderKL::new(
-            vae_vb,
+            vae_vb.clone(),
             vae_config.in_channels,
             vae_config.out_channels,
             vae_blocks(&vae_config),
         )
         .map_err(|e| InferenceError::invalid_model(&folder.join("vae"), e))?;
+        let vae_encoder = VaeEncoder::new(vae_vb, &vae_config)
+            .map_err(|e| InferenceError::invalid_model(&folder.join("vae"), e))?;
 
         Ok(Self {
             tokenizer,
             text_encoder,
             unet,
             vae,
+            vae_encoder,
+            unet_in_channels: unet_config.in_channels,
             vae_config,
             scheduler_config,
             device: device.clone(),
@@ -287,15 +450,30 @@ impl StableDiffusion {
         Ok(Tensor::cat(&encoded, 1)?)
     }
 
-    /// Runs txt2img. `on_step` is called after every step; `Break` cancels the run.
-    ///
-    /// Steps: encode the prompts, draw the starting latents (one generator per image,
-    /// seeded `seed + i`), denoise with classifier-free guidance, decode with the VAE.
+    /// Runs txt2img and returns 8-bit images. `on_step` is called after every step;
+    /// `Break` cancels the run.
     pub fn generate(
         &self,
         req: &GenerateRequest,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>, InferenceError> {
+        Ok(self
+            .generate_float(req, on_step)?
+            .iter()
+            .map(FloatImage::to_u8)
+            .collect())
+    }
+
+    /// Runs txt2img and returns the decoded images before 8-bit rounding (what the parity
+    /// tests compare with diffusers' `output_type="np"`).
+    ///
+    /// Steps: encode the prompts, take or draw the starting latents (one generator per
+    /// image, seeded `seed + i`), denoise with classifier-free guidance, decode with the VAE.
+    pub fn generate_float(
+        &self,
+        req: &GenerateRequest,
+        on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
+    ) -> Result<Vec<FloatImage>, InferenceError> {
         let multiple = self.size_multiple();
         if !req.width.is_multiple_of(multiple)
             || !req.height.is_multiple_of(multiple)
@@ -343,30 +521,125 @@ impl StableDiffusion {
         use_cfg: bool,
         started: Instant,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
-    ) -> Result<Vec<GeneratedImage>, InferenceError> {
+    ) -> Result<Vec<FloatImage>, InferenceError> {
+        if let Some(what) = self.scheduler_config.unsupported() {
+            return Err(InferenceError::invalid_model(
+                &self.folder,
+                format!("scheduler_config.json asks for {what}, which sdq does not implement"),
+            ));
+        }
         let embeddings = embeddings.to_dtype(self.dtype)?;
         let batch = req.num_images;
         let multiple = self.size_multiple();
         let (lh, lw) = (req.height / multiple, req.width / multiple);
         let channels = self.vae_config.latent_channels;
         let mut scheduler = req.scheduler.build(&self.scheduler_config, req.steps);
-        let mut noise = PerImageNoise(
-            (0..batch)
+        let shape = [batch, channels, lh, lw];
+        let like = Tensor::zeros(&shape, self.dtype, &self.device)?;
+        let supplied = req
+            .noise
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.to_tensor(&format!("noise array {}", i + 1), &shape, &like))
+            .collect::<Result<_, _>>()?;
+        let mut noise = Draws {
+            supplied,
+            per_image: (0..batch)
                 .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
                 .collect(),
-        );
-
-        let shape = Tensor::zeros((batch, channels, lh, lw), self.dtype, &self.device)?;
-        let mut latents = (noise.randn_like(&shape)? * scheduler.init_noise_sigma())?;
+        };
         let timesteps = scheduler.timesteps().to_vec();
-        let total = timesteps.len();
-        for (index, &t) in timesteps.iter().enumerate() {
+        if timesteps.is_empty() {
+            // PNDM's Runge-Kutta warm-up needs more steps than a very short run has.
+            return Err(InferenceError::InvalidRequest(format!(
+                "{} cannot run {} steps with this model's scheduler config",
+                req.scheduler, req.steps
+            )));
+        }
+        let (start, mut latents, inpaint) = match &req.init_image {
+            None => {
+                if self.unet_in_channels != 4 {
+                    return Err(InferenceError::InvalidRequest(
+                        "this is an inpainting model: give an init image and a mask".into(),
+                    ));
+                }
+                // Given latents do not consume the generators, exactly as in diffusers.
+                let initial = match &req.latents {
+                    Some(given) => given.to_tensor("latents", &shape, &like)?,
+                    None => {
+                        let mut rng_only = Draws {
+                            supplied: Default::default(),
+                            per_image: std::mem::take(&mut noise.per_image),
+                        };
+                        let drawn = rng_only.randn_like(&like)?;
+                        noise.per_image = rng_only.per_image;
+                        drawn
+                    }
+                };
+                (0, (initial * scheduler.init_noise_sigma())?, None)
+            }
+            Some(init) => {
+                if req.latents.is_some() {
+                    return Err(InferenceError::InvalidRequest(
+                        "img2img starts from its image: latents cannot be given too".into(),
+                    ));
+                }
+                let start = img2img_start(req.steps, init.strength, scheduler.order());
+                if start >= timesteps.len() {
+                    return Err(InferenceError::InvalidRequest(format!(
+                        "strength {} leaves no denoising step out of {}",
+                        init.strength, req.steps
+                    )));
+                }
+                let pixels = self.init_pixels(init, &like)?;
+                match &init.mask {
+                    None if self.unet_in_channels != 4 => {
+                        return Err(InferenceError::InvalidRequest(
+                            "this is an inpainting model: give a mask too".into(),
+                        ))
+                    }
+                    // Draw order as in diffusers: the posterior sample, then add_noise's noise.
+                    None => {
+                        let clean = self.sample_posterior(&pixels, &like, &mut noise)?;
+                        let fresh = noise.randn_like(&clean)?;
+                        (start, scheduler.add_noise(&clean, &fresh, start)?, None)
+                    }
+                    Some(mask) => {
+                        let (latents, inpaint) = self.start_inpaint(
+                            init,
+                            mask,
+                            &pixels,
+                            &like,
+                            &mut noise,
+                            scheduler.as_ref(),
+                            start,
+                        )?;
+                        (start, latents, Some(inpaint))
+                    }
+                }
+            }
+        };
+        let total = timesteps.len() - start;
+        for (index, &t) in timesteps.iter().enumerate().skip(start) {
             let input = if use_cfg {
                 Tensor::cat(&[&latents, &latents], 0)?
             } else {
                 latents.clone()
             };
-            let input = scheduler.scale_model_input(input, index)?;
+            let mut input = scheduler.scale_model_input(input, index)?;
+            if let Some(Inpaint {
+                conditioning: Some(extra),
+                ..
+            }) = &inpaint
+            {
+                // Inpainting UNets read the mask and the masked image beside the latents.
+                let extra = if use_cfg {
+                    Tensor::cat(&[extra, extra], 0)?
+                } else {
+                    extra.clone()
+                };
+                input = Tensor::cat(&[&input, &extra], 1)?;
+            }
             let predicted = self.unet.forward(&input, t, &embeddings)?;
             let predicted = if use_cfg {
                 let parts = predicted.chunk(2, 0)?;
@@ -376,8 +649,14 @@ impl StableDiffusion {
                 predicted
             };
             latents = scheduler.step(&predicted, index, &latents, &mut noise)?;
+            if let Some(Inpaint {
+                blend: Some(blend), ..
+            }) = &inpaint
+            {
+                latents = blend.apply(&latents, scheduler.as_ref(), index, timesteps.len())?;
+            }
             let progress = StepProgress {
-                step: index + 1,
+                step: index + 1 - start,
                 total,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             };
@@ -388,12 +667,135 @@ impl StableDiffusion {
         self.decode(&latents, req)
     }
 
+    /// The init image as diffusers' image processor gives it to the VAE: `[1, 3, H, W]`
+    /// in [-1, 1].
+    fn init_pixels(&self, init: &InitImage, like: &Tensor) -> Result<Tensor, InferenceError> {
+        let (_, _, lh, lw) = like.dims4()?;
+        let multiple = self.size_multiple();
+        if init.width != lw * multiple || init.height != lh * multiple {
+            return Err(InferenceError::InvalidRequest(format!(
+                "the init image is {}x{} but the request is {}x{}",
+                init.width,
+                init.height,
+                lw * multiple,
+                lh * multiple
+            )));
+        }
+        if !(init.strength > 0.0 && init.strength <= 1.0) {
+            return Err(InferenceError::InvalidRequest(
+                "strength must be in (0, 1]".into(),
+            ));
+        }
+        if init.rgb.len() != init.width * init.height * 3 {
+            return Err(InferenceError::InvalidRequest(
+                "the init image has the wrong number of pixels".into(),
+            ));
+        }
+        Ok(
+            Tensor::from_slice(&init.rgb, (init.height, init.width, 3), &self.device)?
+                .to_dtype(DType::F32)?
+                .permute((2, 0, 1))?
+                .unsqueeze(0)?
+                .affine(2.0 / 255.0, -1.0)?
+                .to_dtype(self.dtype)?,
+        )
+    }
+
+    /// Encodes `pixels` and draws one posterior sample per image of the batch (drawn like
+    /// the latents), times the VAE's `scaling_factor`.
+    fn sample_posterior(
+        &self,
+        pixels: &Tensor,
+        like: &Tensor,
+        noise: &mut Draws,
+    ) -> Result<Tensor, InferenceError> {
+        let posterior = self.vae_encoder.encode(pixels)?;
+        let z = noise.randn_like(like)?;
+        let sample = posterior
+            .mean
+            .broadcast_add(&posterior.std.broadcast_mul(&z)?)?;
+        Ok((sample * self.vae_config.scaling_factor)?)
+    }
+
+    /// Sets up inpainting as diffusers' `StableDiffusionInpaintPipeline` does, drawing in
+    /// its order: the image's posterior (unless an inpainting UNet starts from pure
+    /// noise), the starting noise, then the masked image's posterior.
+    #[allow(clippy::too_many_arguments)]
+    fn start_inpaint(
+        &self,
+        init: &InitImage,
+        mask: &[u8],
+        pixels: &Tensor,
+        like: &Tensor,
+        noise: &mut Draws,
+        scheduler: &dyn super::schedulers::Scheduler,
+        start: usize,
+    ) -> Result<(Tensor, Inpaint), InferenceError> {
+        if mask.len() != init.width * init.height {
+            return Err(InferenceError::InvalidRequest(
+                "the mask must be one gray byte per pixel of the init image".into(),
+            ));
+        }
+        let (batch, _, lh, lw) = like.dims4()?;
+        let nine_channels = self.unet_in_channels == 9;
+        // Strength 1 starts from pure noise rather than from the noised image.
+        let from_noise = init.strength >= 1.0;
+        let image_latents = if !nine_channels || !from_noise {
+            Some(self.sample_posterior(pixels, like, noise)?)
+        } else {
+            None
+        };
+        let fresh = noise.randn_like(like)?;
+        let latents = match (&image_latents, from_noise) {
+            (Some(clean), false) => scheduler.add_noise(clean, &fresh, start)?,
+            _ => (&fresh * scheduler.init_noise_sigma())?,
+        };
+        // White (>= 0.5) repaints; the masked image keeps only what is not repainted.
+        let repaint: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 })
+            .collect();
+        let full = Tensor::from_vec(repaint, (1, 1, init.height, init.width), &self.device)?
+            .to_dtype(self.dtype)?;
+        let keep = full.affine(-1.0, 1.0)?;
+        let masked = pixels.broadcast_mul(&keep)?;
+        let masked_latents = self.sample_posterior(&masked, like, noise)?;
+        // torch's nearest interpolation to the latent size picks every 8th pixel.
+        let step = self.size_multiple();
+        let small: Vec<f32> = {
+            let values = full.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            (0..lh)
+                .flat_map(|y| (0..lw).map(move |x| (y, x)))
+                .map(|(y, x)| values[y * step * init.width + x * step])
+                .collect()
+        };
+        let mask_latent = Tensor::from_vec(small, (1, 1, lh, lw), &self.device)?
+            .to_dtype(self.dtype)?
+            .repeat((batch, 1, 1, 1))?;
+        let inpaint = if nine_channels {
+            Inpaint {
+                conditioning: Some(Tensor::cat(&[&mask_latent, &masked_latents], 1)?),
+                blend: None,
+            }
+        } else {
+            Inpaint {
+                conditioning: None,
+                blend: Some(Blend {
+                    mask: mask_latent,
+                    image_latents: image_latents.expect("drawn for ordinary UNets"),
+                    noise: fresh,
+                }),
+            }
+        };
+        Ok((latents, inpaint))
+    }
+
     /// Latents to 8-bit RGB images, scaled by the VAE's own `scaling_factor`.
     fn decode(
         &self,
         latents: &Tensor,
         req: &GenerateRequest,
-    ) -> Result<Vec<GeneratedImage>, InferenceError> {
+    ) -> Result<Vec<FloatImage>, InferenceError> {
         let mut latents = (latents / self.vae_config.scaling_factor)?;
         if let Some(shift) = self.vae_config.shift_factor {
             latents = (latents + shift)?;
@@ -404,14 +806,11 @@ impl StableDiffusion {
             let decoded = self.vae.decode(&one)?;
             let pixels = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?
                 .clamp(0.0, 1.0)?
-                .affine(255.0, 0.0)?
-                .round()?
-                .to_dtype(DType::U8)?
                 .squeeze(0)?
                 .permute((1, 2, 0))?
                 .flatten_all()?
-                .to_vec1::<u8>()?;
-            images.push(GeneratedImage {
+                .to_vec1::<f32>()?;
+            images.push(FloatImage {
                 width: req.width,
                 height: req.height,
                 seed: req.seed.wrapping_add(i as u64),
@@ -438,7 +837,19 @@ mod tests {
             scheduler,
             num_images: 1,
             long_prompt: LongPrompt::Chunk,
+            latents: None,
+            noise: Vec::new(),
+            init_image: None,
         }
+    }
+
+    #[test]
+    fn img2img_runs_the_last_strength_fraction_of_the_schedule() {
+        // diffusers: int(steps * strength) steps are kept, counted from the end.
+        assert_eq!(img2img_start(5, 0.6, 1), 2);
+        assert_eq!(img2img_start(10, 1.0, 1), 0);
+        assert_eq!(img2img_start(4, 0.5, 2), 4);
+        assert_eq!(img2img_start(3, 0.2, 1), 3);
     }
 
     #[test]
@@ -452,12 +863,16 @@ mod tests {
             let t = Instant::now();
             let img = sd
                 .generate(&request(kind), &mut |p| {
-                    steps.push(p.step);
+                    steps.push((p.step, p.total));
                     ControlFlow::Continue(())
                 })
                 .unwrap();
             eprintln!("{kind}: {:?}", t.elapsed());
-            assert_eq!(steps, vec![1, 2, 3, 4]);
+            // Progress counts UNet evaluations, as diffusers' progress bar does: PNDM and
+            // Heun evaluate more often than their step count.
+            let total = steps[0].1;
+            assert!(total >= 4, "{kind}: {total} evaluations for 4 steps");
+            assert_eq!(steps, (1..=total).map(|s| (s, total)).collect::<Vec<_>>());
             let rgb = &img[0].rgb;
             assert_eq!(rgb.len(), 64 * 64 * 3);
             let mean = rgb.iter().map(|&v| v as f64).sum::<f64>() / rgb.len() as f64;

@@ -80,10 +80,44 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), InferenceErr
     std::fs::write(path, text + "\n").map_err(|source| io(path, source))
 }
 
-/// Writes a complete model folder to `dir` (which must not exist yet).
+/// Which Stable Diffusion family the tiny model imitates.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TinyKind {
+    /// SD 1.x: quick-gelu CLIP, convolutional attention projections, epsilon prediction,
+    /// padding with the end marker.
+    #[default]
+    Sd15,
+    /// SD 2.x (768-v): gelu OpenCLIP text encoder, linear attention projections,
+    /// upcast attention, v-prediction, padding with "!".
+    Sd2,
+    /// SD 1.5 inpainting: a UNet with 9 input channels (latents, mask, masked image).
+    Inpaint,
+}
+
+/// Writes a complete SD-1.5-shaped model folder to `dir` (which must not exist yet).
 pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+    write_kind(dir, seed, TinyKind::Sd15)
+}
+
+/// Writes a complete model folder of the given family to `dir`.
+pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+    let sd2 = kind == TinyKind::Sd2;
+    let unet_in = if kind == TinyKind::Inpaint { 9 } else { 4 };
     let (vocab, merges) = train_bpe(CORPUS, MERGES);
-    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges)?;
+    // SD 2's tokenizer pads with "!" (id 0), not with the end marker.
+    let pad = if sd2 { "!" } else { super::tokenizer::EOS };
+    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges, pad)?;
 
     let text_config = json!({
         "_name_or_path": "sdq/tiny",
@@ -95,7 +129,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
+        "hidden_act": if sd2 { "gelu" } else { "quick_gelu" },
         "layer_norm_eps": 1e-5,
         "projection_dim": 32,
         "bos_token_id": vocab.len() - 2,
@@ -107,7 +141,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": "0.30.0",
         "sample_size": 8,
-        "in_channels": 4,
+        "in_channels": unet_in,
         "out_channels": 4,
         "block_out_channels": [32, 64],
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -124,8 +158,8 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "freq_shift": 0,
         "downsample_padding": 1,
         "mid_block_scale_factor": 1,
-        "use_linear_projection": false,
-        "upcast_attention": false,
+        "use_linear_projection": sd2,
+        "upcast_attention": sd2,
     });
     let vae_config = json!({
         "_class_name": "AutoencoderKL",
@@ -143,8 +177,10 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "scaling_factor": 0.18215,
         "force_upcast": true,
     });
-    let scheduler_config = json!({
-        "_class_name": "DDIMScheduler",
+    // Exactly Stable Diffusion 1.5's file (2.1's adds v-prediction): it leaves
+    // `timestep_spacing` out, so each sampler falls back to its own diffusers default.
+    let mut scheduler_config = json!({
+        "_class_name": "PNDMScheduler",
         "_diffusers_version": "0.30.0",
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
@@ -152,17 +188,26 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "beta_schedule": "scaled_linear",
         "clip_sample": false,
         "set_alpha_to_one": false,
+        "skip_prk_steps": true,
         "steps_offset": 1,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
+        "trained_betas": null,
     });
+    if sd2 {
+        scheduler_config["_class_name"] = json!("DDIMScheduler");
+        scheduler_config["prediction_type"] = json!("v_prediction");
+    }
+    let pipeline = if kind == TinyKind::Inpaint {
+        "StableDiffusionInpaintPipeline"
+    } else {
+        "StableDiffusionPipeline"
+    };
     let model_index = json!({
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": pipeline,
         "_diffusers_version": "0.30.0",
         "feature_extractor": [null, null],
         "safety_checker": [null, null],
         "requires_safety_checker": false,
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", if sd2 { "DDIMScheduler" } else { "PNDMScheduler" }],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -183,30 +228,48 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         &dir.join("text_encoder/model.safetensors"),
         &mut rng,
         |vb| ClipTextModel::new(vb, &text).map(drop),
+        str::to_string,
     )?;
     let unet: UNetConfig = parse(unet_config);
     let blocks = super::pipeline::unet_blocks(dir, &unet)?;
     save_random(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         &mut rng,
-        |vb| UNet2DConditionModel::new(vb, 4, 4, false, blocks.clone()).map(drop),
+        |vb| UNet2DConditionModel::new(vb, unet_in, 4, false, blocks.clone()).map(drop),
+        str::to_string,
     )?;
     let vae: VaeConfig = parse(vae_config);
     save_random(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         &mut rng,
         |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+        modern_vae_attention_name,
     )?;
     // Written last: its presence marks a complete model.
     write_json(&dir.join("model_index.json"), &model_index)
 }
 
+/// candle builds the VAE's attention under the names of diffusers < 0.14 (`query`,
+/// `proj_attn`, ...); diffusers today saves `to_q` ... `to_out.0`, and candle reads both,
+/// so the tiny model is written the way current diffusers writes it.
+fn modern_vae_attention_name(name: &str) -> String {
+    [
+        (".query.", ".to_q."),
+        (".key.", ".to_k."),
+        (".value.", ".to_v."),
+        (".proj_attn.", ".to_out.0."),
+    ]
+    .iter()
+    .fold(name.to_string(), |n, (old, new)| n.replace(old, new))
+}
+
 /// Builds a module against an empty `VarMap` to learn its parameter names and shapes,
-/// fills every parameter from `rng`, and saves them as safetensors.
+/// fills every parameter from `rng`, and saves them as safetensors under `rename(name)`.
 fn save_random(
     path: &Path,
     rng: &mut TorchRng,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+    rename: impl Fn(&str) -> String,
 ) -> Result<(), InferenceError> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
@@ -233,7 +296,7 @@ fn save_random(
             let std = 1.0 / fan_in.sqrt();
             normals.iter().map(|v| std * v).collect()
         };
-        tensors.insert(name.clone(), Tensor::from_vec(values, dims, &Device::Cpu)?);
+        tensors.insert(rename(name), Tensor::from_vec(values, dims, &Device::Cpu)?);
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| io(parent, source))?;
@@ -334,6 +397,7 @@ fn write_tokenizer(
     dir: &Path,
     vocab: &[String],
     merges: &[(String, String)],
+    pad: &str,
 ) -> Result<(), InferenceError> {
     std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
     let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
@@ -363,7 +427,7 @@ fn write_tokenizer(
             "bos_token": special(super::tokenizer::BOS),
             "eos_token": special(super::tokenizer::EOS),
             "unk_token": special(super::tokenizer::EOS),
-            "pad_token": special(super::tokenizer::EOS),
+            "pad_token": special(pad),
         }),
     )?;
     write_json(
@@ -372,11 +436,14 @@ fn write_tokenizer(
             "bos_token": super::tokenizer::BOS,
             "eos_token": super::tokenizer::EOS,
             "unk_token": super::tokenizer::EOS,
-            "pad_token": super::tokenizer::EOS,
+            "pad_token": pad,
         }),
     )?;
-    let tokenizer = super::tokenizer::build_clip_tokenizer(&dir.join("vocab.json"), &merges_path)?;
+    let mut tokenizer =
+        super::tokenizer::build_clip_tokenizer(&dir.join("vocab.json"), &merges_path)?;
     let json_path = dir.join("tokenizer.json");
+    super::tokenizer::add_special(&mut tokenizer, pad)
+        .map_err(|e| InferenceError::invalid_model(&json_path, e))?;
     tokenizer
         .save(&json_path, true)
         .map_err(|e| InferenceError::invalid_model(&json_path, e))

@@ -60,7 +60,7 @@ impl PromptTokenizer {
     /// Loads from a `tokenizer/` folder; `window` is the text encoder's position count.
     pub fn load(dir: &Path, window: usize) -> Result<Self, InferenceError> {
         let json = dir.join("tokenizer.json");
-        let inner = if json.exists() {
+        let mut inner = if json.exists() {
             Tokenizer::from_file(&json).map_err(|e| InferenceError::invalid_model(&json, e))?
         } else {
             build_clip_tokenizer(&dir.join("vocab.json"), &dir.join("merges.txt"))?
@@ -78,10 +78,18 @@ impl PromptTokenizer {
         };
         let bos = id(BOS)?;
         let eos = id(EOS)?;
-        let pad = match config.as_ref().and_then(|c| c.pad_token.as_ref()) {
-            Some(TokenName::Plain(t)) | Some(TokenName::Added { content: t }) => id(t)?,
+        let pad_name = match config.as_ref().and_then(|c| c.pad_token.as_ref()) {
+            Some(TokenName::Plain(t)) | Some(TokenName::Added { content: t }) => Some(t.clone()),
+            None => None,
+        };
+        let pad = match &pad_name {
+            Some(t) => id(t)?,
             None => eos,
         };
+        if let Some(name) = pad_name.filter(|t| t != BOS && t != EOS) {
+            add_special(&mut inner, &name)
+                .map_err(|e| InferenceError::invalid_model(&config_path, e))?;
+        }
         let window = config
             .and_then(|c| c.model_max_length)
             .filter(|m| *m >= 3.0 && (*m as usize) <= window)
@@ -149,6 +157,14 @@ impl PromptTokenizer {
     }
 }
 
+/// Makes `token` an added special token, as transformers does with every special token
+/// it is given: SD 2's pad token "!" then never merges with neighbouring "!" in a
+/// prompt ("!!!" is three pad ids), exactly as diffusers tokenizes it.
+pub(crate) fn add_special(tokenizer: &mut Tokenizer, token: &str) -> tokenizers::Result<()> {
+    tokenizer.add_special_tokens([tokenizers::AddedToken::from(token.to_string(), true)])?;
+    Ok(())
+}
+
 /// Builds CLIP's fast tokenizer from its two plain files, as transformers would.
 pub fn build_clip_tokenizer(vocab: &Path, merges: &Path) -> Result<Tokenizer, InferenceError> {
     let (vocab_s, merges_s) = (vocab.to_string_lossy(), merges.to_string_lossy());
@@ -192,5 +208,12 @@ pub fn build_clip_tokenizer(vocab: &Path, merges: &Path) -> Result<Tokenizer, In
             .add_prefix_space(false),
     ));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    // As in every published tokenizer.json: a prompt that spells out a marker gets the
+    // marker's id, as transformers' CLIPTokenizer gives it, not the pieces of its text.
+    tok.add_special_tokens([
+        tokenizers::AddedToken::from(BOS, true),
+        tokenizers::AddedToken::from(EOS, true),
+    ])
+    .map_err(bad)?;
     Ok(tok)
 }

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 
 use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig};
 
+/// Per-run state of DDIM: the timesteps and the ᾱ table.
 pub struct Ddim {
     timesteps: Vec<f64>,
     alphas_cumprod: Vec<f64>,
@@ -13,6 +14,7 @@ pub struct Ddim {
 }
 
 impl Ddim {
+    /// Sets up `steps` steps.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
         let alphas_cumprod = config.alphas_cumprod();
         let final_alpha_cumprod = if config.set_alpha_to_one {
@@ -31,6 +33,14 @@ impl Ddim {
 }
 
 impl Scheduler for Ddim {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_timestep(&self.alphas_cumprod, self.timesteps[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

@@ -2,10 +2,10 @@
 
 use candle_core::Tensor;
 
-use super::{
-    euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig,
-};
+use super::sigmas::{euler_init_sigma, euler_schedule};
+use super::{euler_denoised, NoiseSource, Scheduler, SchedulerConfig};
 
+/// Per-step state of an Euler run: its timesteps and noise levels.
 pub struct Euler {
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -14,9 +14,9 @@ pub struct Euler {
 }
 
 impl Euler {
+    /// Sets up `steps` steps; honours `use_karras_sigmas` and `final_sigmas_type`.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
-        let timesteps = config.float_timesteps(steps);
-        let sigmas = euler_sigmas(config, &timesteps);
+        let (timesteps, sigmas) = euler_schedule(config, steps);
         Self {
             init_sigma: euler_init_sigma(config, &sigmas),
             timesteps,
@@ -27,6 +27,14 @@ impl Euler {
 }
 
 impl Scheduler for Euler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_sigma(self.sigmas[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

@@ -3,10 +3,11 @@
 
 use candle_core::Tensor;
 
-use super::{
-    euler_denoised, euler_init_sigma, euler_sigmas, NoiseSource, Scheduler, SchedulerConfig,
-};
+use super::config::FinalSigmas;
+use super::sigmas::{euler_init_sigma, euler_schedule};
+use super::{euler_denoised, NoiseSource, Scheduler, SchedulerConfig};
 
+/// Per-step state of an Euler Ancestral run.
 pub struct EulerAncestral {
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -15,9 +16,12 @@ pub struct EulerAncestral {
 }
 
 impl EulerAncestral {
+    /// Sets up `steps` steps (diffusers' ancestral Euler has no Karras option).
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
-        let timesteps = config.float_timesteps(steps);
-        let sigmas = euler_sigmas(config, &timesteps);
+        let mut plain = config.clone();
+        plain.use_karras_sigmas = false;
+        plain.final_sigmas_type = FinalSigmas::Zero;
+        let (timesteps, sigmas) = euler_schedule(&plain, steps);
         Self {
             init_sigma: euler_init_sigma(config, &sigmas),
             timesteps,
@@ -28,6 +32,14 @@ impl EulerAncestral {
 }
 
 impl Scheduler for EulerAncestral {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        super::add_noise_at_sigma(self.sigmas[index], original, noise)
+    }
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

@@ -5,16 +5,26 @@
 
 mod config;
 mod ddim;
+mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod lcm;
+mod pndm;
+mod sigmas;
+mod unipc;
 
-pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{
+    BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SchedulerConfigFile,
+    TimestepSpacing,
+};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// Draws standard-normal noise shaped like the latents, one generator per image.
 pub trait NoiseSource {
+    /// Standard normals with the shape, dtype and device of `like`.
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor>;
 }
 
@@ -26,6 +36,18 @@ pub trait Scheduler: Send {
     fn init_noise_sigma(&self) -> f64;
     /// Scales the UNet input for the step at `index`.
     fn scale_model_input(&self, sample: Tensor, index: usize) -> candle_core::Result<Tensor>;
+    /// How many schedule entries one step spans (2 for Heun): img2img starts at
+    /// `skipped_steps * order`, as diffusers slices its timesteps.
+    fn order(&self) -> usize {
+        1
+    }
+    /// Noises a clean sample to the level of schedule entry `index` (img2img's start).
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor>;
     /// Takes the UNet output at step `index` and returns the next, less noisy sample.
     fn step(
         &mut self,
@@ -41,22 +63,54 @@ pub trait Scheduler: Send {
 pub enum SchedulerKind {
     #[serde(rename = "ddim")]
     Ddim,
+    #[serde(rename = "pndm")]
+    Pndm,
     #[serde(rename = "euler")]
     Euler,
     #[serde(rename = "euler-a")]
     EulerAncestral,
+    #[serde(rename = "heun")]
+    Heun,
+    #[serde(rename = "dpmpp-2m")]
+    DpmPp2m,
+    #[serde(rename = "dpmpp-2m-karras")]
+    DpmPp2mKarras,
+    #[serde(rename = "dpmpp-2m-sde-karras")]
+    DpmPp2mSdeKarras,
+    #[serde(rename = "unipc")]
+    UniPc,
+    #[serde(rename = "lcm")]
+    Lcm,
 }
 
 impl SchedulerKind {
     /// Every supported scheduler, in the order the API lists them.
-    pub const ALL: [SchedulerKind; 3] = [Self::Ddim, Self::Euler, Self::EulerAncestral];
+    pub const ALL: [SchedulerKind; 10] = [
+        Self::Ddim,
+        Self::Pndm,
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Heun,
+        Self::DpmPp2m,
+        Self::DpmPp2mKarras,
+        Self::DpmPp2mSdeKarras,
+        Self::UniPc,
+        Self::Lcm,
+    ];
 
     /// The name used in requests.
     pub fn name(self) -> &'static str {
         match self {
             Self::Ddim => "ddim",
+            Self::Pndm => "pndm",
             Self::Euler => "euler",
             Self::EulerAncestral => "euler-a",
+            Self::Heun => "heun",
+            Self::DpmPp2m => "dpmpp-2m",
+            Self::DpmPp2mKarras => "dpmpp-2m-karras",
+            Self::DpmPp2mSdeKarras => "dpmpp-2m-sde-karras",
+            Self::UniPc => "unipc",
+            Self::Lcm => "lcm",
         }
     }
 
@@ -64,8 +118,15 @@ impl SchedulerKind {
     pub fn a1111_name(self) -> &'static str {
         match self {
             Self::Ddim => "DDIM",
+            Self::Pndm => "PLMS",
             Self::Euler => "Euler",
             Self::EulerAncestral => "Euler a",
+            Self::Heun => "Heun",
+            Self::DpmPp2m => "DPM++ 2M",
+            Self::DpmPp2mKarras => "DPM++ 2M Karras",
+            Self::DpmPp2mSdeKarras => "DPM++ 2M SDE Karras",
+            Self::UniPc => "UniPC",
+            Self::Lcm => "LCM",
         }
     }
 
@@ -74,12 +135,21 @@ impl SchedulerKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Builds the scheduler for `steps` denoising steps.
-    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Box<dyn Scheduler> {
+    /// Builds the scheduler for `steps` denoising steps from the model's config file.
+    pub fn build(self, file: &SchedulerConfigFile, steps: usize) -> Box<dyn Scheduler> {
+        let config = &file.resolve(self);
         match self {
             Self::Ddim => Box::new(ddim::Ddim::new(config, steps)),
+            Self::Pndm => Box::new(pndm::Pndm::new(config, steps)),
             Self::Euler => Box::new(euler::Euler::new(config, steps)),
             Self::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config, steps)),
+            Self::Heun => Box::new(heun::Heun::new(config, steps)),
+            Self::DpmPp2m | Self::DpmPp2mKarras => {
+                Box::new(dpm_solver::DpmSolver::new(config, steps, false))
+            }
+            Self::DpmPp2mSdeKarras => Box::new(dpm_solver::DpmSolver::new(config, steps, true)),
+            Self::UniPc => Box::new(unipc::UniPc::new(config, steps)),
+            Self::Lcm => Box::new(lcm::Lcm::new(config, steps)),
         }
     }
 }
@@ -90,39 +160,24 @@ impl std::fmt::Display for SchedulerKind {
     }
 }
 
-/// Sigmas of the Euler family: `sqrt((1 - ᾱ) / ᾱ)` interpolated at `timesteps`, then 0.
-fn euler_sigmas(config: &SchedulerConfig, timesteps: &[f64]) -> Vec<f64> {
-    let table: Vec<f64> = config
-        .alphas_cumprod()
-        .iter()
-        .map(|&a| (((1.0 - a) / a) as f32).sqrt() as f64)
-        .collect();
-    let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &table)).collect();
-    sigmas.push(0.0);
-    sigmas
+/// `sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) n`: forward diffusion of the ᾱ-indexed schedulers.
+fn add_noise_at_timestep(
+    alphas_cumprod: &[f64],
+    t: f64,
+    original: &Tensor,
+    noise: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let a = alphas_cumprod[t as usize];
+    (original * a.sqrt())? + (noise * (1.0 - a).sqrt())?
 }
 
-/// `np.interp(x, arange(len(table)), table)`.
-fn interp(x: f64, table: &[f64]) -> f64 {
-    if x <= 0.0 {
-        return table[0];
-    }
-    let last = table.len() - 1;
-    if x >= last as f64 {
-        return table[last];
-    }
-    let i = x.floor() as usize;
-    let frac = x - i as f64;
-    table[i] + (table[i + 1] - table[i]) * frac
-}
-
-/// The initial noise scale of the Euler family.
-fn euler_init_sigma(config: &SchedulerConfig, sigmas: &[f64]) -> f64 {
-    let max = sigmas.iter().cloned().fold(0.0, f64::max);
-    match config.timestep_spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-        TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-    }
+/// `x + sigma n`: forward diffusion of the Euler family, whose samples are unscaled.
+fn add_noise_at_sigma(
+    sigma: f64,
+    original: &Tensor,
+    noise: &Tensor,
+) -> candle_core::Result<Tensor> {
+    original + (noise * sigma)?
 }
 
 /// The model's prediction of the clean sample, given the Euler-family `sigma`.
@@ -153,13 +208,5 @@ mod tests {
             assert_eq!(SchedulerKind::parse(kind.name()), Some(kind));
         }
         assert_eq!(SchedulerKind::parse("nope"), None);
-    }
-
-    #[test]
-    fn interp_matches_numpy() {
-        let table = [0.0, 10.0, 20.0];
-        assert_eq!(interp(0.5, &table), 5.0);
-        assert_eq!(interp(-1.0, &table), 0.0);
-        assert_eq!(interp(9.0, &table), 20.0);
     }
 }

@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Writes the parity fixtures under tests/fixtures/parity/ with diffusers as the reference.
+
+diffusers runs on CPU in float32 on the tiny model that our own binary writes
+(`sdq tiny-model`), so both sides read the very same weights. For every case the script
+keeps what a Rust test needs to reproduce diffusers without Python:
+
+* the starting latents (float32 NCHW, exactly what `latents=` would take),
+* every later random draw of the scheduler (ancestral / SDE / LCM noise), in draw order,
+* the output image as float32 NHWC in [0, 1] (`output_type="np"`), plus a PNG to look at.
+
+Random draws are not generated here but recorded: every `randn_tensor` call diffusers
+makes is intercepted, so the files hold exactly what diffusers used. The pipeline gets a
+list of `torch.Generator("cpu").manual_seed(seed + i)`, one per image, which is what
+`sdq --rng torch-cpu` reproduces; a case marked `seed_path` is also checked with no files.
+
+Usage (from the repository root):
+
+    scripts/parity/install.sh
+    cargo build --bin sdq
+    target/parity-venv/bin/python scripts/parity/generate_fixtures.py
+"""
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import PIL.Image
+import torch
+from safetensors.numpy import load_file
+
+import diffusers
+import transformers
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils import torch_utils
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "parity"
+TINY_SEED = 0
+# The tiny models, by the `--kind` our binary writes them with.
+MODELS = ["sd15", "sd2", "inpaint"]
+
+# Our API name -> how a diffusers user would select the same sampler on top of the model's
+# own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "dpmpp-2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpmpp-2m-karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp-2m-sde-karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+}
+
+CAT = "a photo of a cat sitting on a red chair, highly detailed"
+LONG = (
+    "oil painting of a mountain landscape at sunset, a castle on a hill, a river through the valley, "
+    "snow covered trees, blue sky and white clouds, a small house in the forest, a dog running on the "
+    "beach, an old man with a beard, a woman in a green dress, flowers in a vase, a bowl of fruit on a "
+    "wooden table, studio lighting, sharp focus, 4k, digital art of a city street at night with neon "
+    "lights, portrait of an astronaut riding a horse on the moon"
+)
+
+
+INIT_IMAGE = "img2img.init.png"
+MASK = "inpaint.mask.png"
+
+
+def write_init_image() -> None:
+    """A deterministic picture with edges, gradients and flat areas for img2img."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32) / 63.0
+    r = 0.5 + 0.5 * np.sin(6.0 * x + 2.0 * y)
+    g = ((x - 0.4) ** 2 + (y - 0.6) ** 2 < 0.08).astype(np.float32) * 0.8 + 0.1 * y
+    b = np.where(x + y > 1.0, 0.9, 0.2) * (1.0 - 0.5 * x)
+    rgb = (np.stack([r, g, b], axis=-1).clip(0, 1) * 255).round().astype(np.uint8)
+    PIL.Image.fromarray(rgb).save(OUT / INIT_IMAGE)
+    # White repaints: a disc and a bar, with soft (anti-aliased) edges to binarize.
+    disc = np.clip(1.0 - (np.sqrt((x - 0.35) ** 2 + (y - 0.4) ** 2) - 0.22) * 40.0, 0, 1)
+    bar = ((x > 0.6) & (x < 0.85) & (y > 0.1) & (y < 0.9)).astype(np.float32)
+    mask = (np.maximum(disc, bar) * 255).round().astype(np.uint8)
+    PIL.Image.fromarray(mask, mode="L").save(OUT / MASK)
+
+
+def case(name, scheduler, **kw):
+    c = {
+        "name": name,
+        "scheduler": scheduler,
+        "prompt": CAT,
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "guidance_scale": 7.5,
+        "num_images": 1,
+        "seed": 42,
+        "long_prompt": "truncate",
+        "seed_path": False,
+        "model": "sd15",
+        "init_image": None,
+        "strength": None,
+        "mask": None,
+        "scheduler_config": {},
+    }
+    c.update(kw)
+    return c
+
+
+CASES = [
+    case("ddim", "ddim"),
+    case("euler", "euler"),
+    case("euler-a", "euler-a", seed_path=True),
+    case("negative-prompt", "euler", negative_prompt="blurry, low quality, ugly", seed=7),
+    case("guidance-1", "euler", guidance_scale=1.0, seed=3),
+    case("batch-2", "euler-a", num_images=2, seed=11, seed_path=True),
+    case("long-prompt", "ddim", prompt=LONG, negative_prompt="cartoon, " * 50, seed=5),
+    case("pndm", "pndm", steps=6),
+    case("heun", "heun"),
+    case("dpmpp-2m", "dpmpp-2m", steps=6),
+    case("dpmpp-2m-karras", "dpmpp-2m-karras", steps=6),
+    case("dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", steps=6, seed_path=True),
+    case("unipc", "unipc", steps=6),
+    case("lcm", "lcm", guidance_scale=1.0, seed_path=True),
+    # SD 2.x: v-prediction, linear attention projections, gelu text encoder, "!" padding.
+    case("sd2-ddim", "ddim", model="sd2", negative_prompt="blurry"),
+    case("sd2-euler-a", "euler-a", model="sd2", seed=8, seed_path=True),
+    case("sd2-dpmpp-2m-karras", "dpmpp-2m-karras", model="sd2", steps=6),
+    case("sd2-heun", "heun", model="sd2"),
+    # img2img from a fixed 64x64 picture: the posterior sample, add_noise's noise, then
+    # the scheduler's own draws.
+    case("img2img-ddim", "ddim", init_image=INIT_IMAGE, strength=0.6, steps=5),
+    case("img2img-euler-a", "euler-a", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
+    case("img2img-heun", "heun", init_image=INIT_IMAGE, strength=0.6, steps=5),
+    case("img2img-dpmpp-2m-sde-karras", "dpmpp-2m-sde-karras", init_image=INIT_IMAGE, strength=0.5, steps=6),
+    # Inpainting: an ordinary UNet (masked latent blending) and a 9-channel one.
+    case("inpaint-blend-ddim", "ddim", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("inpaint-blend-euler-a", "euler-a", init_image=INIT_IMAGE, mask=MASK, strength=0.75, steps=4, seed_path=True),
+    case("inpaint-ddim", "ddim", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("inpaint-euler-a", "euler-a", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, seed_path=True),
+    case("inpaint-dpmpp-2m-karras", "dpmpp-2m-karras", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=0.6, steps=6),
+    # Scheduler settings that SD 1.5's own file does not use, written into the model's
+    # scheduler_config.json on our side and passed to from_config on diffusers'.
+    case("trailing-euler", "euler", scheduler_config={"timestep_spacing": "trailing"}),
+    case("karras-euler-sigma-min", "euler", scheduler_config={"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    case("pndm-prk", "pndm", steps=6, scheduler_config={"skip_prk_steps": False}),
+    case("cosine-ddim", "ddim", scheduler_config={"beta_schedule": "squaredcos_cap_v2"}),
+    case("unipc-order-3", "unipc", steps=8, scheduler_config={"solver_order": 3}),
+    case(
+        "sd2-zero-snr-ddim",
+        "ddim",
+        model="sd2",
+        scheduler_config={"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+    ),
+]
+
+TOKENIZER_PROMPTS = [
+    "",
+    "a photo of a cat",
+    "A Photo Of A CAT!!!",
+    "portrait of an astronaut, riding a horse; on the moon... (4k) [sharp focus]",
+    "3 dogs and 12 cats, 1920x1080, 0.5 weight, 2024-01-01",
+    "  lots   of\twhitespace \n and newlines  ",
+    "café crème brûlée, naïve façade",
+    "東京の夜景 and 日本語 text",
+    "emoji 🐱🚀 test ✨",
+    "don't can't we're I'll you've she'd it's",
+    "snake_case-and-kebab/with\\slashes @ # $ % ^ & *",
+    "ÀÉÎÕÜ uppercase accents",
+    "a cat<|endoftext|>a dog <|startoftext|>",
+    "mixed CASE with ﬁ ligature and full-width ＡＢＣ and e\u0301 combining",
+    LONG,
+    LONG + ", " + LONG,
+]
+
+RNG_CASES = [(0, 16), (0, 17), (1, 31), (42, 100), (42, 256), (7, 1000), (123456789, 4101), (2**32 + 5, 64)]
+
+
+def run_tiny_model(sdq: pathlib.Path, folder: pathlib.Path, kind: str) -> None:
+    subprocess.run(
+        [str(sdq), "tiny-model", "--out", str(folder), "--seed", str(TINY_SEED), "--kind", kind], check=True
+    )
+
+
+def fingerprint(folder: pathlib.Path) -> dict:
+    """Sums of |w| per component, so a test can tell that its tiny model is this one."""
+    out = {}
+    for part, file in [
+        ("text_encoder", "model.safetensors"),
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+    ]:
+        tensors = load_file(folder / part / file)
+        out[part] = {
+            "tensors": len(tensors),
+            "abs_sum": float(sum(np.abs(t.astype(np.float64)).sum() for t in tensors.values())),
+        }
+    return out
+
+
+class DrawRecorder:
+    """Replaces diffusers' `randn_tensor` everywhere it was imported and keeps each draw."""
+
+    def __init__(self):
+        self.original = torch_utils.randn_tensor
+        self.draws = []
+        self.patched = []
+
+    def __enter__(self):
+        def recording(*args, **kwargs):
+            value = self.original(*args, **kwargs)
+            self.draws.append(value.detach().to(torch.float32).cpu().numpy().copy())
+            return value
+
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__name__", "") or ""
+            if name.startswith("diffusers") and getattr(module, "randn_tensor", None) is self.original:
+                module.randn_tensor = recording
+                self.patched.append(module)
+        return self
+
+    def __exit__(self, *exc):
+        for module in self.patched:
+            module.randn_tensor = self.original
+
+
+def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+    np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def write_pipeline_cases(pipes: dict) -> list:
+    manifest = []
+    # Every case starts from the model's own scheduler config, never from a previous case's.
+    bases = {name: pipe.scheduler.config for name, pipe in pipes.items()}
+    for c in CASES:
+        pipe = pipes[c["model"]]
+        base = bases[c["model"]]
+        cls, overrides = SCHEDULERS[c["scheduler"]]
+        pipe.scheduler = cls.from_config(base, **{**overrides, **c["scheduler_config"]})
+        n = c["num_images"]
+        generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(n)]
+        common = dict(
+            prompt=c["prompt"],
+            negative_prompt=c["negative_prompt"] or None,
+            num_inference_steps=c["steps"],
+            guidance_scale=c["guidance_scale"],
+            num_images_per_prompt=n,
+            generator=generators,
+            output_type="np",
+        )
+        with DrawRecorder() as rec:
+            if c["mask"]:
+                assert n == 1, "posterior draws of a batch would need merging"
+                inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+                inpaint.set_progress_bar_config(disable=True)
+                init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
+                mask = PIL.Image.open(OUT / c["mask"])
+                result = inpaint(
+                    image=init, mask_image=mask, strength=c["strength"], width=c["width"], height=c["height"], **common
+                )
+            elif c["init_image"]:
+                img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+                img2img.set_progress_bar_config(disable=True)
+                init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
+                result = img2img(image=init, strength=c["strength"], **common)
+            else:
+                result = pipe(width=c["width"], height=c["height"], **common)
+        images = result.images.astype(np.float32)
+        stem = c["name"]
+        entry = dict(c)
+        entry["latents"] = None
+        entry["noise"] = None
+        if c["mask"]:
+            noise = rec.draws
+        elif c["init_image"]:
+            # The posterior is sampled image by image; as one draw it is their batch.
+            noise = [np.concatenate(rec.draws[:n])] + rec.draws[n:]
+        else:
+            latents, noise = rec.draws[0], rec.draws[1:]
+            save_npy(OUT / f"{stem}.latents.npy", latents)
+            entry["latents"] = f"{stem}.latents.npy"
+        if noise:
+            save_npy(OUT / f"{stem}.noise.npy", np.stack(noise))
+            entry["noise"] = f"{stem}.noise.npy"
+        save_npy(OUT / f"{stem}.image.npy", images)
+        entry["image"] = f"{stem}.image.npy"
+        pipe.numpy_to_pil(images)[0].save(OUT / f"{stem}.png")
+        entry["diffusers_scheduler"] = {
+            "class": cls.__name__,
+            "overrides": overrides,
+            "timesteps": [float(t) for t in pipe.scheduler.timesteps],
+        }
+        manifest.append(entry)
+        print(f"{stem}: {cls.__name__} {len(noise)} noise draws, mean {images.mean():.4f}", flush=True)
+    return manifest
+
+
+def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path, model: str) -> None:
+    """What diffusers feeds the text encoder for each prompt (its own tokenizer), checked
+    against transformers' CLIP tokenizer built from vocab.json + merges.txt alone, so the
+    ids do not merely echo the tokenizer.json our binary wrote."""
+    tok = pipe.tokenizer
+    vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())
+    merges = [
+        tuple(line.split())
+        for line in (folder / "tokenizer" / "merges.txt").read_text().splitlines()[1:]
+        if line.strip()
+    ]
+    config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    pad = config["pad_token"]["content"] if isinstance(config["pad_token"], dict) else config["pad_token"]
+    plain = transformers.CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad)
+    lines = []
+    for prompt in TOKENIZER_PROMPTS:
+        full = tok(prompt).input_ids
+        window = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        assert plain(prompt).input_ids == full, f"transformers' two CLIP tokenizers disagree on {prompt!r}"
+        lines.append(json.dumps({"prompt": prompt, "ids": full, "truncated": window}, ensure_ascii=False))
+    doc = '{\n "tokenizer_class": "%s",\n "cases": [\n  %s\n ]\n}\n' % (type(tok).__name__, ",\n  ".join(lines))
+    (OUT / f"tokenizer-ids.{model}.json").write_text(doc)
+
+
+def write_rng() -> None:
+    cases = []
+    for seed, n in RNG_CASES:
+        gen = torch.Generator("cpu").manual_seed(seed)
+        values = torch.randn(n, generator=gen, dtype=torch.float32).numpy()
+        # A second draw from the same generator checks that the state advances like torch's.
+        more = torch.randn(n, generator=gen, dtype=torch.float32).numpy()
+        file = f"rng-{seed}-{n}.npy"
+        save_npy(OUT / file, np.stack([values, more]))
+        cases.append({"seed": seed, "n": n, "file": file})
+    (OUT / "rng.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sdq", type=pathlib.Path, default=ROOT / "target" / "debug" / "sdq")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipes, models = {}, {}
+        for model in MODELS:
+            folder = pathlib.Path(tmp) / model
+            run_tiny_model(args.sdq, folder, model)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.set_progress_bar_config(disable=True)
+            write_tokenizer_ids(pipe, folder, model)
+            pipes[model] = pipe
+            models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
+        write_init_image()
+        cases = write_pipeline_cases(pipes)
+        write_rng()
+        manifest = {
+            "generated_by": "scripts/parity/generate_fixtures.py",
+            "versions": {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+            },
+            "tiny_models": models,
+            "tolerance": 2.0 / 255.0,
+            "cases": cases,
+        }
+        (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {len(CASES)} pipeline cases to {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
