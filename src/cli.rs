@@ -235,9 +235,7 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
-/// Reads an img2img start image as 8-bit RGB, resized (Lanczos, as diffusers' image
-/// processor does) to the requested size or to its own size rounded down to 8 pixels,
-/// and its inpainting mask as gray levels of the same size.
+/// Reads an img2img start image (and inpainting mask) from files.
 fn load_init_image(
     path: &Path,
     mask: Option<&Path>,
@@ -245,52 +243,17 @@ fn load_init_image(
     height: Option<usize>,
     strength: Option<f64>,
 ) -> anyhow::Result<InitImage> {
-    let image = image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_rgb8();
-    let w = width.unwrap_or(image.width() as usize / 8 * 8);
-    let h = height.unwrap_or(image.height() as usize / 8 * 8);
-    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
-        image
-    } else {
-        image::imageops::resize(
-            &image,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Lanczos3,
-        )
-    };
+    let image = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mask = mask
-        .map(|p| -> anyhow::Result<Vec<u8>> {
-            let rgb = image::open(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .to_rgb8();
-            // PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, rounded.
-            let gray = image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-                let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
-                image::Luma([((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
-            });
-            let gray = if (gray.width() as usize, gray.height() as usize) == (w, h) {
-                gray
-            } else {
-                image::imageops::resize(
-                    &gray,
-                    w as u32,
-                    h as u32,
-                    image::imageops::FilterType::Lanczos3,
-                )
-            };
-            Ok(gray.into_raw())
-        })
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
-    let default_strength = if mask.is_some() { 1.0 } else { 0.8 };
-    Ok(InitImage {
-        width: w,
-        height: h,
-        rgb: image.into_raw(),
-        strength: strength.unwrap_or(default_strength),
-        mask,
-    })
+    Ok(crate::inference::init_image::init_image(
+        &image,
+        mask.as_deref(),
+        width,
+        height,
+        strength,
+    )?)
 }
 
 fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
@@ -400,6 +363,10 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .as_str()
             .unwrap_or("chunk")
             .into(),
+        // Locally, the inputs are named by their paths.
+        init_image: args.init_image.as_ref().map(|p| p.display().to_string()),
+        mask_image: args.mask.as_ref().map(|p| p.display().to_string()),
+        strength: request.init_image.as_ref().map(|i| i.strength),
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

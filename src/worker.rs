@@ -177,6 +177,7 @@ pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngM
         width: spec.width,
         height: spec.height,
         model: spec.model.clone(),
+        strength: spec.init_image.as_ref().and(spec.strength),
         spec: serde_json::to_value(JobSpec {
             seed,
             num_images: 1,
@@ -317,6 +318,14 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return self.finish_failed(&lease, &e.to_string(), None).await,
         };
+        let inputs = match self.fetch_inputs(&job.spec).await {
+            Ok(inputs) => inputs,
+            Err((error, retry)) => {
+                let retry = retry
+                    .then(|| crate::queue::retry::backoff(job.attempt, self.config.retry_base));
+                return self.finish_failed(&lease, &error, retry).await;
+            }
+        };
         let flags = Arc::new(StopFlags::default());
         flags.cancel.store(job.cancel_requested, Ordering::Relaxed);
         *self.current.lock().expect("current lock") = Some((job.id, flags.clone()));
@@ -356,7 +365,9 @@ impl Worker {
             let engine = self.engine.clone();
             let flags = flags.clone();
             let spec = job.spec.clone();
-            tokio::task::spawn_blocking(move || render(&engine, &spec, &request, &flags, steps_tx))
+            tokio::task::spawn_blocking(move || {
+                render(&engine, &spec, request, inputs, &flags, steps_tx)
+            })
         };
         tokio::pin!(blocking);
         let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -410,6 +421,29 @@ impl Worker {
                     .await
             }
         }
+    }
+
+    /// Reads the img2img start image and mask of a job from the object store. Errors say
+    /// whether a retry could help (a store outage) or not (the object is gone).
+    async fn fetch_inputs(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<(Bytes, Option<Bytes>)>, (String, bool)> {
+        let Some(init_key) = &spec.init_image else {
+            return Ok(None);
+        };
+        let fetch = |key: String| async move {
+            self.images.get(&key).await.map_err(|e| {
+                let retry = !matches!(e, crate::storage::StorageError::NotFound(_));
+                (format!("reading input image {key} failed: {e}"), retry)
+            })
+        };
+        let image = fetch(init_key.clone()).await?;
+        let mask = match &spec.mask_image {
+            Some(key) => Some(fetch(key.clone()).await?),
+            None => None,
+        };
+        Ok(Some((image, mask)))
     }
 
     async fn finish_failed(&self, lease: &Lease, error: &str, retry: Option<Duration>) {
@@ -483,15 +517,25 @@ impl Worker {
 fn render(
     engine: &Engine,
     spec: &JobSpec,
-    request: &GenerateRequest,
+    mut request: GenerateRequest,
+    inputs: Option<(Bytes, Option<Bytes>)>,
     flags: &StopFlags,
     steps: mpsc::UnboundedSender<inference::StepProgress>,
 ) -> Result<Rendered, InferenceError> {
+    if let Some((image, mask)) = inputs {
+        request.init_image = Some(crate::inference::init_image::init_image(
+            &image,
+            mask.as_deref(),
+            Some(request.width),
+            Some(request.height),
+            spec.strength,
+        )?);
+    }
     let t0 = Instant::now();
     let sd = engine.get(&spec.model)?;
     let load_ms = t0.elapsed().as_millis() as u64;
     let t1 = Instant::now();
-    let images = sd.generate(request, &mut |p| {
+    let images = sd.generate(&request, &mut |p| {
         let _ = steps.send(p);
         if flags.any() {
             ControlFlow::Break(())

@@ -29,6 +29,7 @@ fn spec(model: &str, prompt: &str) -> JobSpec {
         scheduler: "euler-a".into(),
         num_images: 1,
         long_prompt: "chunk".into(),
+        ..Default::default()
     }
 }
 

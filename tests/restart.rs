@@ -40,6 +40,7 @@ async fn jobs_queued_while_down_are_processed_after_restart() {
                 scheduler: "euler".into(),
                 num_images: 1,
                 long_prompt: "chunk".into(),
+                ..Default::default()
             },
             priority: 0,
             max_attempts: 3,

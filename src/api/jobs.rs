@@ -113,15 +113,42 @@ pub async fn submit(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
         _ => ApiError::MalformedJson(e.body_text()),
     })?;
-    let (spec, priority) = parse_body(&body)?.into_spec(&state.settings)?;
-    let job = state
+    let submission = parse_body(&body)?.into_submission(&state.settings)?;
+    let mut spec = submission.spec;
+    // Inputs are stored before the job exists, so a worker never sees a job whose inputs
+    // are missing; if queuing then fails, they are removed again.
+    let inputs_prefix = format!("inputs/{}", uuid::Uuid::new_v4());
+    let mut stored = Vec::new();
+    for (name, bytes) in [
+        ("init", submission.init_image),
+        ("mask", submission.mask_image),
+    ] {
+        let Some(bytes) = bytes else { continue };
+        let key = format!("{inputs_prefix}/{name}");
+        state.images.put(&key, bytes.into()).await?;
+        stored.push(key.clone());
+        match name {
+            "init" => spec.init_image = Some(key),
+            _ => spec.mask_image = Some(key),
+        }
+    }
+    let queued = state
         .queue
         .submit(NewJob {
             spec,
-            priority,
+            priority: submission.priority,
             max_attempts: state.settings.max_attempts,
         })
-        .await?;
+        .await;
+    let job = match queued {
+        Ok(job) => job,
+        Err(e) => {
+            for key in &stored {
+                let _ = state.images.delete(key).await;
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(job_id = %job.id, model = %job.spec.model, "job submitted");
     let body = json!({"id": job.id, "status": job.status, "links": links(job.id)});
     Ok((

@@ -9,8 +9,9 @@ use super::{ApiError, ApiSettings};
 use crate::inference::{hub, SchedulerKind};
 use crate::queue::JobSpec;
 
-/// Bodies larger than this are refused with 413 before parsing.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Bodies larger than this are refused with 413 before parsing (room for a base64 start
+/// image and mask).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 /// Upper bounds on what one job may ask for.
 #[derive(Debug, Clone)]
@@ -65,6 +66,41 @@ pub struct SubmitRequest {
     pub priority: Option<i32>,
     #[serde(default)]
     pub long_prompt: Option<String>,
+    /// img2img / inpaint: the start image, base64 (a `data:` URL is fine too).
+    #[serde(default)]
+    pub init_image: Option<String>,
+    /// Inpaint: the mask, base64; white is repainted.
+    #[serde(default)]
+    pub mask_image: Option<String>,
+    /// img2img / inpaint: 0 < strength ≤ 1 (default 0.8, inpaint 1.0).
+    #[serde(default)]
+    pub strength: Option<f64>,
+}
+
+/// A validated submission: the spec (input keys still unset), its priority, and the
+/// decoded input images to store before the job is queued.
+#[derive(Debug)]
+pub struct Submission {
+    pub spec: JobSpec,
+    pub priority: i32,
+    pub init_image: Option<Vec<u8>>,
+    pub mask_image: Option<Vec<u8>>,
+}
+
+/// Decodes a base64 (or `data:…;base64,`) field into bytes that form a readable image,
+/// returning the bytes and the image's own size rounded down to 8.
+fn input_image(field: &str, value: &str) -> Result<(Vec<u8>, (usize, usize)), ApiError> {
+    use base64::Engine;
+    let data = match value.split_once(";base64,") {
+        Some((prefix, data)) if prefix.starts_with("data:") => data,
+        _ => value,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ApiError::invalid(field, format!("{field} is not valid base64: {e}")))?;
+    let image = crate::inference::init_image::decode(&bytes, field)
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    Ok((bytes, crate::inference::init_image::default_size(&image)))
 }
 
 /// Parses the raw body, naming the offending field when the JSON is well-formed.
@@ -108,8 +144,8 @@ fn quoted(message: &str, prefix: &str) -> Option<String> {
 }
 
 impl SubmitRequest {
-    /// Applies defaults and bounds; returns the spec, the priority, or the first bad field.
-    pub fn into_spec(self, settings: &ApiSettings) -> Result<(JobSpec, i32), ApiError> {
+    /// Applies defaults and bounds; returns the submission, or the first bad field.
+    pub fn into_submission(self, settings: &ApiSettings) -> Result<Submission, ApiError> {
         let limits = &settings.limits;
         let prompt = self.prompt;
         if prompt.trim().is_empty() {
@@ -145,11 +181,45 @@ impl SubmitRequest {
             ));
         }
         let defaults = hub::known(&model);
+        let init = self
+            .init_image
+            .as_deref()
+            .map(|v| input_image("init_image", v))
+            .transpose()?;
+        let mask = self
+            .mask_image
+            .as_deref()
+            .map(|v| input_image("mask_image", v))
+            .transpose()?;
+        if mask.is_some() && init.is_none() {
+            return Err(ApiError::invalid(
+                "mask_image",
+                "mask_image needs an init_image to repaint",
+            ));
+        }
+        if let Some(strength) = self.strength {
+            if init.is_none() {
+                return Err(ApiError::invalid(
+                    "strength",
+                    "strength applies to an init_image",
+                ));
+            }
+            if !strength.is_finite() || strength <= 0.0 || strength > 1.0 {
+                return Err(ApiError::invalid(
+                    "strength",
+                    "strength must be greater than 0 and at most 1",
+                ));
+            }
+        }
+        // A start image gives its own size unless the request names one.
+        let own_size = init.as_ref().map(|(_, (w, h))| (*w as u32, *h as u32));
         let width = self
             .width
+            .or(own_size.map(|s| s.0))
             .unwrap_or(defaults.map_or(512, |d| d.default_width as u32));
         let height = self
             .height
+            .or(own_size.map(|s| s.1))
             .unwrap_or(defaults.map_or(512, |d| d.default_height as u32));
         for (field, value) in [("width", width), ("height", height)] {
             if value % 8 != 0 || value < 64 || value > limits.max_side {
@@ -234,8 +304,8 @@ impl SubmitRequest {
         let seed = self
             .seed
             .unwrap_or_else(|| (uuid::Uuid::new_v4().as_u128() as u64) >> 32);
-        Ok((
-            JobSpec {
+        Ok(Submission {
+            spec: JobSpec {
                 prompt,
                 negative_prompt,
                 model,
@@ -247,9 +317,17 @@ impl SubmitRequest {
                 scheduler,
                 num_images,
                 long_prompt,
+                init_image: None,
+                mask_image: None,
+                strength: init.as_ref().map(|_| {
+                    self.strength
+                        .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 })
+                }),
             },
             priority,
-        ))
+            init_image: init.map(|(bytes, _)| bytes),
+            mask_image: mask.map(|(bytes, _)| bytes),
+        })
     }
 }
 
@@ -281,7 +359,7 @@ mod tests {
 
     fn field_of(body: &str) -> (String, Option<String>) {
         let err = parse_body(body.as_bytes())
-            .and_then(|r| r.into_spec(&settings()).map(|_| ()))
+            .and_then(|r| r.into_submission(&settings()).map(|_| ()))
             .unwrap_err();
         match err {
             ApiError::Invalid { field, .. } => ("invalid".into(), field),
@@ -292,10 +370,11 @@ mod tests {
 
     #[test]
     fn defaults_fill_a_minimal_request() {
-        let (spec, priority) = parse_body(br#"{"prompt":"a cat"}"#)
+        let submission = parse_body(br#"{"prompt":"a cat"}"#)
             .unwrap()
-            .into_spec(&settings())
+            .into_submission(&settings())
             .unwrap();
+        let (spec, priority) = (submission.spec, submission.priority);
         assert_eq!(
             (spec.width, spec.height, spec.steps, spec.num_images),
             (64, 64, 4, 1)

@@ -18,60 +18,101 @@ pub struct KnownModel {
     pub default_guidance: f64,
 }
 
-/// The short names; `tiny` is generated locally and needs no network.
+/// The short names; `tiny` is generated locally and needs no network. Defaults are the
+/// ones each model card recommends (turbo models: 1 step, no guidance).
 pub const KNOWN_MODELS: &[KnownModel] = &[
-    KnownModel {
-        name: "tiny",
-        repo: "",
-        description: "small random model generated on first use (tests, demos)",
-        default_width: 64,
-        default_height: 64,
-        default_steps: 4,
-        default_guidance: 7.5,
-    },
-    KnownModel {
-        name: "sd-turbo",
-        repo: "stabilityai/sd-turbo",
-        description: "SD 2.1 distilled for 1-4 steps",
-        default_width: 512,
-        default_height: 512,
-        default_steps: 1,
-        default_guidance: 0.0,
-    },
-    KnownModel {
-        name: "v1-5",
-        repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description: "Stable Diffusion 1.5",
-        default_width: 512,
-        default_height: 512,
-        default_steps: 30,
-        default_guidance: 7.5,
-    },
-    KnownModel {
-        name: "v2-1",
-        repo: "stabilityai/stable-diffusion-2-1",
-        description: "Stable Diffusion 2.1 (v-prediction)",
-        default_width: 768,
-        default_height: 768,
-        default_steps: 30,
-        default_guidance: 7.5,
-    },
+    known_model(
+        "tiny",
+        "",
+        "small random model generated on first use (tests, demos)",
+        64,
+        4,
+        7.5,
+    ),
+    known_model(
+        "sd-turbo",
+        "stabilityai/sd-turbo",
+        "SD 2.1 distilled for 1-4 steps",
+        512,
+        1,
+        0.0,
+    ),
+    known_model(
+        "v1-5",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5",
+        512,
+        30,
+        7.5,
+    ),
+    known_model(
+        "v1-5-inpaint",
+        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+        "Stable Diffusion 1.5 inpainting (9-channel UNet)",
+        512,
+        30,
+        7.5,
+    ),
+    known_model(
+        "v2-1",
+        "stabilityai/stable-diffusion-2-1",
+        "Stable Diffusion 2.1 (v-prediction)",
+        768,
+        30,
+        7.5,
+    ),
+    known_model(
+        "v2-inpaint",
+        "stabilityai/stable-diffusion-2-inpainting",
+        "Stable Diffusion 2 inpainting (9-channel UNet)",
+        512,
+        30,
+        7.5,
+    ),
+    known_model(
+        "xl",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "Stable Diffusion XL base 1.0",
+        1024,
+        30,
+        5.0,
+    ),
+    known_model(
+        "xl-inpaint",
+        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+        "Stable Diffusion XL inpainting 0.1",
+        1024,
+        30,
+        8.0,
+    ),
+    known_model(
+        "xl-turbo",
+        "stabilityai/sdxl-turbo",
+        "SDXL distilled for 1-4 steps",
+        512,
+        1,
+        0.0,
+    ),
 ];
 
-/// Files a diffusers SD 1.x/2.x folder needs.
-const REQUIRED_FILES: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "tokenizer/tokenizer_config.json",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-];
+const fn known_model(
+    name: &'static str,
+    repo: &'static str,
+    description: &'static str,
+    size: usize,
+    steps: usize,
+    guidance: f64,
+) -> KnownModel {
+    KnownModel {
+        name,
+        repo,
+        description,
+        default_width: size,
+        default_height: size,
+        default_steps: steps,
+        default_guidance: guidance,
+    }
+}
 
 /// Looks a short name up.
 pub fn known(name: &str) -> Option<&'static KnownModel> {
@@ -105,7 +146,48 @@ pub fn resolve(model: &str, models_dir: &Path) -> Result<PathBuf, InferenceError
     Err(InferenceError::UnknownModel(model.to_string()))
 }
 
-/// Fetches a repo's SD files, from the local cache when they are all there.
+/// The files of one pipeline component that loading needs, by its folder name in
+/// `model_index.json` (`unet`, `vae`, `text_encoder_2`, `tokenizer`, `scheduler`, ...).
+fn component_files(component: &str) -> Vec<String> {
+    let files: &[&str] = if component.starts_with("tokenizer") {
+        &[
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ]
+    } else if component.starts_with("text_encoder") {
+        &["config.json", "model.safetensors"]
+    } else if component == "scheduler" {
+        &["scheduler_config.json"]
+    } else if component == "unet" || component == "vae" {
+        &["config.json", "diffusion_pytorch_model.safetensors"]
+    } else {
+        // safety_checker, feature_extractor, image_encoder: not used for generation.
+        &[]
+    };
+    files.iter().map(|f| format!("{component}/{f}")).collect()
+}
+
+/// Every file to fetch for a pipeline, from its `model_index.json`: components whose
+/// entry is `[library, class]` (a `null` class means the pipeline has none).
+pub fn pipeline_files(model_index: &serde_json::Value) -> Vec<String> {
+    let mut files = vec!["model_index.json".to_string()];
+    if let Some(map) = model_index.as_object() {
+        let mut names: Vec<&String> = map
+            .iter()
+            .filter(|(k, v)| !k.starts_with('_') && v.get(1).is_some_and(|c| !c.is_null()))
+            .map(|(k, _)| k)
+            .collect();
+        names.sort();
+        for name in names {
+            files.extend(component_files(name));
+        }
+    }
+    files
+}
+
+/// Fetches a repo's files, from the local cache when they are all there.
 fn download(model: &str, repo: &str) -> Result<PathBuf, InferenceError> {
     let unavailable = |reason: String| InferenceError::ModelUnavailable {
         model: model.to_string(),
@@ -117,12 +199,14 @@ fn download(model: &str, repo: &str) -> Result<PathBuf, InferenceError> {
     };
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(repo.to_string());
-    if let Some(paths) = REQUIRED_FILES
-        .iter()
-        .map(|f| cached.get(f))
-        .collect::<Option<Vec<_>>>()
-    {
-        return snapshot_root(&paths[0]);
+    if let Some(index_path) = cached.get("model_index.json") {
+        let index: serde_json::Value = super::model_config::read_json(&index_path)?;
+        if pipeline_files(&index)
+            .iter()
+            .all(|f| cached.get(f).is_some())
+        {
+            return snapshot_root(&index_path);
+        }
     }
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
         return Err(unavailable(
@@ -134,14 +218,17 @@ fn download(model: &str, repo: &str) -> Result<PathBuf, InferenceError> {
         .build()
         .map_err(|e| unavailable(format!("cannot start the hub client: {e}")))?;
     let repo_api = api.model(repo.to_string());
-    let mut first = None;
-    for file in REQUIRED_FILES {
-        let path = repo_api
+    let fetch = |file: &str| {
+        repo_api
             .get(file)
-            .map_err(|e| unavailable(format!("downloading {file} from the hub failed: {e}")))?;
-        first.get_or_insert(path);
+            .map_err(|e| unavailable(format!("downloading {file} from the hub failed: {e}")))
+    };
+    let index_path = fetch("model_index.json")?;
+    let index: serde_json::Value = super::model_config::read_json(&index_path)?;
+    for file in pipeline_files(&index) {
+        fetch(&file)?;
     }
-    snapshot_root(&first.expect("at least one file"))
+    snapshot_root(&index_path)
 }
 
 /// `model_index.json` sits at the root of the snapshot folder.
@@ -155,6 +242,47 @@ fn snapshot_root(model_index: &Path) -> Result<PathBuf, InferenceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_to_fetch_follow_model_index() {
+        let sdxl = serde_json::json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "feature_extractor": [null, null],
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        });
+        let files = pipeline_files(&sdxl);
+        assert!(files.contains(&"text_encoder_2/model.safetensors".to_string()));
+        assert!(files.contains(&"tokenizer_2/merges.txt".to_string()));
+        assert!(files.contains(&"scheduler/scheduler_config.json".to_string()));
+        assert!(files.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
+        assert!(!files.iter().any(|f| f.starts_with("feature_extractor")));
+        assert_eq!(files.len(), 1 + 1 + 2 * 2 + 2 * 4 + 2 + 2);
+    }
+
+    #[test]
+    fn every_family_has_a_name() {
+        for name in [
+            "sd-turbo",
+            "v1-5",
+            "v1-5-inpaint",
+            "v2-1",
+            "v2-inpaint",
+            "xl",
+            "xl-inpaint",
+            "xl-turbo",
+            "tiny",
+        ] {
+            assert!(known(name).is_some(), "{name}");
+        }
+        assert_eq!(known("xl").unwrap().default_width, 1024);
+        assert_eq!(known("xl-turbo").unwrap().default_guidance, 0.0);
+    }
 
     #[test]
     fn unknown_names_are_rejected_without_network() {

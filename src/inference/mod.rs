@@ -6,6 +6,7 @@
 pub mod clip;
 pub mod error;
 pub mod hub;
+pub mod init_image;
 pub mod model_config;
 pub mod pipeline;
 pub mod rng;

@@ -8,7 +8,7 @@ use super::JobStatus;
 /// A validated generation request, stored with the job as JSON.
 ///
 /// Plain values only: the queue does not know the inference types; the worker converts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub prompt: String,
     pub negative_prompt: String,
@@ -21,6 +21,15 @@ pub struct JobSpec {
     pub scheduler: String,
     pub num_images: u32,
     pub long_prompt: String,
+    /// img2img / inpaint: object-store key of the uploaded start image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+    /// Inpaint: object-store key of the mask (white = repaint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_image: Option<String>,
+    /// How much of the start image is replaced (0 keeps it, 1 repaints it entirely).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// What `enqueue` needs.

@@ -16,6 +16,8 @@ pub struct PngMetadata {
     pub width: u32,
     pub height: u32,
     pub model: String,
+    /// img2img / inpaint: A1111's "Denoising strength".
+    pub strength: Option<f64>,
     /// The full job spec, written as the `sdq` JSON chunk.
     pub spec: serde_json::Value,
 }
@@ -38,6 +40,9 @@ impl PngMetadata {
             self.height,
             self.model
         ));
+        if let Some(strength) = self.strength {
+            text.push_str(&format!(", Denoising strength: {strength}"));
+        }
         text
     }
 }
@@ -105,6 +110,7 @@ mod tests {
             width: 2,
             height: 1,
             model: "tiny".into(),
+            strength: None,
             spec: serde_json::json!({"prompt": prompt, "seed": 42}),
         }
     }
