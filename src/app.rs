@@ -111,6 +111,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.device = crate::cli::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
         wc.dtype = crate::cli::parse_dtype(&serve.dtype)?;
+        crate::cli::check_device_dtype(&wc.device, wc.dtype)?;
         let worker = Worker::new(queue.clone(), images.clone(), wc);
         tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }

@@ -226,6 +226,14 @@ pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
     }
 }
 
+/// Refuses combinations candle cannot run, before any model is loaded.
+pub fn check_device_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
+    if device.is_cpu() && dtype == DType::BF16 {
+        bail!("bf16 matrix products are not supported on the CPU; use --dtype f32 or f16");
+    }
+    Ok(())
+}
+
 fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     if count == 1 {
         return base.to_path_buf();
@@ -273,6 +281,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     }
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
+    check_device_dtype(&device, dtype)?;
     let defaults = hub::known(&config.model);
     let init_image = args
         .init_image

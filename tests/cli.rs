@@ -183,3 +183,58 @@ fn offline_hub_model_fails_clearly() {
     assert!(err.contains("v1-5") && err.contains("--model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn half_precision_runs_close_to_f32_and_bf16_on_cpu_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pixels = |bytes: &[u8]| {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        buf
+    };
+    let full = pixels(&generate(
+        dir.path(),
+        "tiny",
+        "3",
+        "f32.png",
+        &["--scheduler", "ddim"],
+    ));
+    let half = pixels(&generate(
+        dir.path(),
+        "tiny",
+        "3",
+        "f16.png",
+        &["--scheduler", "ddim", "--dtype", "f16"],
+    ));
+    let mean_diff = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / full.len() as f64;
+    assert!(
+        mean_diff < 8.0,
+        "f16 drifts {mean_diff} levels on average from f32"
+    );
+    let out = std::process::Command::new(common::sdq_bin())
+        .args([
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--model",
+            "tiny",
+            "generate",
+            "--prompt",
+            "x",
+            "--dtype",
+            "bf16",
+            "-o",
+        ])
+        .arg(dir.path().join("bf16.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bf16"));
+}

@@ -38,10 +38,24 @@ async fn img2img_and_inpaint_run_from_rest() {
         .await;
     let job = server.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!((job["request"]["width"].as_u64(), job["request"]["height"].as_u64()), (Some(72), Some(96)));
+    assert_eq!(
+        (
+            job["request"]["width"].as_u64(),
+            job["request"]["height"].as_u64()
+        ),
+        (Some(72), Some(96))
+    );
     assert_eq!(job["request"]["strength"], 0.5);
     let url = job["images"][0]["url"].as_str().unwrap();
-    let bytes = server.client.get(server.url(url)).send().await.unwrap().bytes().await.unwrap();
+    let bytes = server
+        .client
+        .get(server.url(url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let (w, h, chunks) = decode_png(&bytes);
     assert_eq!((w, h), (72, 96));
     let params = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
@@ -57,7 +71,10 @@ async fn img2img_and_inpaint_run_from_rest() {
         .await;
     let job = server.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["request"]["strength"], 1.0, "inpainting repaints fully by default");
+    assert_eq!(
+        job["request"]["strength"], 1.0,
+        "inpainting repaints fully by default"
+    );
     assert!(job["request"]["mask_image"].as_str().is_some());
     server.stop().await;
 }
@@ -70,14 +87,35 @@ async fn bad_start_images_are_422_naming_the_field() {
     bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
     let cases = [
-        (json!({"prompt": "a", "init_image": "not base64!!"}), "init_image"),
-        (json!({"prompt": "a", "init_image": b64(b"plain text, not an image")}), "init_image"),
-        (json!({"prompt": "a", "init_image": b64(&bomb)}), "init_image"),
-        (json!({"prompt": "a", "init_image": b64(&png(20, 20, false))}), "width"),
+        (
+            json!({"prompt": "a", "init_image": "not base64!!"}),
+            "init_image",
+        ),
+        (
+            json!({"prompt": "a", "init_image": b64(b"plain text, not an image")}),
+            "init_image",
+        ),
+        (
+            json!({"prompt": "a", "init_image": b64(&bomb)}),
+            "init_image",
+        ),
+        (
+            json!({"prompt": "a", "init_image": b64(&png(20, 20, false))}),
+            "width",
+        ),
         (json!({"prompt": "a", "mask_image": good}), "mask_image"),
-        (json!({"prompt": "a", "init_image": good, "mask_image": "%%%"}), "mask_image"),
-        (json!({"prompt": "a", "init_image": good, "strength": 0}), "strength"),
-        (json!({"prompt": "a", "init_image": good, "strength": 1.5}), "strength"),
+        (
+            json!({"prompt": "a", "init_image": good, "mask_image": "%%%"}),
+            "mask_image",
+        ),
+        (
+            json!({"prompt": "a", "init_image": good, "strength": 0}),
+            "strength",
+        ),
+        (
+            json!({"prompt": "a", "init_image": good, "strength": 1.5}),
+            "strength",
+        ),
         (json!({"prompt": "a", "strength": 0.5}), "strength"),
     ];
     for (body, field) in cases {
