@@ -275,6 +275,10 @@ cases! {
     sdxl_long_prompt_truncated => "sdxl-long-prompt",
     sdxl_batch_of_two => "sdxl-batch-2",
     sdxl_img2img_euler_ancestral => "sdxl-img2img-euler-a",
+    sdxl_inpaint_blending_euler_ancestral => "sdxl-inpaint-blend-euler-a",
+    sdxl_inpaint_unet_ddim => "sdxl-inpaint-ddim",
+    sdxl_inpaint_unet_euler_ancestral => "sdxl-inpaint-euler-a",
+    sdxl_inpaint_unet_dpmpp_2m_karras => "sdxl-inpaint-dpmpp-2m-karras",
 }
 
 #[test]
@@ -301,7 +305,7 @@ fn tiny_models_are_the_ones_the_fixtures_were_made_from() {
 
 fn check_fingerprint(name: &str, model: &TinyModel) {
     let mut parts = vec!["text_encoder", "unet", "vae"];
-    if model.kind == TinyKind::Sdxl {
+    if matches!(model.kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
         parts.push("text_encoder_2");
     }
     assert_eq!(
@@ -360,7 +364,7 @@ struct TokenizerCase {
 fn tokenizer_ids_match_transformers() {
     for (name, model) in &manifest().tiny_models {
         check_tokenizer(name, "tokenizer", &format!("tokenizer-ids.{name}.json"));
-        if model.kind == TinyKind::Sdxl {
+        if matches!(model.kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
             // SDXL's second tokenizer pads with "!" instead of the end marker.
             check_tokenizer(
                 name,

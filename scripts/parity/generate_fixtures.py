@@ -48,6 +48,7 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
@@ -57,7 +58,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "parity"
 TINY_SEED = 0
 # The tiny models, by the `--kind` our binary writes them with.
-MODELS = ["sd15", "sd2", "inpaint", "sdxl"]
+MODELS = ["sd15", "sd2", "inpaint", "sdxl", "sdxl-inpaint"]
 
 # Our API name -> how a diffusers user would select the same sampler on top of the model's
 # own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
@@ -186,6 +187,20 @@ CASES = [
     case("sdxl-long-prompt", "ddim", model="sdxl", prompt=LONG, negative_prompt="cartoon, " * 50, seed=5),
     case("sdxl-batch-2", "euler-a", model="sdxl", num_images=2, seed=11, seed_path=True),
     case("sdxl-img2img-euler-a", "euler-a", model="sdxl", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
+    # SDXL inpainting: the ordinary SDXL UNet with latent blending, and a 9-channel one.
+    case("sdxl-inpaint-blend-euler-a", "euler-a", model="sdxl", init_image=INIT_IMAGE, mask=MASK, strength=0.75, seed_path=True),
+    case("sdxl-inpaint-ddim", "ddim", model="sdxl-inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("sdxl-inpaint-euler-a", "euler-a", model="sdxl-inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, seed_path=True),
+    case(
+        "sdxl-inpaint-dpmpp-2m-karras",
+        "dpmpp-2m-karras",
+        model="sdxl-inpaint",
+        init_image=INIT_IMAGE,
+        mask=MASK,
+        strength=0.6,
+        steps=6,
+        negative_prompt="blurry",
+    ),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -288,7 +303,12 @@ def write_pipeline_cases(pipes: dict) -> list:
         with DrawRecorder() as rec:
             if c["mask"]:
                 assert n == 1, "posterior draws of a batch would need merging"
-                inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+                if isinstance(pipe, StableDiffusionXLPipeline):
+                    inpaint = StableDiffusionXLInpaintPipeline(
+                        **pipe.components, force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt
+                    )
+                else:
+                    inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
                 inpaint.set_progress_bar_config(disable=True)
                 init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
                 mask = PIL.Image.open(OUT / c["mask"])
@@ -391,7 +411,9 @@ def main() -> None:
         for model in MODELS:
             folder = pathlib.Path(tmp) / model
             run_tiny_model(args.sdq, folder, model)
-            if model == "sdxl":
+            if model.startswith("sdxl"):
+                # The inpainting model loads as a text-to-image pipeline too; its cases
+                # build StableDiffusionXLInpaintPipeline from these components.
                 pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32)
             else:
                 pipe = StableDiffusionPipeline.from_pretrained(
@@ -399,7 +421,7 @@ def main() -> None:
                 )
             pipe.set_progress_bar_config(disable=True)
             write_tokenizer_ids(pipe.tokenizer, folder / "tokenizer", model)
-            if model == "sdxl":
+            if model.startswith("sdxl"):
                 write_tokenizer_ids(pipe.tokenizer_2, folder / "tokenizer_2", f"{model}.tokenizer_2")
             pipes[model] = pipe
             models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}

@@ -106,6 +106,9 @@ pub enum TinyKind {
     /// with `text_time` micro-conditioning, linear projections and deeper transformers
     /// in its lower block, and the SDXL VAE scaling factor.
     Sdxl,
+    /// SDXL inpainting: `sdxl` with a 9-channel UNet (`StableDiffusionXLInpaintPipeline`).
+    #[serde(rename = "sdxl-inpaint")]
+    SdxlInpaint,
 }
 
 /// Writes a complete SD-1.5-shaped model folder to `dir` (which must not exist yet).
@@ -115,8 +118,8 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
 
 /// Writes a complete model folder of the given family to `dir`.
 pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
-    if kind == TinyKind::Sdxl {
-        return write_sdxl(dir, seed);
+    if matches!(kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
+        return write_sdxl(dir, seed, kind == TinyKind::SdxlInpaint);
     }
     let sd2 = kind == TinyKind::Sd2;
     let unet_in = if kind == TinyKind::Inpaint { 9 } else { 4 };
@@ -308,7 +311,7 @@ fn text_config(
 /// selects transformers' argmax pooling), their widths (32 + 64) summing to the UNet's
 /// cross_attention_dim; a UNet whose first block has no attention, later blocks use
 /// linear projections and deeper transformers; Euler with leading spacing.
-fn write_sdxl(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+fn write_sdxl(dir: &Path, seed: u64, inpaint: bool) -> Result<(), InferenceError> {
     let (vocab, merges) = train_bpe(CORPUS, MERGES);
     write_tokenizer(
         &dir.join("tokenizer"),
@@ -324,7 +327,7 @@ fn write_sdxl(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": "0.30.0",
         "sample_size": 8,
-        "in_channels": 4,
+        "in_channels": if inpaint { 9 } else { 4 },
         "out_channels": 4,
         "block_out_channels": [32, 64],
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
@@ -368,8 +371,8 @@ fn write_sdxl(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "trained_betas": null,
         "use_karras_sigmas": false,
     });
-    let model_index = json!({
-        "_class_name": "StableDiffusionXLPipeline",
+    let mut model_index = json!({
+        "_class_name": if inpaint { "StableDiffusionXLInpaintPipeline" } else { "StableDiffusionXLPipeline" },
         "_diffusers_version": "0.30.0",
         "feature_extractor": [null, null],
         "image_encoder": [null, null],
@@ -382,6 +385,10 @@ fn write_sdxl(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     });
+    if inpaint {
+        // As in diffusers/stable-diffusion-xl-1.0-inpainting-0.1: no aesthetic score ids.
+        model_index["requires_aesthetics_score"] = json!(false);
+    }
     write_json(&dir.join("text_encoder/config.json"), &text_1)?;
     write_json(&dir.join("text_encoder_2/config.json"), &text_2)?;
     write_json(&dir.join("unet/config.json"), &unet_config)?;
