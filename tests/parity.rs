@@ -481,6 +481,12 @@ fn cli_replays_diffusers_inpainting() {
     cli_replay("inpaint-euler-a");
 }
 
+/// And for SDXL (two text encoders, pooled embeds, time ids, zeroed empty negative).
+#[test]
+fn cli_replays_diffusers_sdxl() {
+    cli_replay("sdxl-euler-a");
+}
+
 fn path_arg(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }

@@ -1099,6 +1099,34 @@ mod tests {
     }
 
     #[test]
+    fn a_force_upcast_vae_runs_in_f32_under_f16() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("xl");
+        crate::inference::tiny::write_kind(&folder, 0, crate::inference::tiny::TinyKind::Sdxl)
+            .unwrap();
+        let full = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
+        let half = StableDiffusion::load(&folder, &Device::Cpu, DType::F16).unwrap();
+        assert_eq!(full.vae_dtype, DType::F32);
+        assert_eq!(
+            half.vae_dtype,
+            DType::F32,
+            "vae/config.json sets force_upcast"
+        );
+        // The same f16 latents decode alike with the upcast VAE and the f32 model's.
+        let mut rng = TorchRng::new(5);
+        let latents = Tensor::from_vec(rng.randn(4 * 8 * 8), (1, 4, 8, 8), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let req = request(SchedulerKind::Euler);
+        let a = half.decode(&latents, &req).unwrap();
+        let b = full
+            .decode(&latents.to_dtype(DType::F32).unwrap(), &req)
+            .unwrap();
+        assert_eq!(a[0].rgb, b[0].rgb);
+    }
+
+    #[test]
     fn img2img_runs_the_last_strength_fraction_of_the_schedule() {
         // diffusers: int(steps * strength) steps are kept, counted from the end.
         assert_eq!(img2img_start(5, 0.6, 1), 2);
