@@ -143,7 +143,18 @@ fn generate_several_images_numbers_the_files_and_uses_seed_plus_index() {
         reader.next_frame(&mut buf).unwrap();
         buf
     };
-    assert_eq!(pixels(&b1), pixels(&single));
+    // Same starting noise, so the same image; but candle's CPU products over a batch of
+    // four UNet rows round differently from those over two (about 2e-6 in the UNet's
+    // output, for candle's UNet and ours alike), which can move a pixel by one level.
+    let (batch, alone) = (pixels(&b1), pixels(&single));
+    assert_eq!(batch.len(), alone.len());
+    let worst = batch
+        .iter()
+        .zip(&alone)
+        .map(|(&a, &b)| (a as i16 - b as i16).abs())
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "image 1 of the batch differs by {worst} levels");
 }
 
 #[test]

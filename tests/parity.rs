@@ -267,6 +267,18 @@ cases! {
     dpmpp_2m_sde_karras => "dpmpp-2m-sde-karras",
     unipc => "unipc",
     lcm => "lcm",
+    sdxl_euler_zeroes_an_empty_negative_prompt => "sdxl-euler",
+    sdxl_euler_ancestral => "sdxl-euler-a",
+    sdxl_dpmpp_2m_karras => "sdxl-dpmpp-2m-karras",
+    sdxl_negative_prompt => "sdxl-negative-prompt",
+    sdxl_guidance_one_not_square => "sdxl-guidance-1",
+    sdxl_long_prompt_truncated => "sdxl-long-prompt",
+    sdxl_batch_of_two => "sdxl-batch-2",
+    sdxl_img2img_euler_ancestral => "sdxl-img2img-euler-a",
+    sdxl_inpaint_blending_euler_ancestral => "sdxl-inpaint-blend-euler-a",
+    sdxl_inpaint_unet_ddim => "sdxl-inpaint-ddim",
+    sdxl_inpaint_unet_euler_ancestral => "sdxl-inpaint-euler-a",
+    sdxl_inpaint_unet_dpmpp_2m_karras => "sdxl-inpaint-dpmpp-2m-karras",
 }
 
 #[test]
@@ -292,11 +304,21 @@ fn tiny_models_are_the_ones_the_fixtures_were_made_from() {
 }
 
 fn check_fingerprint(name: &str, model: &TinyModel) {
-    for (part, file) in [
-        ("text_encoder", "model.safetensors"),
-        ("unet", "diffusion_pytorch_model.safetensors"),
-        ("vae", "diffusion_pytorch_model.safetensors"),
-    ] {
+    let mut parts = vec!["text_encoder", "unet", "vae"];
+    if matches!(model.kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
+        parts.push("text_encoder_2");
+    }
+    assert_eq!(
+        model.fingerprint.len(),
+        parts.len(),
+        "{name}: fingerprinted parts"
+    );
+    for part in parts {
+        let file = if part.starts_with("text_encoder") {
+            "model.safetensors"
+        } else {
+            "diffusion_pytorch_model.safetensors"
+        };
         let tensors =
             candle_core::safetensors::load(model_dir(name).join(part).join(file), &Device::Cpu)
                 .unwrap();
@@ -340,18 +362,25 @@ struct TokenizerCase {
 /// from `tokenizer.json` or built from `vocab.json` + `merges.txt`.
 #[test]
 fn tokenizer_ids_match_transformers() {
-    for name in manifest().tiny_models.keys() {
-        check_tokenizer(name);
+    for (name, model) in &manifest().tiny_models {
+        check_tokenizer(name, "tokenizer", &format!("tokenizer-ids.{name}.json"));
+        if matches!(model.kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
+            // SDXL's second tokenizer pads with "!" instead of the end marker.
+            check_tokenizer(
+                name,
+                "tokenizer_2",
+                &format!("tokenizer-ids.{name}.tokenizer_2.json"),
+            );
+        }
     }
 }
 
-fn check_tokenizer(model: &str) {
+fn check_tokenizer(model: &str, folder: &str, file: &str) {
     use sdq::inference::tokenizer::PromptTokenizer;
-    let file = format!("tokenizer-ids.{model}.json");
     let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
     let fixture: TokenizerFixture = serde_json::from_str(&text).unwrap();
     let plain = tempfile::tempdir().unwrap();
-    let tokenizer_dir = model_dir(model).join("tokenizer");
+    let tokenizer_dir = model_dir(model).join(folder);
     for file in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
         std::fs::copy(tokenizer_dir.join(file), plain.path().join(file)).unwrap();
     }
@@ -367,7 +396,7 @@ fn check_tokenizer(model: &str) {
                 .remove(0);
             assert_eq!(
                 window, case.truncated,
-                "{model} {source}: {:?} (77-token window)",
+                "{model} {folder} {source}: {:?} (77-token window)",
                 case.prompt
             );
             let content = tok.content_ids(&case.prompt).unwrap();
@@ -378,12 +407,15 @@ fn check_tokenizer(model: &str) {
                 .collect();
             assert_eq!(
                 framed, case.ids,
-                "{model} {source}: {:?} (all ids)",
+                "{model} {folder} {source}: {:?} (all ids)",
                 case.prompt
             );
         }
     }
-    eprintln!("tokenizer {model}: {} prompts match", fixture.cases.len());
+    eprintln!(
+        "tokenizer {model} {folder}: {} prompts match",
+        fixture.cases.len()
+    );
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,6 +479,12 @@ fn cli_replays_diffusers_img2img() {
 #[test]
 fn cli_replays_diffusers_inpainting() {
     cli_replay("inpaint-euler-a");
+}
+
+/// And for SDXL (two text encoders, pooled embeds, time ids, zeroed empty negative).
+#[test]
+fn cli_replays_diffusers_sdxl() {
+    cli_replay("sdxl-euler-a");
 }
 
 fn path_arg(path: &Path) -> String {

@@ -47,6 +47,9 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
 from diffusers.utils import torch_utils
@@ -55,7 +58,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "parity"
 TINY_SEED = 0
 # The tiny models, by the `--kind` our binary writes them with.
-MODELS = ["sd15", "sd2", "inpaint"]
+MODELS = ["sd15", "sd2", "inpaint", "sdxl", "sdxl-inpaint"]
 
 # Our API name -> how a diffusers user would select the same sampler on top of the model's
 # own scheduler config (`Class.from_config(pipe.scheduler.config, **overrides)`).
@@ -173,6 +176,31 @@ CASES = [
         model="sd2",
         scheduler_config={"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
     ),
+    # SDXL: two text encoders, pooled text embeds and size/crop time ids. An empty negative
+    # prompt is passed as None, so force_zeros_for_empty_prompt zeroes the negative side.
+    case("sdxl-euler", "euler", model="sdxl"),
+    case("sdxl-euler-a", "euler-a", model="sdxl", seed=9, seed_path=True),
+    case("sdxl-dpmpp-2m-karras", "dpmpp-2m-karras", model="sdxl", steps=6),
+    case("sdxl-negative-prompt", "euler", model="sdxl", negative_prompt="blurry, low quality, ugly", seed=7),
+    # Not square, so that height and width cannot trade places in the time ids unnoticed.
+    case("sdxl-guidance-1", "euler", model="sdxl", guidance_scale=1.0, height=48, seed=3),
+    case("sdxl-long-prompt", "ddim", model="sdxl", prompt=LONG, negative_prompt="cartoon, " * 50, seed=5),
+    case("sdxl-batch-2", "euler-a", model="sdxl", num_images=2, seed=11, seed_path=True),
+    case("sdxl-img2img-euler-a", "euler-a", model="sdxl", init_image=INIT_IMAGE, strength=0.6, steps=5, seed_path=True),
+    # SDXL inpainting: the ordinary SDXL UNet with latent blending, and a 9-channel one.
+    case("sdxl-inpaint-blend-euler-a", "euler-a", model="sdxl", init_image=INIT_IMAGE, mask=MASK, strength=0.75, seed_path=True),
+    case("sdxl-inpaint-ddim", "ddim", model="sdxl-inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0),
+    case("sdxl-inpaint-euler-a", "euler-a", model="sdxl-inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, seed_path=True),
+    case(
+        "sdxl-inpaint-dpmpp-2m-karras",
+        "dpmpp-2m-karras",
+        model="sdxl-inpaint",
+        init_image=INIT_IMAGE,
+        mask=MASK,
+        strength=0.6,
+        steps=6,
+        negative_prompt="blurry",
+    ),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -208,9 +236,12 @@ def fingerprint(folder: pathlib.Path) -> dict:
     out = {}
     for part, file in [
         ("text_encoder", "model.safetensors"),
+        ("text_encoder_2", "model.safetensors"),
         ("unet", "diffusion_pytorch_model.safetensors"),
         ("vae", "diffusion_pytorch_model.safetensors"),
     ]:
+        if not (folder / part / file).exists():
+            continue
         tensors = load_file(folder / part / file)
         out[part] = {
             "tensors": len(tensors),
@@ -272,13 +303,26 @@ def write_pipeline_cases(pipes: dict) -> list:
         with DrawRecorder() as rec:
             if c["mask"]:
                 assert n == 1, "posterior draws of a batch would need merging"
-                inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+                if isinstance(pipe, StableDiffusionXLPipeline):
+                    inpaint = StableDiffusionXLInpaintPipeline(
+                        **pipe.components, force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt
+                    )
+                else:
+                    inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
                 inpaint.set_progress_bar_config(disable=True)
                 init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
                 mask = PIL.Image.open(OUT / c["mask"])
                 result = inpaint(
                     image=init, mask_image=mask, strength=c["strength"], width=c["width"], height=c["height"], **common
                 )
+            elif c["init_image"] and isinstance(pipe, StableDiffusionXLPipeline):
+                # The folder's own setting, not the img2img class's default.
+                img2img = StableDiffusionXLImg2ImgPipeline(
+                    **pipe.components, force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt
+                )
+                img2img.set_progress_bar_config(disable=True)
+                init = PIL.Image.open(OUT / c["init_image"]).convert("RGB")
+                result = img2img(image=init, strength=c["strength"], **common)
             elif c["init_image"]:
                 img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
                 img2img.set_progress_bar_config(disable=True)
@@ -316,18 +360,18 @@ def write_pipeline_cases(pipes: dict) -> list:
     return manifest
 
 
-def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path, model: str) -> None:
+def write_tokenizer_ids(tok, folder: pathlib.Path, name: str) -> None:
     """What diffusers feeds the text encoder for each prompt (its own tokenizer), checked
     against transformers' CLIP tokenizer built from vocab.json + merges.txt alone, so the
-    ids do not merely echo the tokenizer.json our binary wrote."""
-    tok = pipe.tokenizer
-    vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())
+    ids do not merely echo the tokenizer.json our binary wrote. `folder` is the
+    tokenizer's own folder."""
+    vocab = json.loads((folder / "vocab.json").read_text())
     merges = [
         tuple(line.split())
-        for line in (folder / "tokenizer" / "merges.txt").read_text().splitlines()[1:]
+        for line in (folder / "merges.txt").read_text().splitlines()[1:]
         if line.strip()
     ]
-    config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
     pad = config["pad_token"]["content"] if isinstance(config["pad_token"], dict) else config["pad_token"]
     plain = transformers.CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad)
     lines = []
@@ -337,7 +381,7 @@ def write_tokenizer_ids(pipe: StableDiffusionPipeline, folder: pathlib.Path, mod
         assert plain(prompt).input_ids == full, f"transformers' two CLIP tokenizers disagree on {prompt!r}"
         lines.append(json.dumps({"prompt": prompt, "ids": full, "truncated": window}, ensure_ascii=False))
     doc = '{\n "tokenizer_class": "%s",\n "cases": [\n  %s\n ]\n}\n' % (type(tok).__name__, ",\n  ".join(lines))
-    (OUT / f"tokenizer-ids.{model}.json").write_text(doc)
+    (OUT / f"tokenizer-ids.{name}.json").write_text(doc)
 
 
 def write_rng() -> None:
@@ -367,11 +411,18 @@ def main() -> None:
         for model in MODELS:
             folder = pathlib.Path(tmp) / model
             run_tiny_model(args.sdq, folder, model)
-            pipe = StableDiffusionPipeline.from_pretrained(
-                folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-            )
+            if model.startswith("sdxl"):
+                # The inpainting model loads as a text-to-image pipeline too; its cases
+                # build StableDiffusionXLInpaintPipeline from these components.
+                pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+                )
             pipe.set_progress_bar_config(disable=True)
-            write_tokenizer_ids(pipe, folder, model)
+            write_tokenizer_ids(pipe.tokenizer, folder / "tokenizer", model)
+            if model.startswith("sdxl"):
+                write_tokenizer_ids(pipe.tokenizer_2, folder / "tokenizer_2", f"{model}.tokenizer_2")
             pipes[model] = pipe
             models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
         write_init_image()

@@ -5,7 +5,9 @@
 //! final normalised output.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
+};
 
 use super::model_config::ClipTextConfig;
 
@@ -185,10 +187,86 @@ impl ClipTextModel {
     }
 }
 
+/// Which token's final state is the pooled output, as transformers' CLIP text model
+/// picks it: configs still carrying the old `eos_token_id` of 2 (SDXL's among them) take
+/// the first largest id, which is the end marker of CLIP's vocabulary; newer configs take
+/// the first occurrence of their end marker (padding may repeat it).
+pub fn pooled_position(ids: &[u32], eos_token_id: u32) -> usize {
+    if eos_token_id == 2 {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        ids.iter().position(|&id| id == max).unwrap_or(0)
+    } else {
+        // With no end marker at all torch's argmax of all zeros is 0.
+        ids.iter().position(|&id| id == eos_token_id).unwrap_or(0)
+    }
+}
+
+/// `CLIPTextModelWithProjection` (SDXL's text_encoder_2): the text model plus a bias-free
+/// projection of its pooled output, which SDXL's UNet reads as `text_embeds`.
+#[derive(Debug)]
+pub struct ClipTextModelWithProjection {
+    pub text_model: ClipTextModel,
+    text_projection: Linear,
+    eos_token_id: u32,
+}
+
+impl ClipTextModelWithProjection {
+    /// Builds the model; `vb` points at the root of `model.safetensors`.
+    pub fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
+        Ok(Self {
+            text_model: ClipTextModel::new(vb.clone(), c)?,
+            text_projection: linear_no_bias(
+                c.hidden_size,
+                c.projection_dim,
+                vb.pp("text_projection"),
+            )?,
+            eos_token_id: c.eos_token_id,
+        })
+    }
+
+    /// Encodes one window of ids (`[1, seq]`): every hidden state and the projected
+    /// pooled output `[1, projection_dim]`.
+    pub fn forward(&self, ids: &[u32]) -> candle_core::Result<(TextEncoding, Tensor)> {
+        let device = self.text_projection.weight().device();
+        let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+        let encoding = self.text_model.forward(&input)?;
+        let at = pooled_position(ids, self.eos_token_id);
+        let pooled = encoding.last_hidden_state.narrow(1, at, 1)?.squeeze(1)?;
+        let projected = self.text_projection.forward(&pooled)?;
+        Ok((encoding, projected))
+    }
+}
+
 /// An additive mask that hides later tokens from earlier ones, as CLIP's text model does.
 fn causal_mask(seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
     let values: Vec<f32> = (0..seq)
         .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(values, (1, 1, seq, seq), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_configs_pool_at_the_first_largest_id() {
+        // SD 1.x-style padding repeats the end marker (49407); SDXL's tokenizer_2 pads
+        // with "!" (0). Either way the first end marker is the pooled position.
+        let eos_padded = [49406, 320, 1929, 49407, 49407, 49407];
+        let bang_padded = [49406, 320, 1929, 49407, 0, 0];
+        assert_eq!(pooled_position(&eos_padded, 2), 3);
+        assert_eq!(pooled_position(&bang_padded, 2), 3);
+        // An id larger than the marker wins under the legacy rule (transformers' argmax).
+        assert_eq!(pooled_position(&[5, 60_000, 9, 49407], 2), 1);
+    }
+
+    #[test]
+    fn newer_configs_pool_at_the_first_end_marker() {
+        let ids = [510, 3, 7, 511, 511, 0];
+        assert_eq!(pooled_position(&ids, 511), 3);
+        // Not the largest id: only the configured marker counts.
+        assert_eq!(pooled_position(&[510, 600, 511, 0], 511), 2);
+        assert_eq!(pooled_position(&[510, 600, 0], 511), 0);
+    }
 }

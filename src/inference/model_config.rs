@@ -107,6 +107,11 @@ pub struct VaeConfig {
     pub shift_factor: Option<f64>,
     #[serde(default)]
     pub force_upcast: bool,
+    /// Per-channel latent statistics of some SDXL derivatives (Playground); refused.
+    #[serde(default)]
+    pub latents_mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub latents_std: Option<Vec<f64>>,
     #[serde(default = "yes")]
     pub use_quant_conv: bool,
     #[serde(default = "yes")]
@@ -143,6 +148,9 @@ pub struct ClipTextConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "clip_projection")]
     pub projection_dim: usize,
+    /// Decides where the pooled output is read; transformers' default is 2.
+    #[serde(default = "two")]
+    pub eos_token_id: u32,
     #[serde(default)]
     pub architectures: Vec<String>,
 }
@@ -152,13 +160,27 @@ pub struct ClipTextConfig {
 pub struct ModelIndex {
     #[serde(rename = "_class_name", default)]
     pub class_name: String,
+    /// SDXL: `["transformers", "CLIPTextModelWithProjection"]`; absent or null otherwise.
+    #[serde(default)]
+    pub text_encoder_2: Option<serde_json::Value>,
+    /// SDXL pipelines: an empty negative prompt means zero embeddings, not encoded "".
+    #[serde(default)]
+    pub force_zeros_for_empty_prompt: Option<bool>,
+}
+
+impl ModelIndex {
+    /// Whether the folder is an SDXL pipeline with its second text encoder.
+    pub fn has_text_encoder_2(&self) -> bool {
+        matches!(&self.text_encoder_2, Some(serde_json::Value::Array(v))
+            if v.iter().all(|x| !x.is_null()))
+    }
 }
 
 fn one() -> usize {
     1
 }
-fn two() -> usize {
-    2
+fn two<T: From<u8>>() -> T {
+    T::from(2)
 }
 fn three() -> usize {
     3

@@ -4,19 +4,17 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::{
-    unet_2d::{BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig},
-    vae::{AutoEncoderKL, AutoEncoderKLConfig},
-};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::{Deserialize, Serialize};
 
-use super::clip::ClipTextModel;
-use super::model_config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
+use super::clip::{ClipTextModel, ClipTextModelWithProjection};
+use super::model_config::{read_json, ClipTextConfig, ModelIndex, UNetConfig, VaeConfig};
 use super::rng::TorchRng;
 use super::schedulers::{NoiseSource, SchedulerConfigFile, SchedulerKind};
 use super::tokenizer::{LongPrompt, PromptTokenizer};
+use super::unet::{AddedConditions, UNet};
 use super::vae_encoder::VaeEncoder;
 use super::InferenceError;
 
@@ -191,12 +189,17 @@ pub struct GeneratedImage {
     pub rgb: Vec<u8>,
 }
 
-/// A loaded Stable Diffusion model (SD 1.x / 2.x layout) ready to generate.
+/// A loaded Stable Diffusion model (SD 1.x, 2.x or XL layout) ready to generate.
 pub struct StableDiffusion {
     tokenizer: PromptTokenizer,
     text_encoder: ClipTextModel,
-    unet: UNet2DConditionModel,
+    /// SDXL only: the second tokenizer and text encoder.
+    xl: Option<XlText>,
+    unet: UNet,
     vae: AutoEncoderKL,
+    /// The VAE runs in f32 when its config sets `force_upcast` and the model runs in f16,
+    /// as diffusers' SDXL pipelines do (SDXL's VAE overflows in f16).
+    vae_dtype: DType,
     vae_encoder: VaeEncoder,
     /// 9 for inpainting UNets (latents, mask, masked-image latents), else 4.
     unet_in_channels: usize,
@@ -205,6 +208,86 @@ pub struct StableDiffusion {
     device: Device,
     dtype: DType,
     folder: PathBuf,
+}
+
+/// SDXL's second text encoder and the pipeline setting that goes with it.
+struct XlText {
+    tokenizer_2: PromptTokenizer,
+    text_encoder_2: ClipTextModelWithProjection,
+    /// An empty negative prompt is all-zero conditioning rather than encoded "".
+    force_zeros_for_empty_prompt: bool,
+}
+
+/// A prompt as the UNet reads it.
+struct PromptEmbeddings {
+    /// `[1, 77 × windows, cross_attention_dim]`.
+    tokens: Tensor,
+    /// SDXL: text_encoder_2's projected pooled output of the first window, `[1, proj]`.
+    pooled: Option<Tensor>,
+}
+
+impl PromptEmbeddings {
+    /// diffusers' `force_zeros_for_empty_prompt`: zeros shaped like `like`.
+    fn zeros_like(like: &Self) -> candle_core::Result<Self> {
+        Ok(Self {
+            tokens: like.tokens.zeros_like()?,
+            pooled: like.pooled.as_ref().map(Tensor::zeros_like).transpose()?,
+        })
+    }
+}
+
+/// SDXL's micro-conditioning ids, in diffusers' order: original size (h, w), crop
+/// top-left (y, x), target size (h, w). sdq neither crops nor resizes, so the original
+/// and target sizes are both the requested size, which is diffusers' default too.
+pub fn add_time_ids(height: usize, width: usize) -> [f32; 6] {
+    let (h, w) = (height as f32, width as f32);
+    [h, w, 0.0, 0.0, h, w]
+}
+
+/// Per-token conditioning of the whole UNet batch (negative rows first under
+/// classifier-free guidance, one row per image) and SDXL's added conditions beside it.
+struct Conditioning {
+    tokens: Tensor,
+    /// SDXL: `text_embeds` `[rows, proj]` and `time_ids` `[rows, 6]`.
+    added: Option<(Tensor, Tensor)>,
+}
+
+impl Conditioning {
+    /// Stacks `uncond` (if guided) and `cond`, each repeated once per image.
+    fn batch(
+        cond: PromptEmbeddings,
+        uncond: Option<PromptEmbeddings>,
+        images: usize,
+        time_ids: [f32; 6],
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
+        let parts: Vec<PromptEmbeddings> = uncond.into_iter().chain([cond]).collect();
+        let rows = parts.len() * images;
+        let tokens = parts
+            .iter()
+            .map(|p| p.tokens.repeat((images, 1, 1)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = parts
+            .iter()
+            .map(|p| p.pooled.as_ref().map(|t| t.repeat((images, 1))))
+            .collect::<Option<candle_core::Result<Vec<_>>>>()
+            .transpose()?;
+        let added = match pooled {
+            Some(pooled) => {
+                let device = tokens[0].device();
+                let ids = Tensor::new(&time_ids, device)?
+                    .unsqueeze(0)?
+                    .repeat((rows, 1))?
+                    .to_dtype(dtype)?;
+                Some((Tensor::cat(&pooled, 0)?.to_dtype(dtype)?, ids))
+            }
+            None => None,
+        };
+        Ok(Self {
+            tokens: Tensor::cat(&tokens, 0)?.to_dtype(dtype)?,
+            added,
+        })
+    }
 }
 
 /// Where random draws come from: the caller's arrays first, in order, then one
@@ -267,76 +350,58 @@ fn load_weights<'a>(
         .map_err(|e| InferenceError::invalid_model(&path, e))
 }
 
-/// Maps diffusers' UNet config onto candle's block description.
-pub(crate) fn unet_blocks(
-    dir: &Path,
-    c: &UNetConfig,
-) -> Result<UNet2DConditionModelConfig, InferenceError> {
-    let n = c.block_out_channels.len();
-    let bad = |why: String| InferenceError::invalid_model(dir, why);
-    if c.down_block_types.len() != n || c.up_block_types.len() != n {
-        return Err(bad(
-            "block type lists and block_out_channels differ in length".into(),
-        ));
-    }
-    if c.addition_embed_type.is_some() {
-        return Err(bad(
-            "SDXL-style UNets (addition_embed_type) are not supported yet".into(),
-        ));
-    }
+/// Refuses UNets whose inputs or outputs the pipeline cannot feed or read, before the
+/// weights are touched (the UNet itself checks its block layout).
+fn check_unet(dir: &Path, c: &UNetConfig) -> Result<(), InferenceError> {
     if !matches!(c.in_channels, 4 | 9) || c.out_channels != 4 {
-        return Err(bad(format!(
-            "UNets with {} input channels are not supported (4, or 9 for inpainting)",
-            c.in_channels
-        )));
+        return Err(InferenceError::invalid_model(
+            dir,
+            format!(
+                "UNets with {} input and {} output channels are not supported \
+                 (4 in and out, or 9 in for inpainting)",
+                c.in_channels, c.out_channels
+            ),
+        ));
     }
-    let heads = c
-        .num_attention_heads
-        .as_ref()
-        .unwrap_or(&c.attention_head_dim);
-    let blocks = (0..n)
-        .map(|i| {
-            let cross = match c.down_block_types[i].as_str() {
-                "CrossAttnDownBlock2D" => true,
-                "DownBlock2D" => false,
-                other => return Err(bad(format!("unsupported down block '{other}'"))),
-            };
-            let expected_up = if cross {
-                "CrossAttnUpBlock2D"
-            } else {
-                "UpBlock2D"
-            };
-            if c.up_block_types[n - 1 - i] != expected_up {
-                return Err(bad("up blocks must mirror down blocks".into()));
+    Ok(())
+}
+
+/// Checks that the text encoders produce what the UNet reads: token features of
+/// `cross_attention_dim` and, for SDXL, a pooled projection that with the six time-id
+/// embeddings fills `projection_class_embeddings_input_dim`.
+fn check_conditioning(
+    folder: &Path,
+    unet: &UNetConfig,
+    text: &ClipTextConfig,
+    text_2: Option<&ClipTextConfig>,
+) -> Result<(), InferenceError> {
+    let bad = |why: String| Err(InferenceError::invalid_model(folder, why));
+    let width = text.hidden_size + text_2.map_or(0, |c| c.hidden_size);
+    if width != unet.cross_attention_dim {
+        return bad(format!(
+            "the text encoders give {width} features but the UNet's cross_attention_dim is {}",
+            unet.cross_attention_dim
+        ));
+    }
+    match (unet.addition_embed_type.as_deref(), text_2) {
+        (None, None) => Ok(()),
+        (Some("text_time"), Some(c2)) => {
+            let time = unet.addition_time_embed_dim.unwrap_or(256);
+            let want = c2.projection_dim + 6 * time;
+            if unet.projection_class_embeddings_input_dim != Some(want) {
+                return bad(format!(
+                    "projection_class_embeddings_input_dim should be {want} \
+                     (text_encoder_2's projection_dim + 6 × addition_time_embed_dim)"
+                ));
             }
-            let layers = c
-                .transformer_layers_per_block
-                .get(i, n)
-                .ok_or_else(|| bad("transformer_layers_per_block has the wrong length".into()))?;
-            let heads = heads
-                .get(i, n)
-                .ok_or_else(|| bad("attention_head_dim has the wrong length".into()))?;
-            Ok(BlockConfig {
-                out_channels: c.block_out_channels[i],
-                use_cross_attn: cross.then_some(layers),
-                attention_head_dim: heads,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(UNet2DConditionModelConfig {
-        center_input_sample: c.center_input_sample,
-        flip_sin_to_cos: c.flip_sin_to_cos,
-        freq_shift: c.freq_shift,
-        blocks,
-        layers_per_block: c.layers_per_block,
-        downsample_padding: c.downsample_padding,
-        mid_block_scale_factor: c.mid_block_scale_factor,
-        norm_num_groups: c.norm_num_groups,
-        norm_eps: c.norm_eps,
-        cross_attention_dim: c.cross_attention_dim,
-        sliced_attention_size: None,
-        use_linear_projection: c.use_linear_projection,
-    })
+            Ok(())
+        }
+        (Some("text_time"), None) => {
+            bad("an SDXL UNet needs text_encoder_2 in model_index.json".into())
+        }
+        (None, Some(_)) => bad("text_encoder_2 given but the UNet takes no text_time".into()),
+        (Some(other), _) => bad(format!("unsupported addition_embed_type '{other}'")),
+    }
 }
 
 /// Maps diffusers' VAE config onto candle's.
@@ -366,10 +431,23 @@ impl StableDiffusion {
         } else {
             SchedulerConfigFile::default()
         };
-        if text_config.hidden_size != unet_config.cross_attention_dim {
+        let index_path = folder.join("model_index.json");
+        let index: Option<ModelIndex> = if index_path.exists() {
+            Some(read_json(&index_path)?)
+        } else {
+            None
+        };
+        let xl_config: Option<ClipTextConfig> = match &index {
+            Some(index) if index.has_text_encoder_2() => {
+                Some(read_json(&folder.join("text_encoder_2/config.json"))?)
+            }
+            _ => None,
+        };
+        check_conditioning(folder, &unet_config, &text_config, xl_config.as_ref())?;
+        if vae_config.latents_mean.is_some() || vae_config.latents_std.is_some() {
             return Err(InferenceError::invalid_model(
-                folder,
-                "text encoder width differs from the UNet's cross_attention_dim",
+                &folder.join("vae"),
+                "VAEs with latents_mean / latents_std are not supported",
             ));
         }
         let tokenizer = PromptTokenizer::load(
@@ -380,6 +458,26 @@ impl StableDiffusion {
         let te_vb = load_weights(&folder.join("text_encoder"), "model", dtype, device)?;
         let text_encoder = ClipTextModel::new(te_vb, &text_config)
             .map_err(|e| InferenceError::invalid_model(&folder.join("text_encoder"), e))?;
+        let xl = match &xl_config {
+            None => None,
+            Some(config) => {
+                let dir = folder.join("text_encoder_2");
+                let vb = load_weights(&dir, "model", dtype, device)?;
+                Some(XlText {
+                    tokenizer_2: PromptTokenizer::load(
+                        &folder.join("tokenizer_2"),
+                        config.max_position_embeddings,
+                    )?,
+                    text_encoder_2: ClipTextModelWithProjection::new(vb, config)
+                        .map_err(|e| InferenceError::invalid_model(&dir, e))?,
+                    // diffusers' SDXL text-to-image and inpainting pipelines default to true.
+                    force_zeros_for_empty_prompt: index
+                        .as_ref()
+                        .and_then(|i| i.force_zeros_for_empty_prompt)
+                        .unwrap_or(true),
+                })
+            }
+        };
 
         let unet_vb = load_weights(
             &folder.join("unet"),
@@ -387,14 +485,19 @@ impl StableDiffusion {
             dtype,
             device,
         )?;
-        let blocks = unet_blocks(&folder.join("unet"), &unet_config)?;
-        let unet = UNet2DConditionModel::new(unet_vb, unet_config.in_channels, 4, false, blocks)
+        check_unet(&folder.join("unet"), &unet_config)?;
+        let unet = UNet::new(unet_vb, &unet_config)
             .map_err(|e| InferenceError::invalid_model(&folder.join("unet"), e))?;
 
+        let vae_dtype = if vae_config.force_upcast && dtype == DType::F16 {
+            DType::F32
+        } else {
+            dtype
+        };
         let vae_vb = load_weights(
             &folder.join("vae"),
             "diffusion_pytorch_model",
-            dtype,
+            vae_dtype,
             device,
         )?;
         let vae = AutoEncoderKL::new(
@@ -410,8 +513,10 @@ impl StableDiffusion {
         Ok(Self {
             tokenizer,
             text_encoder,
+            xl,
             unet,
             vae,
+            vae_dtype,
             vae_encoder,
             unet_in_channels: unet_config.in_channels,
             vae_config,
@@ -432,22 +537,69 @@ impl StableDiffusion {
         self.vae_config.scale_factor()
     }
 
-    /// Encodes a prompt into `[1, 77 × windows, hidden]` conditioning.
+    /// How many 77-token windows `text` needs (the larger count of SDXL's two tokenizers).
+    fn window_count(&self, text: &str, mode: LongPrompt) -> Result<usize, InferenceError> {
+        let first = self.tokenizer.windows(text, mode, 1)?.len();
+        Ok(match &self.xl {
+            Some(xl) => first.max(xl.tokenizer_2.windows(text, mode, 1)?.len()),
+            None => first,
+        })
+    }
+
+    /// Encodes a prompt, window by window, concatenated along the sequence.
+    ///
+    /// SD 1.x/2.x condition on the final, normalised hidden state. SDXL conditions on the
+    /// penultimate hidden state (before the final norm) of each of its two encoders,
+    /// joined on the feature axis, and adds text_encoder_2's projected pooled output of
+    /// the first window (the only one diffusers ever sees).
     fn encode_prompt(
         &self,
         text: &str,
         mode: LongPrompt,
-        min_windows: usize,
-    ) -> Result<Tensor, InferenceError> {
-        let windows = self.tokenizer.windows(text, mode, min_windows)?;
-        let encoded = windows
-            .iter()
-            .map(|ids| {
-                let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-                Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
-            })
-            .collect::<Result<Vec<_>, InferenceError>>()?;
-        Ok(Tensor::cat(&encoded, 1)?)
+        windows: usize,
+    ) -> Result<PromptEmbeddings, InferenceError> {
+        let first = self.tokenizer.windows(text, mode, windows)?;
+        let ids_tensor = |ids: &[u32]| Tensor::new(ids, &self.device)?.unsqueeze(0);
+        let Some(xl) = &self.xl else {
+            let encoded = first
+                .iter()
+                .map(|ids| {
+                    Ok(self
+                        .text_encoder
+                        .forward(&ids_tensor(ids)?)?
+                        .last_hidden_state)
+                })
+                .collect::<Result<Vec<_>, InferenceError>>()?;
+            return Ok(PromptEmbeddings {
+                tokens: Tensor::cat(&encoded, 1)?,
+                pooled: None,
+            });
+        };
+        let second = xl.tokenizer_2.windows(text, mode, windows)?;
+        if first.len() != second.len() {
+            return Err(InferenceError::InvalidRequest(
+                "SDXL's two tokenizers split this prompt into different window counts".into(),
+            ));
+        }
+        let penultimate = |hidden: &[Tensor]| hidden[hidden.len().saturating_sub(2)].clone();
+        let mut tokens = Vec::with_capacity(first.len());
+        let mut pooled = None;
+        for (ids_1, ids_2) in first.iter().zip(&second) {
+            let one = self.text_encoder.forward(&ids_tensor(ids_1)?)?;
+            let (two, projected) = xl.text_encoder_2.forward(ids_2)?;
+            tokens.push(Tensor::cat(
+                &[
+                    penultimate(&one.hidden_states),
+                    penultimate(&two.hidden_states),
+                ],
+                D::Minus1,
+            )?);
+            pooled.get_or_insert(projected);
+        }
+        Ok(PromptEmbeddings {
+            tokens: Tensor::cat(&tokens, 1)?,
+            pooled,
+        })
     }
 
     /// Runs txt2img and returns 8-bit images. `on_step` is called after every step;
@@ -494,30 +646,40 @@ impl StableDiffusion {
         let use_cfg = req.guidance_scale > 1.0;
 
         // Prompt and negative prompt must cover the same number of 77-token windows.
-        let count = |text: &str| {
-            Ok::<_, InferenceError>(self.tokenizer.windows(text, req.long_prompt, 1)?.len())
-        };
+        let count = |text: &str| self.window_count(text, req.long_prompt);
         let windows = if use_cfg {
             count(&req.prompt)?.max(count(&req.negative_prompt)?)
         } else {
             count(&req.prompt)?
         };
-        let cond = self
-            .encode_prompt(&req.prompt, req.long_prompt, windows)?
-            .repeat((batch, 1, 1))?;
-        let embeddings = if use_cfg {
-            let uncond = self.encode_prompt(&req.negative_prompt, req.long_prompt, windows)?;
-            Tensor::cat(&[uncond.repeat((batch, 1, 1))?, cond], 0)?
+        let cond = self.encode_prompt(&req.prompt, req.long_prompt, windows)?;
+        let uncond = if !use_cfg {
+            None
+        } else if req.negative_prompt.is_empty()
+            && self
+                .xl
+                .as_ref()
+                .is_some_and(|xl| xl.force_zeros_for_empty_prompt)
+        {
+            // Our empty negative prompt is diffusers' `negative_prompt=None`.
+            Some(PromptEmbeddings::zeros_like(&cond)?)
         } else {
-            cond
+            Some(self.encode_prompt(&req.negative_prompt, req.long_prompt, windows)?)
         };
-        self.denoise(req, embeddings, use_cfg, started, on_step)
+        let conditioning = Conditioning::batch(
+            cond,
+            uncond,
+            batch,
+            add_time_ids(req.height, req.width),
+            self.dtype,
+        )?;
+        self.denoise(req, conditioning, use_cfg, started, on_step)
     }
 
     fn denoise(
         &self,
         req: &GenerateRequest,
-        embeddings: Tensor,
+        conditioning: Conditioning,
         use_cfg: bool,
         started: Instant,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
@@ -528,7 +690,13 @@ impl StableDiffusion {
                 format!("scheduler_config.json asks for {what}, which sdq does not implement"),
             ));
         }
-        let embeddings = embeddings.to_dtype(self.dtype)?;
+        let added = conditioning
+            .added
+            .as_ref()
+            .map(|(text_embeds, time_ids)| AddedConditions {
+                text_embeds,
+                time_ids,
+            });
         let batch = req.num_images;
         let multiple = self.size_multiple();
         let (lh, lw) = (req.height / multiple, req.width / multiple);
@@ -640,7 +808,9 @@ impl StableDiffusion {
                 };
                 input = Tensor::cat(&[&input, &extra], 1)?;
             }
-            let predicted = self.unet.forward(&input, t, &embeddings)?;
+            let predicted = self
+                .unet
+                .forward(&input, t, &conditioning.tokens, added.as_ref())?;
             let predicted = if use_cfg {
                 let parts = predicted.chunk(2, 0)?;
                 let (uncond, cond) = (&parts[0], &parts[1]);
@@ -709,12 +879,12 @@ impl StableDiffusion {
         like: &Tensor,
         noise: &mut Draws,
     ) -> Result<Tensor, InferenceError> {
-        let posterior = self.vae_encoder.encode(pixels)?;
-        let z = noise.randn_like(like)?;
+        let posterior = self.vae_encoder.encode(&pixels.to_dtype(self.vae_dtype)?)?;
+        let z = noise.randn_like(like)?.to_dtype(self.vae_dtype)?;
         let sample = posterior
             .mean
             .broadcast_add(&posterior.std.broadcast_mul(&z)?)?;
-        Ok((sample * self.vae_config.scaling_factor)?)
+        Ok((sample * self.vae_config.scaling_factor)?.to_dtype(like.dtype())?)
     }
 
     /// Sets up inpainting as diffusers' `StableDiffusionInpaintPipeline` does, drawing in
@@ -796,7 +966,7 @@ impl StableDiffusion {
         latents: &Tensor,
         req: &GenerateRequest,
     ) -> Result<Vec<FloatImage>, InferenceError> {
-        let mut latents = (latents / self.vae_config.scaling_factor)?;
+        let mut latents = (latents.to_dtype(self.vae_dtype)? / self.vae_config.scaling_factor)?;
         if let Some(shift) = self.vae_config.shift_factor {
             latents = (latents + shift)?;
         }
@@ -841,6 +1011,119 @@ mod tests {
             noise: Vec::new(),
             init_image: None,
         }
+    }
+
+    #[test]
+    fn time_ids_are_original_size_crop_and_target_size_height_first() {
+        assert_eq!(add_time_ids(48, 64), [48.0, 64.0, 0.0, 0.0, 48.0, 64.0]);
+        assert_eq!(
+            add_time_ids(1024, 768),
+            [1024.0, 768.0, 0.0, 0.0, 1024.0, 768.0]
+        );
+    }
+
+    #[test]
+    fn sdxl_conditioning_joins_both_encoders_and_zeroes_an_empty_negative_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("xl");
+        crate::inference::tiny::write_kind(&folder, 0, crate::inference::tiny::TinyKind::Sdxl)
+            .unwrap();
+        let sd = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
+        let xl = sd
+            .xl
+            .as_ref()
+            .expect("an SDXL folder loads both text encoders");
+        assert!(xl.force_zeros_for_empty_prompt);
+
+        // Penultimate states of a 32- and a 64-wide encoder side by side; the pooled
+        // output is text_encoder_2's projection (24 wide).
+        let cond = sd
+            .encode_prompt("a photo of a cat", LongPrompt::Chunk, 1)
+            .unwrap();
+        assert_eq!(cond.tokens.dims(), &[1, 77, 96]);
+        let pooled = cond.pooled.as_ref().unwrap();
+        assert_eq!(pooled.dims(), &[1, 24]);
+        let ids_1 = sd
+            .tokenizer
+            .windows("a photo of a cat", LongPrompt::Chunk, 1)
+            .unwrap();
+        let first = sd
+            .text_encoder
+            .forward(
+                &Tensor::new(ids_1[0].as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            )
+            .unwrap();
+        let left = cond.tokens.narrow(2, 0, 32).unwrap();
+        let penultimate = &first.hidden_states[first.hidden_states.len() - 2];
+        let gap = (left - penultimate)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            gap.to_scalar::<f32>().unwrap(),
+            0.0,
+            "left half is encoder 1's penultimate state"
+        );
+
+        // Two windows for a long prompt; the pooled output stays the first window's.
+        let long = "a photo of a cat, ".repeat(20);
+        let chunked = sd.encode_prompt(&long, LongPrompt::Chunk, 1).unwrap();
+        assert_eq!(chunked.tokens.dims(), &[1, 154, 96]);
+        assert_eq!(chunked.pooled.as_ref().unwrap().dims(), &[1, 24]);
+
+        let zeros = PromptEmbeddings::zeros_like(&cond).unwrap();
+        let batch =
+            Conditioning::batch(cond, Some(zeros), 2, add_time_ids(48, 64), DType::F32).unwrap();
+        assert_eq!(batch.tokens.dims(), &[4, 77, 96]);
+        let (text_embeds, time_ids) = batch.added.as_ref().unwrap();
+        assert_eq!(text_embeds.dims(), &[4, 24]);
+        // Negative rows first, all zero; positive rows carry the pooled output.
+        let sums: Vec<f32> = text_embeds
+            .abs()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(&sums[..2], &[0.0, 0.0]);
+        assert!(sums[2] > 0.0 && sums[2] == sums[3]);
+        assert_eq!(
+            time_ids.to_vec2::<f32>().unwrap(),
+            vec![vec![48.0, 64.0, 0.0, 0.0, 48.0, 64.0]; 4]
+        );
+    }
+
+    #[test]
+    fn a_force_upcast_vae_runs_in_f32_under_f16() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("xl");
+        crate::inference::tiny::write_kind(&folder, 0, crate::inference::tiny::TinyKind::Sdxl)
+            .unwrap();
+        let full = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
+        let half = StableDiffusion::load(&folder, &Device::Cpu, DType::F16).unwrap();
+        assert_eq!(full.vae_dtype, DType::F32);
+        assert_eq!(
+            half.vae_dtype,
+            DType::F32,
+            "vae/config.json sets force_upcast"
+        );
+        // The same f16 latents decode alike with the upcast VAE and the f32 model's.
+        let mut rng = TorchRng::new(5);
+        let latents = Tensor::from_vec(rng.randn(4 * 8 * 8), (1, 4, 8, 8), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let req = request(SchedulerKind::Euler);
+        let a = half.decode(&latents, &req).unwrap();
+        let b = full
+            .decode(&latents.to_dtype(DType::F32).unwrap(), &req)
+            .unwrap();
+        assert_eq!(a[0].rgb, b[0].rgb);
     }
 
     #[test]

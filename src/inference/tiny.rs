@@ -9,14 +9,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::stable_diffusion::{
-    unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
-};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::json;
 
-use super::clip::ClipTextModel;
+use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
 use super::rng::TorchRng;
+use super::unet::UNet;
 use super::InferenceError;
 
 /// The seed used when a model id of `tiny` is generated on first use.
@@ -103,6 +102,13 @@ pub enum TinyKind {
     Sd2,
     /// SD 1.5 inpainting: a UNet with 9 input channels (latents, mask, masked image).
     Inpaint,
+    /// SDXL: two text encoders (the second with a projection and "!" padding), a UNet
+    /// with `text_time` micro-conditioning, linear projections and deeper transformers
+    /// in its lower block, and the SDXL VAE scaling factor.
+    Sdxl,
+    /// SDXL inpainting: `sdxl` with a 9-channel UNet (`StableDiffusionXLInpaintPipeline`).
+    #[serde(rename = "sdxl-inpaint")]
+    SdxlInpaint,
 }
 
 /// Writes a complete SD-1.5-shaped model folder to `dir` (which must not exist yet).
@@ -112,6 +118,9 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
 
 /// Writes a complete model folder of the given family to `dir`.
 pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+    if matches!(kind, TinyKind::Sdxl | TinyKind::SdxlInpaint) {
+        return write_sdxl(dir, seed, kind == TinyKind::SdxlInpaint);
+    }
     let sd2 = kind == TinyKind::Sd2;
     let unet_in = if kind == TinyKind::Inpaint { 9 } else { 4 };
     let (vocab, merges) = train_bpe(CORPUS, MERGES);
@@ -231,11 +240,10 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         str::to_string,
     )?;
     let unet: UNetConfig = parse(unet_config);
-    let blocks = super::pipeline::unet_blocks(dir, &unet)?;
     save_random(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         &mut rng,
-        |vb| UNet2DConditionModel::new(vb, unet_in, 4, false, blocks.clone()).map(drop),
+        |vb| UNet::new(vb, &unet).map(drop),
         str::to_string,
     )?;
     let vae: VaeConfig = parse(vae_config);
@@ -246,6 +254,179 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         modern_vae_attention_name,
     )?;
     // Written last: its presence marks a complete model.
+    write_json(&dir.join("model_index.json"), &model_index)
+}
+
+/// The tiny VAE of every family; only the latent scaling differs (SDXL's 0.13025).
+fn vae_config(scaling_factor: f64) -> serde_json::Value {
+    json!({
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.30.0",
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [32, 32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "scaling_factor": scaling_factor,
+        "force_upcast": true,
+    })
+}
+
+/// A tiny CLIP text encoder config; `with_projection` makes it SDXL's text_encoder_2.
+fn text_config(
+    vocab: usize,
+    hidden: usize,
+    act: &str,
+    eos_token_id: usize,
+    with_projection: bool,
+) -> serde_json::Value {
+    json!({
+        "_name_or_path": "sdq/tiny",
+        "architectures": [if with_projection { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
+        "model_type": "clip_text_model",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": hidden + 5,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": act,
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 24,
+        "bos_token_id": vocab - 2,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": 1,
+        "torch_dtype": "float32",
+    })
+}
+
+/// SDXL in miniature, laid out as stabilityai/stable-diffusion-xl-base-1.0 is: CLIP-L-like
+/// text_encoder (quick-gelu, padding with the end marker) and OpenCLIP-like
+/// text_encoder_2 (gelu, projection, "!" padding, the legacy `eos_token_id` of 2 that
+/// selects transformers' argmax pooling), their widths (32 + 64) summing to the UNet's
+/// cross_attention_dim; a UNet whose first block has no attention, later blocks use
+/// linear projections and deeper transformers; Euler with leading spacing.
+fn write_sdxl(dir: &Path, seed: u64, inpaint: bool) -> Result<(), InferenceError> {
+    let (vocab, merges) = train_bpe(CORPUS, MERGES);
+    write_tokenizer(
+        &dir.join("tokenizer"),
+        &vocab,
+        &merges,
+        super::tokenizer::EOS,
+    )?;
+    write_tokenizer(&dir.join("tokenizer_2"), &vocab, &merges, "!")?;
+    let text_1 = text_config(vocab.len(), 32, "quick_gelu", vocab.len() - 1, false);
+    let text_2 = text_config(vocab.len(), 64, "gelu", 2, true);
+    let time_dim = 8;
+    let unet_config = json!({
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.30.0",
+        "sample_size": 8,
+        "in_channels": if inpaint { 9 } else { 4 },
+        "out_channels": 4,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "layers_per_block": 2,
+        "attention_head_dim": [2, 4],
+        "transformer_layers_per_block": [1, 2],
+        "cross_attention_dim": 32 + 64,
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "act_fn": "silu",
+        "center_input_sample": false,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "use_linear_projection": true,
+        "upcast_attention": false,
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": time_dim,
+        "projection_class_embeddings_input_dim": text_2["projection_dim"].as_u64().unwrap_or(0) as usize + 6 * time_dim,
+    });
+    let vae_config = vae_config(0.13025);
+    let scheduler_config = json!({
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.30.0",
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": false,
+        "interpolation_type": "linear",
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": false,
+        "skip_prk_steps": true,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": null,
+        "use_karras_sigmas": false,
+    });
+    let mut model_index = json!({
+        "_class_name": if inpaint { "StableDiffusionXLInpaintPipeline" } else { "StableDiffusionXLPipeline" },
+        "_diffusers_version": "0.30.0",
+        "feature_extractor": [null, null],
+        "image_encoder": [null, null],
+        "force_zeros_for_empty_prompt": true,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    });
+    if inpaint {
+        // As in diffusers/stable-diffusion-xl-1.0-inpainting-0.1: no aesthetic score ids.
+        model_index["requires_aesthetics_score"] = json!(false);
+    }
+    write_json(&dir.join("text_encoder/config.json"), &text_1)?;
+    write_json(&dir.join("text_encoder_2/config.json"), &text_2)?;
+    write_json(&dir.join("unet/config.json"), &unet_config)?;
+    write_json(&dir.join("vae/config.json"), &vae_config)?;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &scheduler_config,
+    )?;
+
+    let mut rng = TorchRng::new(seed);
+    let text_1: ClipTextConfig = parse(text_1);
+    save_random(
+        &dir.join("text_encoder/model.safetensors"),
+        &mut rng,
+        |vb| ClipTextModel::new(vb, &text_1).map(drop),
+        str::to_string,
+    )?;
+    let text_2: ClipTextConfig = parse(text_2);
+    save_random(
+        &dir.join("text_encoder_2/model.safetensors"),
+        &mut rng,
+        |vb| ClipTextModelWithProjection::new(vb, &text_2).map(drop),
+        str::to_string,
+    )?;
+    let unet: UNetConfig = parse(unet_config);
+    save_random(
+        &dir.join("unet/diffusion_pytorch_model.safetensors"),
+        &mut rng,
+        |vb| UNet::new(vb, &unet).map(drop),
+        str::to_string,
+    )?;
+    let vae: VaeConfig = parse(vae_config);
+    save_random(
+        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+        &mut rng,
+        |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+        modern_vae_attention_name,
+    )?;
     write_json(&dir.join("model_index.json"), &model_index)
 }
 

@@ -667,6 +667,40 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// candle's description of the same UNet (SD 1.x/2.x layouts only).
+    fn candle_blocks(
+        c: &UNetConfig,
+    ) -> candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
+        use candle_transformers::models::stable_diffusion::unet_2d::BlockConfig;
+        let n = c.block_out_channels.len();
+        let heads = c
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&c.attention_head_dim);
+        let blocks = (0..n)
+            .map(|i| BlockConfig {
+                out_channels: c.block_out_channels[i],
+                use_cross_attn: (c.down_block_types[i] == "CrossAttnDownBlock2D")
+                    .then(|| c.transformer_layers_per_block.get(i, n).unwrap()),
+                attention_head_dim: heads.get(i, n).unwrap(),
+            })
+            .collect();
+        candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
+            center_input_sample: c.center_input_sample,
+            flip_sin_to_cos: c.flip_sin_to_cos,
+            freq_shift: c.freq_shift,
+            blocks,
+            layers_per_block: c.layers_per_block,
+            downsample_padding: c.downsample_padding,
+            mid_block_scale_factor: c.mid_block_scale_factor,
+            norm_num_groups: c.norm_num_groups,
+            norm_eps: c.norm_eps,
+            cross_attention_dim: c.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: c.use_linear_projection,
+        }
+    }
+
     /// On an SD-1.5-shaped model our UNet must compute what candle's does (which matches
     /// diffusers there); SDXL-only parts are covered by the parity fixtures.
     #[test]
@@ -682,8 +716,7 @@ mod tests {
         };
         let ours = UNet::with_gelu(vb.clone(), &config, Gelu::Tanh).unwrap();
         let exact = UNet::new(vb.clone(), &config).unwrap();
-        let blocks =
-            crate::inference::pipeline::unet_blocks(&folder.join("unet"), &config).unwrap();
+        let blocks = candle_blocks(&config);
         let theirs =
             candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
                 vb, 4, 4, false, blocks,
