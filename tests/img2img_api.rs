@@ -129,3 +129,59 @@ async fn bad_start_images_are_422_naming_the_field() {
     assert!(!server.data.join("images/inputs").exists());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_runs_through_the_api() {
+    let mut server = Server::start(&[
+        "--allow-model",
+        "tiny-sd2,tiny-inpaint,tiny-sdxl,tiny-sdxl-inpaint",
+    ])
+    .await;
+    let (_, models) = server.get_json("/v1/models").await;
+    let ids: Vec<&str> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "tiny",
+            "tiny-sd2",
+            "tiny-inpaint",
+            "tiny-sdxl",
+            "tiny-sdxl-inpaint"
+        ]
+    );
+    let image = b64(&png(64, 64, false));
+    let mask = b64(&png(64, 64, true));
+    let jobs = [
+        json!({"model": "tiny-sd2", "prompt": "v-prediction", "steps": 3, "scheduler": "dpmpp-2m-karras"}),
+        json!({"model": "tiny-sdxl", "prompt": "two encoders", "negative_prompt": "blurry", "steps": 3, "scheduler": "euler"}),
+        json!({"model": "tiny-sdxl", "prompt": "sdxl img2img", "init_image": image, "strength": 0.7, "steps": 4}),
+        json!({"model": "tiny-inpaint", "prompt": "nine channels", "init_image": image, "mask_image": mask, "steps": 3}),
+        json!({"model": "tiny-sdxl-inpaint", "prompt": "sdxl inpaint", "init_image": image, "mask_image": mask, "steps": 3, "scheduler": "ddim"}),
+    ];
+    let mut ids = Vec::new();
+    for body in jobs {
+        ids.push(server.submit_ok(body).await);
+    }
+    for id in ids {
+        let job = server.wait_terminal(&id, Duration::from_secs(120)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let url = job["images"][0]["url"].as_str().unwrap();
+        let bytes = server
+            .client
+            .get(server.url(url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (w, h, _) = decode_png(&bytes);
+        assert_eq!((w, h), (64, 64));
+    }
+    server.stop().await;
+}

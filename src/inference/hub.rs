@@ -24,10 +24,42 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     known_model(
         "tiny",
         "",
-        "small random model generated on first use (tests, demos)",
+        "small random SD-1.5-shaped model generated on first use (tests, demos)",
         64,
         4,
         7.5,
+    ),
+    known_model(
+        "tiny-sd2",
+        "",
+        "small random SD-2-shaped model (v-prediction), generated locally",
+        64,
+        4,
+        7.5,
+    ),
+    known_model(
+        "tiny-inpaint",
+        "",
+        "small random SD-1.5 inpainting model, generated locally",
+        64,
+        4,
+        7.5,
+    ),
+    known_model(
+        "tiny-sdxl",
+        "",
+        "small random SDXL-shaped model, generated locally",
+        64,
+        4,
+        5.0,
+    ),
+    known_model(
+        "tiny-sdxl-inpaint",
+        "",
+        "small random SDXL inpainting model, generated locally",
+        64,
+        4,
+        5.0,
     ),
     known_model(
         "sd-turbo",
@@ -114,6 +146,20 @@ const fn known_model(
     }
 }
 
+/// The offline tiny models: `tiny` (SD 1.5 shape), `tiny-sd2`, `tiny-inpaint`,
+/// `tiny-sdxl`, `tiny-sdxl-inpaint`.
+fn tiny_kind(model: &str) -> Option<super::tiny::TinyKind> {
+    use super::tiny::TinyKind;
+    match model {
+        "tiny" => Some(TinyKind::Sd15),
+        "tiny-sd2" => Some(TinyKind::Sd2),
+        "tiny-inpaint" => Some(TinyKind::Inpaint),
+        "tiny-sdxl" => Some(TinyKind::Sdxl),
+        "tiny-sdxl-inpaint" => Some(TinyKind::SdxlInpaint),
+        _ => None,
+    }
+}
+
 /// Looks a short name up.
 pub fn known(name: &str) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name)
@@ -124,9 +170,9 @@ pub fn known(name: &str) -> Option<&'static KnownModel> {
 /// `tiny` is written under `models_dir` on first use; a known name or `owner/repo` comes
 /// from the Hugging Face cache or the hub; anything else must be an existing folder.
 pub fn resolve(model: &str, models_dir: &Path) -> Result<PathBuf, InferenceError> {
-    if model == "tiny" {
-        let dir = models_dir.join("tiny");
-        super::tiny::ensure(&dir, super::tiny::DEFAULT_SEED)?;
+    if let Some(kind) = tiny_kind(model) {
+        let dir = models_dir.join(model);
+        super::tiny::ensure_kind(&dir, super::tiny::DEFAULT_SEED, kind)?;
         return Ok(dir);
     }
     if let Some(known) = known(model) {

@@ -37,6 +37,11 @@ const MERGES: usize = 300;
 /// The model is built in a sibling folder and renamed into place, so two processes that
 /// race to create it never see a half-written model.
 pub fn ensure(dir: &Path, seed: u64) -> Result<(), InferenceError> {
+    ensure_kind(dir, seed, TinyKind::Sd15)
+}
+
+/// Like [`ensure`], for any family.
+pub fn ensure_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
     if dir.join("model_index.json").exists() {
         return Ok(());
     }
@@ -48,7 +53,7 @@ pub fn ensure(dir: &Path, seed: u64) -> Result<(), InferenceError> {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&staging);
-    write(&staging, seed)?;
+    write_kind(&staging, seed, kind)?;
     match std::fs::rename(&staging, dir) {
         Ok(()) => Ok(()),
         // Somebody else won the race; their model is identical for the same seed.
