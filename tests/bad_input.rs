@@ -72,7 +72,7 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     assert_eq!(body["error"]["code"], "malformed_json");
     assert_eq!(raw("").await.unwrap().status(), 400);
 
-    let huge = "x".repeat(2 << 20);
+    let huge = "x".repeat(17 << 20);
     let too_big = server
         .client
         .post(server.url("/v1/jobs"))
