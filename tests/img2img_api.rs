@@ -138,14 +138,15 @@ async fn every_family_runs_through_the_api() {
     ])
     .await;
     let (_, models) = server.get_json("/v1/models").await;
-    let ids: Vec<&str> = models["models"]
+    let enabled: Vec<&str> = models["models"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["available"] == true)
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(
-        ids,
+        enabled,
         [
             "tiny",
             "tiny-sd2",
@@ -154,6 +155,26 @@ async fn every_family_runs_through_the_api() {
             "tiny-sdxl-inpaint"
         ]
     );
+    // Every SD family sdq knows is listed, enabled here or not.
+    for name in [
+        "v1-5",
+        "v1-5-inpaint",
+        "v2-1",
+        "v2-inpaint",
+        "xl",
+        "xl-inpaint",
+        "sd-turbo",
+        "xl-turbo",
+    ] {
+        let entry = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == name)
+            .expect(name);
+        assert_eq!(entry["available"], false);
+        assert!(entry["defaults"]["steps"].as_u64().is_some());
+    }
     let image = b64(&png(64, 64, false));
     let mask = b64(&png(64, 64, true));
     let jobs = [

@@ -70,19 +70,38 @@ pub async fn workers(
     Ok(Json(json!({ "workers": workers })))
 }
 
-/// `GET /v1/models`: what a request may name in `model`, with each model's defaults.
+/// `GET /v1/models`: every model sdq knows, with its defaults and whether a request may
+/// name it on this server.
 pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
-    let models: Vec<_> = super::validate::available(&state.settings)
-        .into_iter()
-        .map(|name| match hub::known(&name) {
-            Some(k) => json!({
+    // What this server accepts first, then every other name sdq knows, marked as not
+    // enabled here (an operator adds them with --allow-model).
+    let enabled = super::validate::available(&state.settings);
+    let others = hub::KNOWN_MODELS
+        .iter()
+        .map(|k| k.name.to_string())
+        .filter(|name| !enabled.contains(name));
+    let models: Vec<_> = enabled
+        .iter()
+        .cloned()
+        .map(|name| (name, true))
+        .chain(others.map(|name| (name, false)))
+        .map(|(name, available)| {
+            let mut entry = json!({
                 "id": name,
-                "repo": (!k.repo.is_empty()).then_some(k.repo),
-                "description": k.description,
+                "available": available,
                 "default": name == state.settings.default_model,
-                "defaults": {"width": k.default_width, "height": k.default_height, "steps": k.default_steps, "guidance_scale": k.default_guidance},
-            }),
-            None => json!({"id": name, "default": name == state.settings.default_model}),
+            });
+            if let Some(k) = hub::known(&name) {
+                entry["repo"] = json!((!k.repo.is_empty()).then_some(k.repo));
+                entry["description"] = json!(k.description);
+                entry["defaults"] = json!({
+                    "width": k.default_width,
+                    "height": k.default_height,
+                    "steps": k.default_steps,
+                    "guidance_scale": k.default_guidance,
+                });
+            }
+            entry
         })
         .collect();
     Json(json!({ "models": models }))
