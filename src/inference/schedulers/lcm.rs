@@ -61,14 +61,6 @@ impl Scheduler for Lcm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor, _index: usize) -> candle_core::Result<Tensor> {
-        Ok(sample)
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,

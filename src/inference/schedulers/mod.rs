@@ -32,10 +32,14 @@ pub trait NoiseSource {
 pub trait Scheduler: Send {
     /// The timesteps the UNet is evaluated at, in order.
     fn timesteps(&self) -> &[f64];
-    /// How much to scale the initial noise by.
-    fn init_noise_sigma(&self) -> f64;
-    /// Scales the UNet input for the step at `index`.
-    fn scale_model_input(&self, sample: Tensor, index: usize) -> candle_core::Result<Tensor>;
+    /// How much to scale the initial noise by (sigma-based schedulers start above 1).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// Scales the UNet input for the step at `index` (only sigma-based schedulers do).
+    fn scale_model_input(&self, sample: Tensor, _index: usize) -> candle_core::Result<Tensor> {
+        Ok(sample)
+    }
     /// How many schedule entries one step spans (2 for Heun): img2img starts at
     /// `skipped_steps * order`, as diffusers slices its timesteps.
     fn order(&self) -> usize {
