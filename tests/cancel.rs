@@ -17,12 +17,7 @@ async fn canceling_a_running_job_stops_it_within_one_step() {
         )
         .await;
     let mut sse = server.events(&id, None).await;
-    loop {
-        let m = sse.next(Duration::from_secs(60)).await.expect("open");
-        if m.event == "progress" && m.data["step"] == 2 {
-            break;
-        }
-    }
+    sse.wait_for_step(2, Duration::from_secs(60)).await;
     let resp = server
         .client
         .post(server.url(&format!("/v1/jobs/{id}/cancel")))

@@ -35,12 +35,7 @@ async fn killed_process_job_is_rerun_after_restart_exactly_once() {
         None,
     )
     .await;
-    loop {
-        let m = sse.next(Duration::from_secs(60)).await.expect("open");
-        if m.event == "progress" && m.data["step"] == 2 {
-            break;
-        }
-    }
+    sse.wait_for_step(2, Duration::from_secs(60)).await;
     first.kill9();
 
     let second = ServeProcess::spawn(dir.path(), &flags);

@@ -217,12 +217,7 @@ async fn killed_worker_job_is_finished_by_another_without_orphans() {
         None,
     )
     .await;
-    loop {
-        let m = sse.next(Duration::from_secs(120)).await.expect("open");
-        if m.event == "progress" && m.data["step"] == 2 {
-            break;
-        }
-    }
+    sse.wait_for_step(2, Duration::from_secs(120)).await;
     doomed.kill9();
     let _rescuer = cluster.spawn("worker", &["--lease-secs", "1.5", "--rescue-secs", "0.3"]);
     let job = cluster
@@ -318,12 +313,7 @@ async fn sigterm_releases_or_finishes_the_running_job() {
         None,
     )
     .await;
-    loop {
-        let m = sse.next(Duration::from_secs(120)).await.expect("open");
-        if m.event == "progress" && m.data["step"] == 2 {
-            break;
-        }
-    }
+    sse.wait_for_step(2, Duration::from_secs(120)).await;
     let status = leaving.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     let job = cluster.job(&api, &id).await;
@@ -332,12 +322,7 @@ async fn sigterm_releases_or_finishes_the_running_job() {
 
     // Long grace: the next worker finishes it even though it is told to stop.
     let mut finisher = cluster.spawn("worker", &["--grace-secs", "120"]);
-    loop {
-        let m = sse.next(Duration::from_secs(120)).await.expect("open");
-        if m.event == "progress" && m.data["step"] == 2 {
-            break;
-        }
-    }
+    sse.wait_for_step(2, Duration::from_secs(120)).await;
     let status = finisher.terminate(Duration::from_secs(300));
     assert!(status.success());
     let job = cluster.job(&api, &id).await;

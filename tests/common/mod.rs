@@ -212,6 +212,21 @@ impl SseReader {
         }
     }
 
+    /// Reads until a `progress` event for `step` arrives (the job is under way).
+    pub async fn wait_for_step(&mut self, step: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = self
+                .next(left)
+                .await
+                .expect("stream closed before the step");
+            if m.event == "progress" && m.data["step"] == step {
+                return;
+            }
+        }
+    }
+
     /// Reads until the stream closes, returning every event.
     pub async fn collect(&mut self, timeout: Duration) -> Vec<SseMessage> {
         let mut out = Vec::new();
