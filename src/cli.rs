@@ -44,6 +44,18 @@ pub enum Command {
     Migrate,
     /// Generate images locally, without a server.
     Generate(Box<GenerateArgs>),
+    /// Side-by-side benchmarks that print ratios (ours vs candle-transformers).
+    Bench {
+        /// UNet evaluations to time on each side.
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+        /// Image sizes to benchmark (square), e.g. 64,256,512.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        sizes: Vec<usize>,
+        /// cpu, cuda:N or metal.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -116,7 +128,10 @@ pub struct GenerateArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let default_level = match cli.command {
-        Command::Generate(_) | Command::TinyModel { .. } | Command::Migrate => "warn",
+        Command::Generate(_)
+        | Command::TinyModel { .. }
+        | Command::Migrate
+        | Command::Bench { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -140,6 +155,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Generate(args) => generate(&cli.config, *args),
+        Command::Bench {
+            iterations,
+            sizes,
+            device,
+        } => {
+            let device = parse_device(&device)?;
+            let folder = hub::resolve(&cli.config.model, &cli.config.models_dir())?;
+            println!("model {} on {:?}", cli.config.model, device);
+            for size in sizes {
+                if size == 0 || size % 8 != 0 {
+                    bail!("benchmark sizes must be positive multiples of 8, got {size}");
+                }
+                let result = crate::bench::unet_step(&folder, size, size, iterations, &device)?;
+                println!("{result}");
+            }
+            Ok(())
+        }
         Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());

@@ -176,10 +176,11 @@ impl Attention {
         // Scores in f32 even for half-precision weights: softmax over long sequences
         // overflows in f16 (diffusers' upcast_attention).
         let in_dtype = q.dtype();
-        let scores = (q
-            .to_dtype(DType::F32)?
-            .matmul(&k.to_dtype(DType::F32)?.t()?)?
-            * self.scale)?;
+        // Scaling the queries, not the scores: the score matrix is tokens² per head, the
+        // largest tensor of the step, and another pass over it costs more than the matmul
+        // saves.
+        let q = (q.to_dtype(DType::F32)? * self.scale)?;
+        let scores = q.matmul(&k.to_dtype(DType::F32)?.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
         let out = probs
             .matmul(&v)?
@@ -662,44 +663,45 @@ impl UNet {
     }
 }
 
+/// candle-transformers' description of the same UNet (SD 1.x/2.x layouts only), for
+/// the equivalence test and `sdq bench unet`.
+pub fn candle_config(
+    c: &UNetConfig,
+) -> candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
+    use candle_transformers::models::stable_diffusion::unet_2d::BlockConfig;
+    let n = c.block_out_channels.len();
+    let heads = c
+        .num_attention_heads
+        .as_ref()
+        .unwrap_or(&c.attention_head_dim);
+    let blocks = (0..n)
+        .map(|i| BlockConfig {
+            out_channels: c.block_out_channels[i],
+            use_cross_attn: (c.down_block_types[i] == "CrossAttnDownBlock2D")
+                .then(|| c.transformer_layers_per_block.get(i, n).unwrap_or(1)),
+            attention_head_dim: heads.get(i, n).unwrap_or(8),
+        })
+        .collect();
+    candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
+        center_input_sample: c.center_input_sample,
+        flip_sin_to_cos: c.flip_sin_to_cos,
+        freq_shift: c.freq_shift,
+        blocks,
+        layers_per_block: c.layers_per_block,
+        downsample_padding: c.downsample_padding,
+        mid_block_scale_factor: c.mid_block_scale_factor,
+        norm_num_groups: c.norm_num_groups,
+        norm_eps: c.norm_eps,
+        cross_attention_dim: c.cross_attention_dim,
+        sliced_attention_size: None,
+        use_linear_projection: c.use_linear_projection,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    /// candle's description of the same UNet (SD 1.x/2.x layouts only).
-    fn candle_blocks(
-        c: &UNetConfig,
-    ) -> candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
-        use candle_transformers::models::stable_diffusion::unet_2d::BlockConfig;
-        let n = c.block_out_channels.len();
-        let heads = c
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&c.attention_head_dim);
-        let blocks = (0..n)
-            .map(|i| BlockConfig {
-                out_channels: c.block_out_channels[i],
-                use_cross_attn: (c.down_block_types[i] == "CrossAttnDownBlock2D")
-                    .then(|| c.transformer_layers_per_block.get(i, n).unwrap()),
-                attention_head_dim: heads.get(i, n).unwrap(),
-            })
-            .collect();
-        candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
-            center_input_sample: c.center_input_sample,
-            flip_sin_to_cos: c.flip_sin_to_cos,
-            freq_shift: c.freq_shift,
-            blocks,
-            layers_per_block: c.layers_per_block,
-            downsample_padding: c.downsample_padding,
-            mid_block_scale_factor: c.mid_block_scale_factor,
-            norm_num_groups: c.norm_num_groups,
-            norm_eps: c.norm_eps,
-            cross_attention_dim: c.cross_attention_dim,
-            sliced_attention_size: None,
-            use_linear_projection: c.use_linear_projection,
-        }
-    }
 
     /// On an SD-1.5-shaped model our UNet must compute what candle's does (which matches
     /// diffusers there); SDXL-only parts are covered by the parity fixtures.
@@ -716,7 +718,7 @@ mod tests {
         };
         let ours = UNet::with_gelu(vb.clone(), &config, Gelu::Tanh).unwrap();
         let exact = UNet::new(vb.clone(), &config).unwrap();
-        let blocks = candle_blocks(&config);
+        let blocks = candle_config(&config);
         let theirs =
             candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel::new(
                 vb, 4, 4, false, blocks,
