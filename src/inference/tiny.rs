@@ -244,22 +244,34 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         |vb| ClipTextModel::new(vb, &text).map(drop),
         str::to_string,
     )?;
+    finish(dir, &mut rng, unet_config, vae_config, &model_index)
+}
+
+/// The part every family shares: UNet and VAE weights drawn (in that order, after the
+/// text encoders) from `rng`, then `model_index.json`, written last because its presence
+/// marks a complete model.
+fn finish(
+    dir: &Path,
+    rng: &mut TorchRng,
+    unet_config: serde_json::Value,
+    vae_config: serde_json::Value,
+    model_index: &serde_json::Value,
+) -> Result<(), InferenceError> {
     let unet: UNetConfig = parse(unet_config);
     save_random(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
-        &mut rng,
+        rng,
         |vb| UNet::new(vb, &unet).map(drop),
         str::to_string,
     )?;
     let vae: VaeConfig = parse(vae_config);
     save_random(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
-        &mut rng,
+        rng,
         |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
         modern_vae_attention_name,
     )?;
-    // Written last: its presence marks a complete model.
-    write_json(&dir.join("model_index.json"), &model_index)
+    write_json(&dir.join("model_index.json"), model_index)
 }
 
 /// The tiny VAE of every family; only the latent scaling differs (SDXL's 0.13025).
@@ -418,21 +430,7 @@ fn write_sdxl(dir: &Path, seed: u64, inpaint: bool) -> Result<(), InferenceError
         |vb| ClipTextModelWithProjection::new(vb, &text_2).map(drop),
         str::to_string,
     )?;
-    let unet: UNetConfig = parse(unet_config);
-    save_random(
-        &dir.join("unet/diffusion_pytorch_model.safetensors"),
-        &mut rng,
-        |vb| UNet::new(vb, &unet).map(drop),
-        str::to_string,
-    )?;
-    let vae: VaeConfig = parse(vae_config);
-    save_random(
-        &dir.join("vae/diffusion_pytorch_model.safetensors"),
-        &mut rng,
-        |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
-        modern_vae_attention_name,
-    )?;
-    write_json(&dir.join("model_index.json"), &model_index)
+    finish(dir, &mut rng, unet_config, vae_config, &model_index)
 }
 
 /// candle builds the VAE's attention under the names of diffusers < 0.14 (`query`,
