@@ -86,10 +86,10 @@ pub struct ServeConfig {
     pub lease_secs: f64,
     /// Seconds between claim attempts of an idle worker when no wake-up arrives
     /// (wake-ups come through the event bus right after each submission).
-    #[arg(long, env = "SDQ_POLL_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "SDQ_POLL_SECS", default_value_t = 15.0)]
     pub poll_secs: f64,
     /// Seconds between rescuer passes.
-    #[arg(long, env = "SDQ_RESCUE_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "SDQ_RESCUE_SECS", default_value_t = 10.0)]
     pub rescue_secs: f64,
     /// Attempts a job gets before it fails for good.
     #[arg(long, env = "SDQ_MAX_ATTEMPTS", default_value_t = 3)]

@@ -260,7 +260,7 @@ impl Worker {
         tracing::info!(worker = %self.config.name, "worker stopped");
     }
 
-    /// Keeps this worker's row in the `workers` table fresh (every 5 s).
+    /// Keeps this worker's row in the `workers` table fresh (every 10 s).
     fn spawn_registration(&self) -> tokio::task::JoinHandle<()> {
         let store = self.queue.store.clone();
         let engine = self.engine.clone();
@@ -275,7 +275,8 @@ impl Worker {
             last_seen_at: 0,
         };
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            // Well inside the 30 s window in which `GET /v1/workers` shows a worker.
+            let mut ticker = tokio::time::interval(Duration::from_secs(10));
             loop {
                 ticker.tick().await;
                 info.model = engine.loaded_model();

@@ -103,7 +103,15 @@ impl Queue {
         let retrying = matches!(event.kind, EventKind::Failed { retrying: true, .. });
         self.publish(&[event]).await;
         if retrying {
-            let _ = self.bus.notify_new_job().await;
+            // Wake the workers when the backoff ends, not now: the job is not claimable
+            // before then, and idle workers poll only slowly. If this process dies first,
+            // that slow poll still finds the job.
+            let bus = self.bus.clone();
+            let delay = retry_after.unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = bus.notify_new_job().await;
+            });
         }
         Ok(())
     }
