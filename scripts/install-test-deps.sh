@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Installs what the test suite talks to besides the machine's PostgreSQL and Redis:
-# moto's S3 server (PyPI) and, if missing, the Debian packages for redis-server and the
-# PostgreSQL server binaries (private instances for the outage tests). Idempotent.
+# a private Python virtualenv (target/test-venv) with the packages in
+# scripts/test-requirements.txt (moto's S3 server and the real client libraries the
+# compatibility tests drive), and, if missing, the Debian packages for redis-server and
+# the PostgreSQL server binaries (private instances for the outage tests). Idempotent:
+# the venv is rebuilt only when the requirements file changes.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
-    echo "installing moto[server] (S3-compatible test server)"
-    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+venv="${SDQ_TEST_VENV:-target/test-venv}"
+requirements=scripts/test-requirements.txt
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "installing Python test packages into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$want" >"$stamp"
 fi
 
 need_apt=()

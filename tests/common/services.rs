@@ -140,6 +140,15 @@ impl Drop for RedisServer {
     }
 }
 
+/// The test virtualenv's Python (`scripts/install-test-deps.sh` creates it), or
+/// `SDQ_TEST_PYTHON`.
+pub fn test_python() -> std::path::PathBuf {
+    match std::env::var_os("SDQ_TEST_PYTHON") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"),
+    }
+}
+
 /// moto's S3 server on a free port, with one bucket per call to `bucket`.
 pub struct S3Server {
     pub port: u16,
@@ -149,7 +158,7 @@ pub struct S3Server {
 impl S3Server {
     pub fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new("python3")
+        let mut child = Command::new(test_python())
             .args([
                 "-m",
                 "moto.server",
@@ -161,7 +170,7 @@ impl S3Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 with moto[server] is required (scripts/install-test-deps.sh)");
+            .expect("the test venv with moto[server] is required (scripts/install-test-deps.sh)");
         wait_for_port(
             port,
             "moto S3 server (pip install 'moto[server]')",
