@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::validate::{parse_body, MAX_BODY_BYTES};
+use super::validate::{parse_body, SubmitRequest, MAX_BODY_BYTES};
 use super::{ApiError, AppState};
 use crate::queue::{CancelOutcome, ImageRecord, Job, JobStatus, ListQuery, NewJob};
 
@@ -113,7 +113,19 @@ pub async fn submit(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
         _ => ApiError::MalformedJson(e.body_text()),
     })?;
-    let submission = parse_body(&body)?.into_submission(&state.settings)?;
+    let job = submit_job(&state, parse_body(&body)?).await?;
+    let body = json!({"id": job.id, "status": job.status, "links": links(job.id)});
+    Ok((
+        StatusCode::ACCEPTED,
+        [("location", format!("/v1/jobs/{}", job.id))],
+        Json(body),
+    ))
+}
+
+/// Validates a request, stores its input images and queues the job: the one submit path
+/// behind `/v1/jobs` and the compatibility dialects.
+pub(crate) async fn submit_job(state: &AppState, request: SubmitRequest) -> Result<Job, ApiError> {
+    let submission = request.into_submission(&state.settings)?;
     let mut spec = submission.spec;
     // Inputs are stored before the job exists, so a worker never sees a job whose inputs
     // are missing; if queuing then fails, they are removed again.
@@ -150,12 +162,17 @@ pub async fn submit(
         }
     };
     tracing::info!(job_id = %job.id, model = %job.spec.model, "job submitted");
-    let body = json!({"id": job.id, "status": job.status, "links": links(job.id)});
-    Ok((
-        StatusCode::ACCEPTED,
-        [("location", format!("/v1/jobs/{}", job.id))],
-        Json(body),
-    ))
+    Ok(job)
+}
+
+/// The job with this id, or 404.
+pub(crate) async fn find_job(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
+    state
+        .queue
+        .store
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))
 }
 
 /// `GET /v1/jobs/{id}`
@@ -163,13 +180,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "job")?;
-    let job = state
-        .queue
-        .store
-        .get(id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
+    let job = find_job(&state, parse_id(&id, "job")?).await?;
     Ok(Json(job_view(&state, &job).await?))
 }
 
@@ -236,12 +247,7 @@ pub async fn cancel(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job")?;
     let outcome = state.queue.cancel(id).await?;
-    let job = state
-        .queue
-        .store
-        .get(id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
+    let job = find_job(&state, id).await?;
     let status = match outcome {
         CancelOutcome::Canceled(_) => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
