@@ -496,6 +496,37 @@ async fn listing_is_newest_first_with_a_cursor(store: Store) {
     store.ping().await.unwrap();
 }
 
+async fn owner_default_models_are_per_owner(store: Store) {
+    assert_eq!(store.owner_default_model("a").await.unwrap(), None);
+    store
+        .set_owner_default_model("a", Some("tiny"))
+        .await
+        .unwrap();
+    store
+        .set_owner_default_model("b", Some("sd-turbo"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.owner_default_model("a").await.unwrap().as_deref(),
+        Some("tiny")
+    );
+    store
+        .set_owner_default_model("a", Some("tiny-sd2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.owner_default_model("a").await.unwrap().as_deref(),
+        Some("tiny-sd2")
+    );
+    assert_eq!(
+        store.owner_default_model("b").await.unwrap().as_deref(),
+        Some("sd-turbo")
+    );
+    store.set_owner_default_model("a", None).await.unwrap();
+    assert_eq!(store.owner_default_model("a").await.unwrap(), None);
+    assert_eq!(store.owner_default_model("nobody").await.unwrap(), None);
+}
+
 macro_rules! backend {
     ($name:ident, $open:expr) => {
         mod $name {
@@ -521,6 +552,7 @@ macro_rules! backend {
             check!(cancel_semantics);
             check!(release_returns_a_job_without_counting_the_attempt);
             check!(listing_is_newest_first_with_a_cursor);
+            check!(owner_default_models_are_per_owner);
         }
     };
 }

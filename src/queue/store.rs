@@ -123,6 +123,15 @@ pub trait JobStore: Send + Sync {
     async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError>;
     /// Forgets a worker that shut down cleanly.
     async fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The model an owner chose as its default (A1111's `sd_model_checkpoint`), if any.
+    async fn owner_default_model(&self, owner: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (or, with `None`, clears) an owner's default model.
+    async fn set_owner_default_model(
+        &self,
+        owner: &str,
+        model: Option<&str>,
+    ) -> Result<(), StoreError>;
 }
 
 /// The events a completion records, in order: one `image` per image, then `succeeded`.
