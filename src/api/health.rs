@@ -104,5 +104,11 @@ pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
             entry
         })
         .collect();
-    Json(json!({ "models": models }))
+    // OpenAI's list shape beside ours, so `client.models.list()` works: the models a
+    // request may name.
+    let data: Vec<_> = enabled
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "sdq"}))
+        .collect();
+    Json(json!({ "models": models, "object": "list", "data": data }))
 }

@@ -3,12 +3,13 @@
 //! Handlers are thin: parse, validate, call the queue, map the result. The router is built
 //! by [`router`] so tests can call it in-process; [`serve`] binds it to a socket.
 
+mod compat;
 mod error;
 mod events;
 mod health;
 mod images;
-mod jobs;
-mod validate;
+pub(crate) mod jobs;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready));
     Router::new()
         .nest("/v1", v1)
+        .merge(compat::router())
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .fallback(error::not_found)
