@@ -100,6 +100,13 @@ async fn a1111_answers_in_its_shape() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    let huge = json!({"prompt": "a", "init_images": ["A".repeat(17 << 20)]});
+    let (status, body, _) = post(&server, "/sdapi/v1/img2img", huge).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
     let (status, body) = server.get_json("/sdapi/v1/nope").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 

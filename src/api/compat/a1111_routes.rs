@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::a1111::{self, A1111Request, Mode};
-use super::{image_ops, job_pngs, now_ms, wait, LOCAL_OWNER};
+use super::{body_bytes, image_ops, job_pngs, now_ms, wait, LOCAL_OWNER};
 use crate::api::jobs::submit_job;
 use crate::api::validate::{available, parse_json};
 use crate::api::{ApiError, AppState};
@@ -19,6 +19,7 @@ use crate::inference::hub;
 use crate::inference::schedulers::a1111::{A1111_SAMPLERS, A1111_SCHEDULES};
 use crate::queue::{JobStatus, ListQuery};
 use crate::storage::png_info;
+use axum::extract::rejection::BytesRejection;
 
 /// An error in A1111's shape.
 pub struct A1111Error {
@@ -92,13 +93,19 @@ async fn owner_default(state: &AppState, owner: &str) -> Result<Option<String>> 
 }
 
 /// `POST /sdapi/v1/txt2img`
-pub async fn txt2img(State(state): State<AppState>, body: Bytes) -> Result<Response> {
-    generate(state, body, Mode::Txt2Img).await
+pub async fn txt2img(
+    State(state): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    generate(state, body_bytes(body)?, Mode::Txt2Img).await
 }
 
 /// `POST /sdapi/v1/img2img`
-pub async fn img2img(State(state): State<AppState>, body: Bytes) -> Result<Response> {
-    generate(state, body, Mode::Img2Img).await
+pub async fn img2img(
+    State(state): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    generate(state, body_bytes(body)?, Mode::Img2Img).await
 }
 
 /// Translates, submits, waits for the end and answers as A1111 does: 200 with the images
@@ -225,8 +232,11 @@ pub async fn get_options(State(state): State<AppState>) -> Result<Json<Value>> {
 
 /// `POST /sdapi/v1/options`: `sd_model_checkpoint` sets the caller's default model (an
 /// unknown one is a 422); other settings are accepted only at the values sdq implements.
-pub async fn set_options(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>> {
-    let settings: Map<String, Value> = parse_json(&body)?;
+pub async fn set_options(
+    State(state): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let settings: Map<String, Value> = parse_json(&body_bytes(body)?)?;
     let model = a1111::check_settings(&settings, "")?;
     if let Some(name) = model {
         if !available(&state.settings).contains(&name) {
@@ -336,8 +346,8 @@ pub struct PngInfoRequest {
 
 /// `POST /sdapi/v1/png-info`: the `parameters` text of a PNG, parsed as A1111 does, and
 /// its other text chunks.
-pub async fn png_info(body: Bytes) -> Result<Json<Value>> {
-    let request: PngInfoRequest = parse_json(&body)?;
+pub async fn png_info(body: std::result::Result<Bytes, BytesRejection>) -> Result<Json<Value>> {
+    let request: PngInfoRequest = parse_json(&body_bytes(body)?)?;
     let bytes = image_ops::unb64(&request.image)
         .map_err(|e| ApiError::invalid("image", format!("image is {e}")))?;
     if image::guess_format(&bytes).is_err() {

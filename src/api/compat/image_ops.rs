@@ -35,8 +35,9 @@ fn png(image: &DynamicImage) -> Vec<u8> {
 }
 
 /// A1111's mask preparation: gray levels (white = repaint), optionally inverted, then a
-/// Gaussian blur of `blur` pixels (A1111's `mask_blur`; 0 leaves the edge hard).
-/// Returns a PNG.
+/// blur of `blur` pixels (A1111's `mask_blur`; 0 leaves the edge hard). The blur is the
+/// `image` crate's fast almost-Gaussian one, whose cost does not grow with the radius, so
+/// a large mask with a large blur stays cheap. Returns a PNG.
 pub fn a1111_mask(bytes: &[u8], invert: bool, blur: f32) -> Result<Vec<u8>, String> {
     let image = decode(bytes, "mask").map_err(|e| e.to_string())?;
     let mut gray: GrayImage = image.to_luma8();
@@ -44,7 +45,7 @@ pub fn a1111_mask(bytes: &[u8], invert: bool, blur: f32) -> Result<Vec<u8>, Stri
         image::imageops::invert(&mut gray);
     }
     if blur > 0.0 {
-        gray = image::imageops::blur(&gray, blur);
+        gray = image::imageops::fast_blur(&gray, blur);
     }
     Ok(png(&DynamicImage::ImageLuma8(gray)))
 }

@@ -67,6 +67,18 @@ async fn job_pngs(state: &AppState, job: &Job) -> Result<Vec<(ImageRecord, Vec<u
     Ok(out)
 }
 
+/// A request body, or the same 413 / 400 as `/v1` gives.
+fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(super::validate::MAX_BODY_BYTES)
+        }
+        _ => ApiError::MalformedJson(e.body_text()),
+    })
+}
+
 /// Milliseconds since the epoch, now.
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -17,12 +17,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::image_ops::encode_as;
 use super::openai::{self, Delivery, GenerateParams, ModelDefaults};
-use super::{job_pngs, wait};
+use super::{body_bytes, job_pngs, wait};
 use crate::api::jobs::submit_job;
 use crate::api::validate::{parse_json, MAX_BODY_BYTES};
 use crate::api::{ApiError, AppState, SubmitRequest};
 use crate::inference::hub;
 use crate::queue::{Job, JobStatus};
+use axum::extract::rejection::BytesRejection;
 
 /// An error in OpenAI's shape. Only 429 and 503 invite the SDKs' automatic retries: a
 /// retried generation is a second job.
@@ -103,9 +104,9 @@ fn base_url(headers: &HeaderMap) -> String {
 pub async fn generations(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let params: GenerateParams = parse_json(&body)?;
+    let params: GenerateParams = parse_json(&body_bytes(body)?)?;
     let defaults = model_defaults(&state, params.model.as_deref());
     let (request, delivery) = openai::to_submit(params, defaults)?;
     run(
