@@ -58,11 +58,16 @@ assert len(r.images) == 1 and r.images[0].size == (64, 64), r.json
 assert r.info["denoising_strength"] == 0.6, r.info
 check("img2img")
 
+# With webuiapi's defaults: "Only masked" whose crop is the whole picture, "fill".
 mask = Image.new("L", (64, 64), 0)
 mask.paste(255, (0, 0, 32, 64))
 r = api.img2img(images=[start.resize((64, 64))], mask_image=mask, prompt="a window",
+                width=64, height=64, seed=6)
+jobs += 1
+assert len(r.images) == 1 and r.images[0].size == (64, 64), r.json
+r = api.img2img(images=[start.resize((64, 64))], mask_image=mask, prompt="a window",
                 width=64, height=64, inpaint_full_res=False, inpainting_fill=1,
-                mask_blur=2, seed=6)
+                inpainting_mask_invert=1, mask_blur=2, seed=6)
 jobs += 1
 assert len(r.images) == 1 and r.images[0].size == (64, 64), r.json
 check("img2img with a mask")

@@ -27,6 +27,8 @@ pub enum Mode {
 const DEFAULT_SAMPLER: &str = "Euler";
 /// A1111's `denoising_strength` default for img2img.
 const DEFAULT_STRENGTH: f64 = 0.75;
+/// Largest image the `inpainting_fill: 0` smearing works on (validation caps jobs lower).
+const MAX_FILL_PIXELS: u64 = 4 << 20;
 /// A1111's `mask_blur` default, in pixels.
 const DEFAULT_MASK_BLUR: f64 = 4.0;
 
@@ -83,6 +85,7 @@ pub struct A1111Request {
     pub inpainting_fill: Option<i64>,
     #[serde(deserialize_with = "flag")]
     pub inpaint_full_res: Option<bool>,
+    pub inpaint_full_res_padding: Option<u32>,
     pub initial_noise_multiplier: Option<f64>,
     #[serde(deserialize_with = "flag")]
     pub include_init_images: Option<bool>,
@@ -197,6 +200,24 @@ pub fn check_settings(
 
 fn positive(v: Option<f64>) -> bool {
     v.is_some_and(|v| v > 0.0)
+}
+
+/// The size an img2img job will have: the request's, else the start image's own
+/// (rounded down to 8, as our validation does).
+fn target_size(
+    width: Option<u32>,
+    height: Option<u32>,
+    init: &str,
+) -> Result<(u32, u32), ApiError> {
+    if let (Some(w), Some(h)) = (width, height) {
+        return Ok((w, h));
+    }
+    let bytes = image_ops::unb64(init)
+        .map_err(|e| refuse("init_images", format!("init_images[0] is {e}")))?;
+    let image = crate::inference::init_image::decode(&bytes, "init_images")
+        .map_err(|e| refuse("init_images", e.to_string()))?;
+    let (w, h) = crate::inference::init_image::default_size(&image);
+    Ok((width.unwrap_or(w as u32), height.unwrap_or(h as u32)))
 }
 
 /// Maps an A1111 request onto ours. `default_model` is the caller's default (from
@@ -378,18 +399,6 @@ pub fn to_submit(
         request.init_image = Some(init.clone());
         request.strength = Some(req.denoising_strength.unwrap_or(DEFAULT_STRENGTH));
         if let Some(mask) = req.mask.as_deref().filter(|m| !m.trim().is_empty()) {
-            if req.inpaint_full_res != Some(false) {
-                return Err(refuse(
-                    "inpaint_full_res",
-                    "inpaint area 'Only masked' is not supported by sdq; send inpaint_full_res: false (whole picture)",
-                ));
-            }
-            if req.inpainting_fill != Some(1) {
-                return Err(refuse(
-                    "inpainting_fill",
-                    "sdq inpaints from the original pixels; send inpainting_fill: 1 (original)",
-                ));
-            }
             let blur = match (req.mask_blur, req.mask_blur_x, req.mask_blur_y) {
                 (Some(b), _, _) => b,
                 (None, Some(x), Some(y)) if x != y => {
@@ -409,6 +418,42 @@ pub fn to_submit(
                 blur as f32,
             )
             .map_err(|e| refuse("mask", e))?;
+            // "Only masked" (A1111's default) is honoured where it equals the whole picture.
+            if req.inpaint_full_res != Some(false) {
+                let (w, h) = target_size(req.width, req.height, init)?;
+                let padding = req.inpaint_full_res_padding.unwrap_or(0);
+                let whole = image_ops::only_masked_is_whole_picture(&prepared, padding, w, h)
+                    .map_err(|e| refuse("mask", e))?;
+                if !whole {
+                    return Err(refuse(
+                        "inpaint_full_res",
+                        "inpaint area 'Only masked' is supported only where its crop is the whole picture; send inpaint_full_res: false",
+                    ));
+                }
+            }
+            // A1111's fills: 0 smears the surroundings into the masked area first (its
+            // default), 1 starts from the original pixels (what the pipeline does).
+            match req.inpainting_fill.unwrap_or(0) {
+                0 => {
+                    let (w, h) = target_size(req.width, req.height, init)?;
+                    // Bounded before any pixel buffer: validation refuses larger anyway.
+                    if w == 0 || h == 0 || (w as u64) * (h as u64) > MAX_FILL_PIXELS {
+                        return Err(refuse("width", "width × height is out of range"));
+                    }
+                    let bytes = image_ops::unb64(init)
+                        .map_err(|e| refuse("init_images", format!("init_images[0] is {e}")))?;
+                    let filled = image_ops::fill_masked(&bytes, &prepared, w, h)
+                        .map_err(|e| refuse("init_images", e))?;
+                    request.init_image = Some(image_ops::b64(&filled));
+                }
+                1 => {}
+                other => {
+                    return Err(refuse(
+                        "inpainting_fill",
+                        format!("inpainting_fill {other} (latent noise / nothing) is not supported by sdq; use 0 (fill) or 1 (original)"),
+                    ))
+                }
+            }
             request.mask_image = Some(image_ops::b64(&prepared));
         }
     }
@@ -825,13 +870,37 @@ mod tests {
         let t2 = translate(inverted, Mode::Img2Img).unwrap();
         assert_ne!(t.request.mask_image, t2.request.mask_image);
 
+        // "Only masked" is honoured when its crop is the whole picture (a mask reaching
+        // across the image), refused for a small patch.
+        let patch = |x0: u32, x1: u32| {
+            let img = image::GrayImage::from_fn(64, 64, |x, y| {
+                image::Luma([if (x0..x1).contains(&x) && (20..30).contains(&y) {
+                    255
+                } else {
+                    0
+                }])
+            });
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+            json!(image_ops::b64(&out.into_inner()))
+        };
+        let only_masked = with(
+            with(masked.clone(), "inpaint_full_res", json!(true)),
+            "mask_blur",
+            json!(0),
+        );
+        assert!(translate(
+            with(only_masked.clone(), "mask", patch(0, 64)),
+            Mode::Img2Img
+        )
+        .is_ok());
         let cases: Vec<(Value, &str)> = vec![
             (
-                with(masked.clone(), "inpaint_full_res", json!(true)),
+                with(only_masked.clone(), "mask", patch(20, 30)),
                 "inpaint_full_res",
             ),
             (
-                with(masked.clone(), "inpainting_fill", json!(0)),
+                with(masked.clone(), "inpainting_fill", json!(2)),
                 "inpainting_fill",
             ),
             (with(masked.clone(), "mask", json!("%%%")), "mask"),
