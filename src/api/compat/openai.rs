@@ -166,8 +166,11 @@ pub fn to_submit(
 ) -> Result<(SubmitRequest, Delivery), ApiError> {
     let (width, height) = size(p.size.as_deref())?;
     let (steps, quality) = quality(p.quality.as_deref(), defaults)?;
+    // DALL·E answers with URLs unless asked otherwise; everything else with base64.
+    let dalle = p.model.as_deref().is_some_and(|m| m.starts_with("dall-e"));
     let url = match p.response_format.as_deref() {
-        None | Some("b64_json") => false,
+        None => dalle && p.stream != Some(true),
+        Some("b64_json") => false,
         Some("url") => true,
         Some(other) => {
             return Err(refuse(
