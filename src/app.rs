@@ -120,10 +120,10 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.retry_base = serve.retry_base();
         wc.grace = serve.grace();
         wc.poll_interval = serve.poll_interval();
-        wc.device = crate::cli::parse_device(&serve.device)?;
+        wc.device = crate::config::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
-        wc.dtype = crate::cli::parse_dtype(&serve.dtype)?;
-        crate::cli::check_device_dtype(&wc.device, wc.dtype)?;
+        wc.dtype = crate::config::parse_dtype(&serve.dtype)?;
+        crate::config::check_device_dtype(&wc.device, wc.dtype)?;
         let worker = Worker::new(queue.clone(), images.clone(), wc);
         tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::Role;
-use crate::config::{Config, ServeConfig};
+use crate::config::{check_device_dtype, parse_device, parse_dtype, Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
 use crate::inference::{
     hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
@@ -318,41 +317,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-}
-
-/// Parses `--device`.
-pub fn parse_device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "metal" => Ok(Device::new_metal(0)?),
-        cuda if cuda.starts_with("cuda") => {
-            let index = cuda
-                .strip_prefix("cuda:")
-                .map(str::parse)
-                .transpose()?
-                .unwrap_or(0);
-            Ok(Device::new_cuda(index)?)
-        }
-        other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
-    }
-}
-
-/// Parses `--dtype`.
-pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => bail!("unknown dtype '{other}' (f32, f16, bf16)"),
-    }
-}
-
-/// Refuses combinations candle cannot run, before any model is loaded.
-pub fn check_device_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
-    if device.is_cpu() && dtype == DType::BF16 {
-        bail!("bf16 matrix products are not supported on the CPU; use --dtype f32 or f16");
-    }
-    Ok(())
 }
 
 fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::bail;
+use candle_core::{DType, Device};
 use clap::Args;
 
 /// Options every long-running command takes.
@@ -146,4 +148,39 @@ impl ServeConfig {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+}
+
+/// Parses `--device`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Ok(Device::new_metal(0)?),
+        cuda if cuda.starts_with("cuda") => {
+            let index = cuda
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(0);
+            Ok(Device::new_cuda(index)?)
+        }
+        other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("unknown dtype '{other}' (f32, f16, bf16)"),
+    }
+}
+
+/// Refuses combinations candle cannot run, before any model is loaded.
+pub fn check_device_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
+    if device.is_cpu() && dtype == DType::BF16 {
+        bail!("bf16 matrix products are not supported on the CPU; use --dtype f32 or f16");
+    }
+    Ok(())
 }
