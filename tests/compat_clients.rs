@@ -1,7 +1,8 @@
 //! The A1111 and OpenAI dialects, checked with the real clients: `webuiapi` and `openai`
 //! from the test virtualenv (scripts/install-test-deps.sh) drive a live `sdq serve --model
-//! tiny`, and every call they made left a job in `GET /v1/jobs`. A missing venv or client
-//! library fails the test.
+//! tiny --auth required`, each with its own key (webuiapi as HTTP Basic, openai as Bearer),
+//! and every call they made left a job owned by that key in `GET /v1/jobs`. A missing venv
+//! or client library fails the test.
 
 mod common;
 
@@ -48,8 +49,8 @@ fn run_client(python: &PathBuf, script: &str, args: &[&str]) -> usize {
         .unwrap_or_else(|| panic!("{script} did not report its jobs"))
 }
 
-/// Every job in `GET /v1/jobs`, newest first.
-async fn all_jobs(client: &reqwest::Client, base: &str) -> Vec<Value> {
+/// Every job a key sees in `GET /v1/jobs`, newest first.
+async fn all_jobs(client: &reqwest::Client, base: &str, token: &str) -> Vec<Value> {
     let mut jobs = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -57,7 +58,15 @@ async fn all_jobs(client: &reqwest::Client, base: &str) -> Vec<Value> {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let body: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        let body: Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         jobs.extend(body["jobs"].as_array().unwrap().iter().cloned());
         match body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -70,43 +79,81 @@ async fn all_jobs(client: &reqwest::Client, base: &str) -> Vec<Value> {
 async fn real_clients_work_unchanged() {
     let python = venv_python();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServeProcess::spawn(dir.path(), &["--allow-model", "tiny-sd2"]);
+    let global = ["--data-dir", dir.path().to_str().unwrap()];
+    let a1111_key = common::create_key(&global, "a1111-client", &[]);
+    let openai_key = common::create_key(&global, "openai-client", &[]);
+    let server = ServeProcess::spawn(
+        dir.path(),
+        &["--allow-model", "tiny-sd2", "--auth", "required"],
+    );
     let client = reqwest::Client::new();
     server.wait_healthy(&client).await;
     let base = server.base.clone();
 
-    let python_a = python.clone();
-    let base_a = base.clone();
+    // Without a key each dialect refuses in its own way.
+    let resp = client
+        .get(format!("{base}/sdapi/v1/options"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.starts_with("Basic"), "{challenge}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    let resp = client
+        .post(format!("{base}/v1/images/generations"))
+        .bearer_auth("sdq_not-a-key")
+        .json(&serde_json::json!({"prompt": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+
+    let (python_a, base_a, token_a) = (python.clone(), base.clone(), a1111_key.token.clone());
     let a1111 = tokio::task::spawn_blocking(move || {
-        run_client(&python_a, "webuiapi_client.py", &[&base_a])
+        run_client(&python_a, "webuiapi_client.py", &[&base_a, &token_a])
     })
     .await
     .unwrap();
-    let base_o = base.clone();
+    let (base_o, token_o) = (base.clone(), openai_key.token.clone());
     let openai = tokio::task::spawn_blocking(move || {
-        run_client(&python, "openai_client.py", &[&base_o, "sdq-local"])
+        run_client(&python, "openai_client.py", &[&base_o, &token_o])
     })
     .await
     .unwrap();
 
-    // Every call left an ordinary job behind, finished one way or another.
-    let jobs = all_jobs(&client, &base).await;
-    assert_eq!(jobs.len(), a1111 + openai, "{jobs:#?}");
-    for job in &jobs {
-        let status = job["status"].as_str().unwrap();
-        assert!(
-            ["succeeded", "canceled"].contains(&status),
-            "{}",
-            serde_json::to_string_pretty(job).unwrap()
-        );
+    // Every call left an ordinary job behind, owned by the key that made it.
+    for (key, made) in [(&a1111_key, a1111), (&openai_key, openai)] {
+        let jobs = all_jobs(&client, &base, &key.token).await;
+        assert_eq!(jobs.len(), made, "{jobs:#?}");
+        for job in &jobs {
+            assert_eq!(job["owner"], key.id.as_str(), "{job}");
+            let status = job["status"].as_str().unwrap();
+            assert!(
+                ["succeeded", "canceled"].contains(&status),
+                "{}",
+                serde_json::to_string_pretty(job).unwrap()
+            );
+        }
     }
+    let a1111_jobs = all_jobs(&client, &base, &a1111_key.token).await;
     assert_eq!(
-        jobs.iter().filter(|j| j["status"] == "canceled").count(),
+        a1111_jobs
+            .iter()
+            .filter(|j| j["status"] == "canceled")
+            .count(),
         1,
         "only the interrupted job was canceled"
     );
+    let openai_jobs = all_jobs(&client, &base, &openai_key.token).await;
     assert!(
-        jobs.iter().any(|j| j["request"]["user"] == "user-7"),
+        openai_jobs.iter().any(|j| j["request"]["user"] == "user-7"),
         "OpenAI's user is stored on the job"
     );
 }

@@ -95,6 +95,7 @@ async fn a1111_answers_in_its_shape() {
     let resp = server
         .client
         .post(server.url("/sdapi/v1/txt2img"))
+        .header("content-type", "application/json")
         .body("{\"prompt\": ")
         .send()
         .await
@@ -107,8 +108,6 @@ async fn a1111_answers_in_its_shape() {
         (413, Some("payload_too_large")),
         "{body}"
     );
-    let (status, body) = server.get_json("/sdapi/v1/nope").await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 
     // Options: the model must exist; the choice sticks.
     let (status, body, _) = post(

@@ -1,6 +1,7 @@
 """Drives a live sdq through the real `webuiapi` client (A1111's /sdapi/v1).
 
 Usage: python webuiapi_client.py BASE_URL [API_KEY]
+The key, when given, travels as the HTTP Basic password.
 Prints one line per check and, last, `JOBS n`: how many jobs its calls queued.
 Any failed assertion exits non-zero (tests/compat_clients.rs runs this).
 """

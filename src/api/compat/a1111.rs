@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 
 use super::image_ops;
-use crate::api::{ApiError, SubmitRequest};
+use crate::api::{ApiError, InputFiles, SubmitRequest};
 use crate::inference::schedulers::a1111::{from_a1111, to_a1111};
 use crate::inference::SchedulerKind;
 use crate::queue::{ImageRecord, Job, JobStatus};
@@ -108,6 +108,8 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
 #[derive(Debug)]
 pub struct Translated {
     pub request: SubmitRequest,
+    /// The start image and mask when the translation made them (decoded, as bytes).
+    pub files: InputFiles,
     /// `send_images: false` answers without image data.
     pub send_images: bool,
     pub scheduler: SchedulerKind,
@@ -354,8 +356,9 @@ pub fn to_submit(
         Some(s) => Some(s as u64),
     };
     let images = req.batch_size.unwrap_or(1) as u64 * req.n_iter.unwrap_or(1) as u64;
+    let mut files = InputFiles::default();
     let mut request = SubmitRequest {
-        prompt: req.prompt.unwrap_or_default(),
+        prompt: Some(req.prompt.unwrap_or_default()),
         negative_prompt: req.negative_prompt,
         model: settings_model.or(default_model.map(str::to_string)),
         width: req.width,
@@ -444,7 +447,8 @@ pub fn to_submit(
                         .map_err(|e| refuse("init_images", format!("init_images[0] is {e}")))?;
                     let filled = image_ops::fill_masked(&bytes, &prepared, w, h)
                         .map_err(|e| refuse("init_images", e))?;
-                    request.init_image = Some(image_ops::b64(&filled));
+                    request.init_image = None;
+                    files.init = Some(filled);
                 }
                 1 => {}
                 other => {
@@ -454,11 +458,12 @@ pub fn to_submit(
                     ))
                 }
             }
-            request.mask_image = Some(image_ops::b64(&prepared));
+            files.mask = Some(prepared);
         }
     }
     Ok(Translated {
         request,
+        files,
         send_images: req.send_images.unwrap_or(true),
         scheduler,
     })
@@ -714,7 +719,7 @@ mod tests {
     fn webuiapi_defaults_map_onto_a_job() {
         let t = translate(webuiapi_txt2img(), Mode::Txt2Img).unwrap();
         let r = &t.request;
-        assert_eq!(r.prompt, "a fox");
+        assert_eq!(r.prompt.as_deref(), Some("a fox"));
         assert_eq!(
             (r.width, r.height, r.steps),
             (Some(512), Some(512), Some(20))
@@ -852,7 +857,7 @@ mod tests {
             .unwrap()
             .starts_with("data:image/png;base64,"));
         assert_eq!(t.request.strength, Some(0.75));
-        assert!(t.request.mask_image.is_none());
+        assert!(t.files.mask.is_none());
 
         let mask = webuiapi_img2img()["init_images"][0].clone();
         let masked = with(
@@ -865,10 +870,10 @@ mod tests {
             json!(1),
         );
         let t = translate(masked.clone(), Mode::Img2Img).unwrap();
-        assert!(t.request.mask_image.is_some());
+        assert!(t.files.mask.is_some());
         let inverted = with(masked.clone(), "inpainting_mask_invert", json!(1));
         let t2 = translate(inverted, Mode::Img2Img).unwrap();
-        assert_ne!(t.request.mask_image, t2.request.mask_image);
+        assert_ne!(t.files.mask, t2.files.mask);
 
         // "Only masked" is honoured when its crop is the whole picture (a mask reaching
         // across the image), refused for a small patch.
@@ -981,6 +986,7 @@ mod tests {
     fn job(status: JobStatus, step: i64, total: i64) -> Job {
         Job {
             id: uuid::Uuid::nil(),
+            owner: "local".into(),
             status,
             spec: crate::queue::JobSpec {
                 prompt: "a fox".into(),
@@ -1049,6 +1055,9 @@ mod tests {
             height: 48,
             bytes: 3,
             created_at: 0,
+            owner: "local".into(),
+            model: "tiny".into(),
+            prompt: "a fox".into(),
         };
         let images = vec![(record(9), vec![1, 2, 3]), (record(10), vec![4, 5])];
         let echo = json!({"prompt": "a fox", "init_images": ["xyz"], "mask": "m"});

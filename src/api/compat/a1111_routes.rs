@@ -3,30 +3,33 @@
 //! (`{"error", "detail", "body", "errors"}`) with our statuses.
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::a1111::{self, A1111Request, Mode};
-use super::{body_bytes, image_ops, job_pngs, now_ms, wait, LOCAL_OWNER};
-use crate::api::jobs::submit_job;
+use super::{body_bytes, image_ops, job_pngs, now_ms, wait};
+use crate::api::submit::submit_job;
 use crate::api::validate::{available, parse_json};
-use crate::api::{ApiError, AppState};
+use crate::api::{ApiError, AppState, Caller};
 use crate::inference::hub;
 use crate::inference::schedulers::a1111::{A1111_SAMPLERS, A1111_SCHEDULES};
 use crate::queue::{JobStatus, ListQuery};
 use crate::storage::png_info;
-use axum::extract::rejection::BytesRejection;
 
-/// An error in A1111's shape.
+/// An error in A1111's shape, keeping the headers our own error would carry
+/// (`Retry-After`); a 401 asks for HTTP Basic, which is what A1111 clients can send.
 pub struct A1111Error {
     status: StatusCode,
     code: &'static str,
     message: String,
     field: Option<String>,
+    headers: HeaderMap,
 }
 
 impl From<ApiError> for A1111Error {
@@ -47,14 +50,15 @@ impl From<ApiError> for A1111Error {
             }
             _ => e.to_string(),
         };
-        if let ApiError::Internal(detail) = &e {
-            tracing::error!(%detail, "internal error");
-        }
+        let (status, code) = (e.status(), e.code());
+        // Our own response carries the right headers (and logs internal errors once).
+        let headers = e.into_response().headers().clone();
         Self {
-            status: e.status(),
-            code: e.code(),
+            status,
+            code,
             message,
             field,
+            headers,
         }
     }
 }
@@ -70,16 +74,35 @@ impl IntoResponse for A1111Error {
         if let Some(field) = self.field {
             body["field"] = json!(field);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(retry) = self.headers.get(header::RETRY_AFTER) {
+            headers.insert(header::RETRY_AFTER, retry.clone());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sdq\""),
+            );
+        }
+        response
+    }
+}
+
+/// The caller of an A1111 route: `Authorization: Bearer KEY`, or HTTP Basic with the key as
+/// the password (any user name), which is what `webuiapi` and most A1111 clients send.
+pub struct A1111Caller(pub Caller);
+
+impl FromRequestParts<AppState> for A1111Caller {
+    type Rejection = A1111Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let caller = state.auth.authenticate(&parts.headers, true).await?;
+        Ok(A1111Caller(caller))
     }
 }
 
 type Result<T> = std::result::Result<T, A1111Error>;
-
-/// Unknown `/sdapi/v1` routes, in A1111's shape.
-pub async fn not_found() -> A1111Error {
-    ApiError::NotFound("route").into()
-}
 
 /// The caller's default model, if it chose one that this server still accepts.
 async fn owner_default(state: &AppState, owner: &str) -> Result<Option<String>> {
@@ -95,32 +118,37 @@ async fn owner_default(state: &AppState, owner: &str) -> Result<Option<String>> 
 /// `POST /sdapi/v1/txt2img`
 pub async fn txt2img(
     State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    generate(state, body_bytes(body)?, Mode::Txt2Img).await
+    generate(state, caller, body_bytes(body)?, Mode::Txt2Img).await
 }
 
 /// `POST /sdapi/v1/img2img`
 pub async fn img2img(
     State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    generate(state, body_bytes(body)?, Mode::Img2Img).await
+    generate(state, caller, body_bytes(body)?, Mode::Img2Img).await
 }
 
 /// Translates, submits, waits for the end and answers as A1111 does: 200 with the images
 /// (none if the job was interrupted), or an error naming why the job failed.
-async fn generate(state: AppState, body: Bytes, mode: Mode) -> Result<Response> {
+async fn generate(state: AppState, caller: Caller, body: Bytes, mode: Mode) -> Result<Response> {
     let request: A1111Request = parse_json(&body)?;
     let echo: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let default = owner_default(&state, LOCAL_OWNER).await?;
+    let default = owner_default(&state, &caller.owner()).await?;
     let translated = a1111::to_submit(request, mode, default.as_deref())?;
-    let job = submit_job(&state, translated.request).await?;
-    let job = wait::until_terminal(&state.queue, job.id).await?;
+    let scope = caller.scope();
+    let job = submit_job(&state, &caller, translated.request, translated.files, None)
+        .await?
+        .job;
+    let job = wait::until_terminal(&state.queue, job.id, &scope).await?;
     match job.status {
         JobStatus::Succeeded | JobStatus::Canceled => {
             let images = if job.status == JobStatus::Succeeded {
-                job_pngs(&state, &job).await?
+                job_pngs(&state, &job, &scope).await?
             } else {
                 Vec::new()
             };
@@ -142,6 +170,7 @@ async fn generate(state: AppState, body: Bytes, mode: Mode) -> Result<Response> 
                 job.error.as_deref().unwrap_or("unknown error")
             ),
             field: None,
+            headers: HeaderMap::new(),
         }),
     }
 }
@@ -155,6 +184,7 @@ pub struct ProgressParams {
 /// `GET /sdapi/v1/progress`: the caller's running job and how many are waiting.
 pub async fn progress(
     State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
     params: std::result::Result<Query<ProgressParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>> {
     let _skip_image = params.is_ok_and(|Query(p)| p.skip_current_image);
@@ -162,16 +192,14 @@ pub async fn progress(
     let running = store
         .list(&ListQuery {
             status: Some(JobStatus::Running),
-            before: None,
-            limit: 1,
+            ..ListQuery::newest(caller.scope(), 1)
         })
         .await
         .map_err(ApiError::from)?;
     let queued = store
         .list(&ListQuery {
             status: Some(JobStatus::Queued),
-            before: None,
-            limit: 100,
+            ..ListQuery::newest(caller.scope(), 100)
         })
         .await
         .map_err(ApiError::from)?;
@@ -186,19 +214,22 @@ pub async fn progress(
 
 /// `POST /sdapi/v1/interrupt` and `/skip`: cancel the caller's running jobs. Any body is
 /// accepted (A1111 takes none).
-pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>> {
+pub async fn interrupt(
+    State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
+) -> Result<Json<Value>> {
+    let scope = caller.scope();
     let running = state
         .queue
         .store
         .list(&ListQuery {
             status: Some(JobStatus::Running),
-            before: None,
-            limit: 100,
+            ..ListQuery::newest(scope.clone(), 100)
         })
         .await
         .map_err(ApiError::from)?;
     for job in running {
-        match state.queue.cancel(job.id).await {
+        match state.queue.cancel(job.id, &scope).await {
             // It finished in the meantime: nothing left to interrupt.
             Ok(_) | Err(crate::queue::StoreError::Conflict { .. }) => {}
             Err(e) => return Err(ApiError::from(e).into()),
@@ -226,14 +257,18 @@ async fn options(state: &AppState, owner: &str) -> Result<Value> {
 }
 
 /// `GET /sdapi/v1/options`
-pub async fn get_options(State(state): State<AppState>) -> Result<Json<Value>> {
-    Ok(Json(options(&state, LOCAL_OWNER).await?))
+pub async fn get_options(
+    State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
+) -> Result<Json<Value>> {
+    Ok(Json(options(&state, &caller.owner()).await?))
 }
 
 /// `POST /sdapi/v1/options`: `sd_model_checkpoint` sets the caller's default model (an
 /// unknown one is a 422); other settings are accepted only at the values sdq implements.
 pub async fn set_options(
     State(state): State<AppState>,
+    A1111Caller(caller): A1111Caller,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let settings: Map<String, Value> = parse_json(&body_bytes(body)?)?;
@@ -252,7 +287,7 @@ pub async fn set_options(
         state
             .queue
             .store
-            .set_owner_default_model(LOCAL_OWNER, Some(&name))
+            .set_owner_default_model(&caller.owner(), Some(&name))
             .await
             .map_err(ApiError::from)?;
     }
@@ -260,7 +295,7 @@ pub async fn set_options(
 }
 
 /// `GET /sdapi/v1/sd-models`: the models this server accepts.
-pub async fn sd_models(State(state): State<AppState>) -> Json<Value> {
+pub async fn sd_models(State(state): State<AppState>, _: A1111Caller) -> Json<Value> {
     let models: Vec<Value> = available(&state.settings)
         .into_iter()
         .map(|id| {
@@ -282,7 +317,7 @@ pub async fn sd_models(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /sdapi/v1/samplers`
-pub async fn samplers() -> Json<Value> {
+pub async fn samplers(_: A1111Caller) -> Json<Value> {
     let list: Vec<Value> = A1111_SAMPLERS
         .iter()
         .filter(|s| s.listed)
@@ -298,7 +333,7 @@ pub async fn samplers() -> Json<Value> {
 }
 
 /// `GET /sdapi/v1/schedulers`
-pub async fn schedulers() -> Json<Value> {
+pub async fn schedulers(_: A1111Caller) -> Json<Value> {
     let list: Vec<Value> = A1111_SCHEDULES
         .iter()
         .map(|(name, label)| {
@@ -315,27 +350,27 @@ pub async fn schedulers() -> Json<Value> {
 }
 
 /// Lists sdq has nothing in (upscalers, VAEs, hypernetworks, ...).
-pub async fn empty_list() -> Json<Value> {
+pub async fn empty_list(_: A1111Caller) -> Json<Value> {
     Json(json!([]))
 }
 
 /// `GET /sdapi/v1/scripts`: sdq runs no scripts.
-pub async fn scripts() -> Json<Value> {
+pub async fn scripts(_: A1111Caller) -> Json<Value> {
     Json(json!({"txt2img": [], "img2img": []}))
 }
 
 /// `GET /sdapi/v1/loras`: none until the model catalogue lists them.
-pub async fn loras() -> Json<Value> {
+pub async fn loras(_: A1111Caller) -> Json<Value> {
     Json(json!([]))
 }
 
 /// `GET /sdapi/v1/embeddings`: none until the model catalogue lists them.
-pub async fn embeddings() -> Json<Value> {
+pub async fn embeddings(_: A1111Caller) -> Json<Value> {
     Json(json!({"loaded": {}, "skipped": {}}))
 }
 
 /// Routes that have nothing to do in sdq (`refresh-checkpoints`: models are read per job).
-pub async fn nothing() -> Json<Value> {
+pub async fn nothing(_: A1111Caller) -> Json<Value> {
     Json(Value::Null)
 }
 
@@ -346,7 +381,10 @@ pub struct PngInfoRequest {
 
 /// `POST /sdapi/v1/png-info`: the `parameters` text of a PNG, parsed as A1111 does, and
 /// its other text chunks.
-pub async fn png_info(body: std::result::Result<Bytes, BytesRejection>) -> Result<Json<Value>> {
+pub async fn png_info(
+    _: A1111Caller,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
     let request: PngInfoRequest = parse_json(&body_bytes(body)?)?;
     let bytes = image_ops::unb64(&request.image)
         .map_err(|e| ApiError::invalid("image", format!("image is {e}")))?;

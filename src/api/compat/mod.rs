@@ -13,52 +13,66 @@ mod openai;
 mod openai_routes;
 mod wait;
 
+use axum::http::Method as M;
 use axum::routing::{get, post};
-use axum::Router;
 
-use super::{ApiError, AppState};
-use crate::queue::{ImageRecord, Job};
+use super::{Access::Key, ApiError, AppState, Routes};
+use crate::queue::{ImageRecord, Job, Scope};
 
-/// The owner of everything while API keys are off.
-const LOCAL_OWNER: &str = "local";
-
-/// The dialects' routes, to merge into the main router.
-pub fn router() -> Router<AppState> {
-    let sdapi = Router::new()
-        .route("/txt2img", post(a1111_routes::txt2img))
-        .route("/img2img", post(a1111_routes::img2img))
-        .route("/progress", get(a1111_routes::progress))
-        .route("/interrupt", post(a1111_routes::interrupt))
-        .route("/skip", post(a1111_routes::interrupt))
-        .route(
-            "/options",
-            get(a1111_routes::get_options).post(a1111_routes::set_options),
+/// Adds the dialects' routes to the route table. Every one needs a key when auth is on
+/// (each dialect checks it itself, to answer in its own shape).
+pub(super) fn routes(r: Routes) -> Routes {
+    use a1111_routes as a;
+    let r = r
+        .add(M::POST, "/sdapi/v1/txt2img", Key, post(a::txt2img))
+        .add(M::POST, "/sdapi/v1/img2img", Key, post(a::img2img))
+        .add(M::GET, "/sdapi/v1/progress", Key, get(a::progress))
+        .add(M::POST, "/sdapi/v1/interrupt", Key, post(a::interrupt))
+        .add(M::POST, "/sdapi/v1/skip", Key, post(a::interrupt))
+        .add(M::GET, "/sdapi/v1/options", Key, get(a::get_options))
+        .add(M::POST, "/sdapi/v1/options", Key, post(a::set_options))
+        .add(M::GET, "/sdapi/v1/sd-models", Key, get(a::sd_models))
+        .add(M::GET, "/sdapi/v1/samplers", Key, get(a::samplers))
+        .add(M::GET, "/sdapi/v1/schedulers", Key, get(a::schedulers))
+        .add(M::GET, "/sdapi/v1/scripts", Key, get(a::scripts))
+        .add(M::GET, "/sdapi/v1/loras", Key, get(a::loras))
+        .add(M::GET, "/sdapi/v1/embeddings", Key, get(a::embeddings))
+        .add(
+            M::POST,
+            "/sdapi/v1/refresh-checkpoints",
+            Key,
+            post(a::nothing),
         )
-        .route("/sd-models", get(a1111_routes::sd_models))
-        .route("/samplers", get(a1111_routes::samplers))
-        .route("/schedulers", get(a1111_routes::schedulers))
-        .route("/upscalers", get(a1111_routes::empty_list))
-        .route("/latent-upscale-modes", get(a1111_routes::empty_list))
-        .route("/sd-vae", get(a1111_routes::empty_list))
-        .route("/hypernetworks", get(a1111_routes::empty_list))
-        .route("/face-restorers", get(a1111_routes::empty_list))
-        .route("/realesrgan-models", get(a1111_routes::empty_list))
-        .route("/prompt-styles", get(a1111_routes::empty_list))
-        .route("/scripts", get(a1111_routes::scripts))
-        .route("/loras", get(a1111_routes::loras))
-        .route("/embeddings", get(a1111_routes::embeddings))
-        .route("/refresh-checkpoints", post(a1111_routes::nothing))
-        .route("/png-info", post(a1111_routes::png_info))
-        .fallback(a1111_routes::not_found);
-    Router::new()
-        .nest("/sdapi/v1", sdapi)
-        .route("/v1/images/generations", post(openai_routes::generations))
-        .route("/v1/images/edits", post(openai_routes::edits))
+        .add(M::POST, "/sdapi/v1/png-info", Key, post(a::png_info));
+    // Lists sdq has nothing in.
+    let empty = [
+        "/sdapi/v1/upscalers",
+        "/sdapi/v1/latent-upscale-modes",
+        "/sdapi/v1/sd-vae",
+        "/sdapi/v1/hypernetworks",
+        "/sdapi/v1/face-restorers",
+        "/sdapi/v1/realesrgan-models",
+        "/sdapi/v1/prompt-styles",
+    ];
+    empty
+        .into_iter()
+        .fold(r, |r, path| r.add(M::GET, path, Key, get(a::empty_list)))
+        .add(
+            M::POST,
+            "/v1/images/generations",
+            Key,
+            post(openai_routes::generations),
+        )
+        .add(M::POST, "/v1/images/edits", Key, post(openai_routes::edits))
 }
 
 /// A finished job's images with their PNG bytes, in order.
-async fn job_pngs(state: &AppState, job: &Job) -> Result<Vec<(ImageRecord, Vec<u8>)>, ApiError> {
-    let records = state.queue.store.job_images(job.id).await?;
+async fn job_pngs(
+    state: &AppState,
+    job: &Job,
+    scope: &Scope,
+) -> Result<Vec<(ImageRecord, Vec<u8>)>, ApiError> {
+    let records = state.queue.store.job_images(job.id, scope).await?;
     let mut out = Vec::with_capacity(records.len());
     for record in records {
         let bytes = state.images.get(&record.object_key).await?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::image_ops::{self, OutputFormat};
-use crate::api::{ApiError, SubmitRequest};
+use crate::api::{ApiError, InputFiles, SubmitRequest};
 
 /// Model names OpenAI's SDKs send; they all mean "the server's default model".
 pub fn is_openai_model(name: &str) -> bool {
@@ -256,7 +256,7 @@ pub fn to_submit(
     }
     let model = p.model.filter(|m| !m.is_empty() && !is_openai_model(m));
     let request = SubmitRequest {
-        prompt: p.prompt,
+        prompt: Some(p.prompt),
         model,
         width,
         height,
@@ -278,25 +278,27 @@ pub fn to_submit(
 }
 
 /// An edit: the generation parameters plus the start image and optional mask (bytes of
-/// the multipart parts).
+/// the multipart parts), which become the job's input files.
 pub fn edit_to_submit(
     p: GenerateParams,
     images: Vec<Vec<u8>>,
     mask: Option<Vec<u8>>,
     defaults: ModelDefaults,
-) -> Result<(SubmitRequest, Delivery), ApiError> {
+) -> Result<(SubmitRequest, InputFiles, Delivery), ApiError> {
     let image = match <[Vec<u8>; 1]>::try_from(images) {
         Ok([one]) => one,
         Err(v) if v.is_empty() => return Err(refuse("image", "an edit needs an image")),
         Err(_) => return Err(refuse("image", "sdq edits one image at a time")),
     };
-    let (mut request, delivery) = to_submit(p, defaults)?;
-    request.init_image = Some(image_ops::b64(&image));
-    if let Some(mask) = mask {
-        let ours = image_ops::openai_mask(&mask).map_err(|e| refuse("mask", e))?;
-        request.mask_image = Some(image_ops::b64(&ours));
-    }
-    Ok((request, delivery))
+    let (request, delivery) = to_submit(p, defaults)?;
+    let mask = mask
+        .map(|m| image_ops::openai_mask(&m).map_err(|e| refuse("mask", e)))
+        .transpose()?;
+    let files = InputFiles {
+        init: Some(image),
+        mask,
+    };
+    Ok((request, files, delivery))
 }
 
 /// Our field names to OpenAI's parameter names, for errors.
@@ -559,11 +561,11 @@ mod tests {
             out.into_inner()
         };
         let p = || params(json!({"prompt": "a"}));
-        let (r, _) = edit_to_submit(p(), vec![png(false)], None, DEFAULTS).unwrap();
-        assert!(r.init_image.is_some() && r.mask_image.is_none());
-        let (r, _) = edit_to_submit(p(), vec![png(false)], Some(png(true)), DEFAULTS).unwrap();
-        assert!(r.mask_image.is_some());
-        let named = |res: Result<(SubmitRequest, Delivery), ApiError>| match res {
+        let (_, f, _) = edit_to_submit(p(), vec![png(false)], None, DEFAULTS).unwrap();
+        assert!(f.init.is_some() && f.mask.is_none());
+        let (_, f, _) = edit_to_submit(p(), vec![png(false)], Some(png(true)), DEFAULTS).unwrap();
+        assert!(f.mask.is_some());
+        let named = |res: Result<(SubmitRequest, InputFiles, Delivery), ApiError>| match res {
             Err(ApiError::Invalid { field: Some(f), .. }) => f,
             other => panic!("{other:?}"),
         };

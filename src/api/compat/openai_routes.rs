@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,12 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::image_ops::encode_as;
 use super::openai::{self, Delivery, GenerateParams, ModelDefaults};
 use super::{body_bytes, job_pngs, wait};
-use crate::api::jobs::submit_job;
+use crate::api::submit::submit_job;
 use crate::api::validate::{parse_json, MAX_BODY_BYTES};
-use crate::api::{ApiError, AppState, SubmitRequest};
+use crate::api::{ApiError, AppState, Caller, InputFiles, SubmitRequest};
 use crate::inference::hub;
-use crate::queue::{Job, JobStatus};
-use axum::extract::rejection::BytesRejection;
+use crate::queue::{Job, JobStatus, Scope};
 
 /// An error in OpenAI's shape. Only 429 and 503 invite the SDKs' automatic retries: a
 /// retried generation is a second job.
@@ -64,6 +65,16 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let (status, body) = self.body();
         let mut response = (status, Json(body)).into_response();
+        // Keep what our own error says in headers (`WWW-Authenticate`, `Retry-After`).
+        if let OpenAiError::Api(e) = self {
+            for (name, value) in e.into_response().headers() {
+                if name != axum::http::header::CONTENT_TYPE
+                    && name != axum::http::header::CONTENT_LENGTH
+                {
+                    response.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+        }
         if !matches!(status.as_u16(), 429 | 503) {
             response
                 .headers_mut()
@@ -74,6 +85,19 @@ impl IntoResponse for OpenAiError {
 }
 
 type Result<T> = std::result::Result<T, OpenAiError>;
+
+/// The caller of an OpenAI route: `Authorization: Bearer KEY` (what the SDKs send as
+/// their API key); a refusal in OpenAI's shape.
+pub struct OpenAiCaller(pub Caller);
+
+impl FromRequestParts<AppState> for OpenAiCaller {
+    type Rejection = OpenAiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let caller = state.auth.authenticate(&parts.headers, false).await?;
+        Ok(OpenAiCaller(caller))
+    }
+}
 
 /// The defaults of the model a request will run on, for the quality presets.
 fn model_defaults(state: &AppState, model: Option<&str>) -> ModelDefaults {
@@ -103,17 +127,21 @@ fn base_url(headers: &HeaderMap) -> String {
 /// `POST /v1/images/generations`
 pub async fn generations(
     State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let params: GenerateParams = parse_json(&body_bytes(body)?)?;
     let defaults = model_defaults(&state, params.model.as_deref());
     let (request, delivery) = openai::to_submit(params, defaults)?;
+    let files = InputFiles::default();
+    let base = base_url(&headers);
     run(
         state,
-        request,
+        caller,
+        (request, files),
         delivery,
-        base_url(&headers),
+        base,
         "image_generation",
     )
     .await
@@ -121,7 +149,11 @@ pub async fn generations(
 
 /// `POST /v1/images/edits`: multipart with `image` (or `image[]`), an optional `mask`
 /// (transparent = edit → inpainting; none → img2img), and the generation fields as text.
-pub async fn edits(State(state): State<AppState>, request: Request) -> Result<Response> {
+pub async fn edits(
+    State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
+    request: Request,
+) -> Result<Response> {
     let headers = request.headers().clone();
     let mut form = Multipart::from_request(request, &state)
         .await
@@ -147,8 +179,17 @@ pub async fn edits(State(state): State<AppState>, request: Request) -> Result<Re
     }
     let params: GenerateParams = parse_json(&serde_json::to_vec(&fields).unwrap_or_default())?;
     let defaults = model_defaults(&state, params.model.as_deref());
-    let (request, delivery) = openai::edit_to_submit(params, images, mask, defaults)?;
-    run(state, request, delivery, base_url(&headers), "image_edit").await
+    let (request, files, delivery) = openai::edit_to_submit(params, images, mask, defaults)?;
+    let base = base_url(&headers);
+    run(
+        state,
+        caller,
+        (request, files),
+        delivery,
+        base,
+        "image_edit",
+    )
+    .await
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -180,17 +221,19 @@ fn form_value(name: &str, text: String) -> Value {
 /// Submits, then answers with the whole response or a stream.
 async fn run(
     state: AppState,
-    request: SubmitRequest,
+    caller: Caller,
+    (request, files): (SubmitRequest, InputFiles),
     delivery: Delivery,
     base: String,
     prefix: &'static str,
 ) -> Result<Response> {
-    let job = submit_job(&state, request).await?;
+    let job = submit_job(&state, &caller, request, files, None).await?.job;
+    let scope = caller.scope();
     if delivery.stream {
-        return Ok(stream(state, job, delivery, prefix).into_response());
+        return Ok(stream(state, job, scope, delivery, prefix).into_response());
     }
-    let job = wait::until_terminal(&state.queue, job.id).await?;
-    let images = finished_images(&state, &job, &delivery).await?;
+    let job = wait::until_terminal(&state.queue, job.id, &scope).await?;
+    let images = finished_images(&state, &job, &scope, &delivery).await?;
     let data = images
         .iter()
         .map(|(id, encoded)| {
@@ -213,6 +256,7 @@ async fn run(
 async fn finished_images(
     state: &AppState,
     job: &Job,
+    scope: &Scope,
     delivery: &Delivery,
 ) -> Result<Vec<(uuid::Uuid, Vec<u8>)>> {
     match job.status {
@@ -235,7 +279,7 @@ async fn finished_images(
         }
     }
     let mut out = Vec::new();
-    for (record, png) in job_pngs(state, job).await? {
+    for (record, png) in job_pngs(state, job, scope).await? {
         let encoded = if delivery.url {
             png
         } else {
@@ -252,12 +296,13 @@ async fn finished_images(
 fn stream(
     state: AppState,
     job: Job,
+    scope: Scope,
     delivery: Delivery,
     prefix: &'static str,
 ) -> Sse<impl futures::Stream<Item = std::result::Result<SseEvent, Infallible>>> {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        let events = match stream_events(&state, &job, &delivery, prefix).await {
+        let events = match stream_events(&state, &job, &scope, &delivery, prefix).await {
             Ok(events) => events,
             Err(e) => {
                 let (_, body) = e.body();
@@ -276,12 +321,13 @@ fn stream(
 async fn stream_events(
     state: &AppState,
     job: &Job,
+    scope: &Scope,
     delivery: &Delivery,
     prefix: &'static str,
 ) -> Result<Vec<SseEvent>> {
-    let job = wait::until_terminal(&state.queue, job.id).await?;
+    let job = wait::until_terminal(&state.queue, job.id, scope).await?;
     let created = job.finished_at.unwrap_or(job.created_at) / 1000;
-    let images = finished_images(state, &job, delivery).await?;
+    let images = finished_images(state, &job, scope, delivery).await?;
     Ok(images
         .into_iter()
         .map(|(_, encoded)| {

@@ -11,19 +11,19 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::api::ApiError;
-use crate::queue::{Job, Queue};
+use crate::queue::{Job, Queue, Scope};
 
 /// How often the row is re-read when no event arrives.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Waits until the job is succeeded, failed or canceled, and returns its final row.
 /// Dropping the future (the client went away) stops waiting; the job runs on.
-pub async fn until_terminal(queue: &Queue, id: Uuid) -> Result<Job, ApiError> {
+pub async fn until_terminal(queue: &Queue, id: Uuid, scope: &Scope) -> Result<Job, ApiError> {
     let mut live = queue.bus.subscribe(id).await.ok();
     loop {
         let job = queue
             .store
-            .get(id)
+            .get(id, scope)
             .await?
             .ok_or(ApiError::NotFound("job"))?;
         if job.status.is_terminal() {
