@@ -11,6 +11,10 @@ use common::{create_key, small_job, Server, TestKey};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// A 1×1 PNG, base64.
+const TINY_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNgZGIGAAAOAAfXb+R4AAAAAElFTkSuQmCC";
+
 /// Who calls, in the order of the expectation rows.
 const CALLERS: [&str; 6] = ["none", "bad", "revoked", "other", "admin", "owner"];
 
@@ -61,6 +65,11 @@ fn expectations() -> HashMap<(Method, &'static str), [u16; 6]> {
             (Method::GET, "/v1/images/{id}/thumbnail"),
             row(404, 200, 200),
         ),
+        (
+            (Method::GET, "/v1/images/{id}/metadata"),
+            row(404, 200, 200),
+        ),
+        ((Method::POST, "/v1/png-info"), row(200, 200, 200)),
         ((Method::GET, "/v1/models"), row(200, 200, 200)),
         ((Method::GET, "/v1/me"), row(200, 200, 200)),
         ((Method::GET, "/v1/workers"), admin_only(200)),
@@ -128,6 +137,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
     match (method, path) {
         (&Method::POST, "/v1/jobs") => Some(small_job("from the matrix")),
         (&Method::POST, "/v1/keys") => Some(json!({"name": "made by an admin"})),
+        (&Method::POST, "/v1/png-info") => Some(json!({"image": TINY_PNG})),
         (&Method::POST, _) => Some(json!({})),
         _ => None,
     }

@@ -337,3 +337,141 @@ async fn images_in_s3_redirect_to_a_presigned_url() {
     assert!(listing.contains(&format!("{id}.png")), "{listing}");
     assert!(listing.contains(&format!("{id}.thumb.jpg")), "{listing}");
 }
+
+/// A PNG with one `parameters` text chunk, as A1111 writes it.
+fn a1111_png(parameters: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 8, 8);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder
+            .add_text_chunk("parameters".into(), parameters.into())
+            .unwrap();
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[90u8; 8 * 8 * 3]).unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_read_back_from_gallery_images_and_uploaded_pngs() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut server = Server::start(&[]).await;
+    let api = server.with(None);
+    let done = api
+        .run_job(
+            json!({"prompt": "a tin robot", "negative_prompt": "rust", "width": 64,
+                        "height": 64, "steps": 3, "seed": 11, "scheduler": "ddim",
+                        "guidance_scale": 6.0}),
+        )
+        .await;
+    let image = done["images"][0]["id"].as_str().unwrap();
+    let (status, meta) = api.get_json(&format!("/v1/images/{image}/metadata")).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["source"], "sdq");
+    let recipe = &meta["recipe"];
+    for (k, v) in [
+        ("prompt", json!("a tin robot")),
+        ("negative_prompt", json!("rust")),
+        ("seed", json!(11)),
+        ("steps", json!(3)),
+        ("scheduler", json!("ddim")),
+        ("guidance_scale", json!(6.0)),
+        ("model", json!("tiny")),
+    ] {
+        assert_eq!(recipe[k], v, "{k}: {meta}");
+    }
+    assert!(meta["parameters"].as_str().unwrap().contains("Steps: 3"));
+    // The recipe is a valid request: submitting it gives the same picture.
+    let again = api.run_job(recipe.clone()).await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    let bytes = |url: String| {
+        let client = server.client.clone();
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let first = bytes(server.url(done["images"][0]["url"].as_str().unwrap())).await;
+    let second = bytes(server.url(again["images"][0]["url"].as_str().unwrap())).await;
+    let pixels = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&first), pixels(&second));
+
+    // The same PNG uploaded, as JSON and as multipart.
+    let (status, uploaded) = api
+        .post_json("/v1/png-info", &json!({"image": b64(&first)}))
+        .await;
+    assert_eq!(status, 200, "{uploaded}");
+    assert_eq!(uploaded, meta);
+    let form = reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(first.to_vec()).file_name("a.png"),
+    );
+    let resp = server
+        .client
+        .post(server.url("/v1/png-info"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap(), meta);
+
+    // A1111's text, with its sampler names and quoting.
+    let text = "a castle, (masterpiece:1.2)\nNegative prompt: fog\nSteps: 25, Sampler: DPM++ 2M, \
+                Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x768, \
+                Model: dreamshaper_8, Denoising strength: 0.4, Lora hashes: \"a: 1, b: 2\"";
+    let (status, parsed) = api
+        .post_json("/v1/png-info", &json!({"image": b64(&a1111_png(text))}))
+        .await;
+    assert_eq!(status, 200, "{parsed}");
+    assert_eq!(parsed["source"], "a1111");
+    assert_eq!(parsed["parameters"], text);
+    let r = &parsed["recipe"];
+    assert_eq!(r["prompt"], "a castle, (masterpiece:1.2)");
+    assert_eq!(r["negative_prompt"], "fog");
+    assert_eq!(
+        (r["steps"].as_u64(), r["seed"].as_u64()),
+        (Some(25), Some(1234))
+    );
+    assert_eq!(
+        (r["width"].as_u64(), r["height"].as_u64()),
+        (Some(512), Some(768))
+    );
+    assert_eq!(r["scheduler"], "dpmpp-2m-karras");
+    assert_eq!(r["guidance_scale"], 7.0);
+    assert_eq!(r["model"], "dreamshaper_8");
+    assert_eq!(r["strength"], 0.4);
+    // A PNG without a recipe, and things that are not PNGs.
+    let mut plain = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(4, 4)
+        .write_to(&mut plain, image::ImageFormat::Png)
+        .unwrap();
+    let (_, none) = api
+        .post_json("/v1/png-info", &json!({"image": b64(plain.get_ref())}))
+        .await;
+    assert_eq!(
+        none,
+        json!({"source": null, "parameters": null, "recipe": {}})
+    );
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(4, 4)
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let (status, _) = api
+        .post_json("/v1/png-info", &json!({"image": b64(jpeg.get_ref())}))
+        .await;
+    assert_eq!(status, 415);
+    for bad in [
+        json!({"image": "%%%"}),
+        json!({"image": b64(b"hello")}),
+        json!({"picture": 1}),
+    ] {
+        let (status, err) = api.post_json("/v1/png-info", &bad).await;
+        assert_eq!(status, 422, "{bad} -> {err}");
+        assert_eq!(err["error"]["field"], "image");
+    }
+    let (status, _) = api
+        .get_json(&format!("/v1/images/{}/metadata", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}

@@ -15,6 +15,7 @@ mod images;
 pub(crate) mod jobs;
 mod keys;
 mod multipart;
+mod png_info;
 pub mod submit;
 pub(crate) mod validate;
 
@@ -145,6 +146,13 @@ pub fn routes() -> Routes {
         .add(M::GET, "/v1/images", Key, get(images::list))
         .add(M::GET, "/v1/images/{id}", Key, get(images::get))
         .add(M::DELETE, "/v1/images/{id}", Key, delete(images::delete))
+        .add(
+            M::GET,
+            "/v1/images/{id}/metadata",
+            Key,
+            get(png_info::metadata),
+        )
+        .add(M::POST, "/v1/png-info", Key, post(png_info::read))
         .add(
             M::GET,
             "/v1/images/{id}/thumbnail",
