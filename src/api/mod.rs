@@ -1,4 +1,4 @@
-//! The HTTP API: axum routes, errors, validation, SSE.
+//! The HTTP API: axum routes, errors, validation, SSE, and the embedded web UI.
 //!
 //! Handlers are thin: parse, validate, call the queue, map the result. The router is built
 //! by [`router`] so tests can call it in-process; [`serve`] binds it to a socket.
@@ -9,6 +9,7 @@ mod health;
 mod images;
 mod jobs;
 mod validate;
+mod web;
 
 use std::sync::Arc;
 
@@ -59,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .fallback(error::not_found)
+        .fallback(web::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(
             validate::MAX_BODY_BYTES,
         ))
