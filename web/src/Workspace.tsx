@@ -50,6 +50,10 @@ export function Workspace(props: { view: View; admin: boolean }) {
     // The size follows the start image unless the user chose one.
     setForm((f) => (f.sizeChosen ? f : { ...f, ...sizeFor(image.width, image.height) }));
   }, []);
+  // A model's defaults bring its own size; with a start image, the image's size wins.
+  useEffect(() => {
+    if (init && mode !== "txt2img") setForm((f) => (f.sizeChosen ? f : { ...f, ...sizeFor(init.width, init.height) }));
+  }, [form.model, init, mode]);
   const onError = useCallback((message: string) => toast(message, "error"), [toast]);
 
   const submit = () => {
