@@ -35,7 +35,7 @@ export function App() {
           setPrompt(storedKey() ? "The server refused the stored key. Enter another." : "This server requires an API key.");
         } else if (e instanceof SdqError && e.status === 404) {
           // A server without /v1/me has no keys.
-          setMe({ auth: "off", key: null });
+          setMe({ auth: "off", admin: true, key: null });
         }
       },
     );
@@ -49,7 +49,7 @@ export function App() {
     return () => authEvents.removeEventListener("unauthorized", onUnauthorized);
   }, []);
 
-  const admin = me ? me.auth === "off" || me.key?.admin === true : false;
+  const admin = me?.admin ?? false;
   return (
     <div className="app">
       <a className="skip-link" href="#main">

@@ -14,6 +14,12 @@ import { ParamsForm } from "./components/ParamsForm";
 import { QueuePanel } from "./components/QueuePanel";
 import { Toasts, type Toast } from "./components/Toasts";
 
+/**
+ * Whether to offer step previews. The server does not take `previews` yet
+ * (docs/api-contract.md); the client and the job cards already handle preview events.
+ */
+const SERVER_PREVIEWS = false;
+
 const TITLES: Record<Mode, string> = { txt2img: "Generate", img2img: "img2img", inpaint: "Inpaint" };
 
 /** Everything below the header: the form and its jobs, the gallery, the queue. */
@@ -166,6 +172,7 @@ export function Workspace(props: { view: View; admin: boolean }) {
               models={models}
               lastSeed={lastSeed}
               submitLabel={submitting ? "Submitting…" : "Generate"}
+              previews={SERVER_PREVIEWS}
               canSubmit={canSubmit}
               onSubmit={submit}
             >
@@ -201,7 +208,7 @@ export function Workspace(props: { view: View; admin: boolean }) {
                 <JobCard
                   key={id}
                   jobId={id}
-                  onOpenImage={(imageId) => setOpenImage({ id: imageId, url: `/v1/images/${imageId}` })}
+                  onOpenImage={(imageId) => setOpenImage({ id: imageId, url: `/v1/images/${imageId}`, job_id: id })}
                   onDismiss={() => setJobs((list) => list.filter((j) => j !== id))}
                 />
               ))}

@@ -117,7 +117,9 @@ export function toRequest(form: FormState, mode: Mode, seed: number, init: InitI
   if (form.scheduler) req.scheduler = form.scheduler;
   if (form.previews) req.previews = true;
   if (mode !== "txt2img" && init) {
-    req.init_image = init.dataUrl;
+    // A gallery image is named, not uploaded again.
+    if (init.galleryId) req.init_image_id = init.galleryId;
+    else req.init_image = init.dataUrl;
     req.strength = form.strength;
     if (mode === "inpaint" && mask) req.mask_image = mask;
   }

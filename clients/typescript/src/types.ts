@@ -276,17 +276,23 @@ export interface Worker {
 export interface ApiKey {
   id: string;
   name: string;
+  /** The first characters of the token, to tell keys apart. */
+  prefix?: string;
   admin: boolean;
   max_queued: number | null;
   rate_per_min: number | null;
   created_at: string;
   revoked_at?: string | null;
   last_used_at?: string | null;
+  /** The key's webhook signing secret (`GET /v1/me` only). */
+  webhook_secret?: string;
 }
 
 /** `GET /v1/me`: whether the server wants keys, and which key this is. */
 export interface Me {
   auth: "off" | "required";
+  /** Admin rights: an admin key, or the local user while auth is off. */
+  admin: boolean;
   key: ApiKey | null;
 }
 

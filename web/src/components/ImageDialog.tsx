@@ -9,6 +9,8 @@ import { Dialog } from "./Dialog";
 export interface ImageRef {
   id: string;
   url: string;
+  /** The job that made it: its request is the image's recipe. */
+  job_id?: string;
   prompt?: string;
   seed?: number;
   width?: number;
@@ -34,14 +36,23 @@ export function ImageDialog(props: { image: ImageRef; actions: ImageActions; onC
   const [deleteError, setDeleteError] = useState<string | null>(null);
   useEffect(() => {
     let live = true;
-    client.imageMetadata(image.id).then(
+    // The job's request is the recipe (with this image's own seed); an image without a
+    // known job is read from its PNG's metadata.
+    const read: Promise<ImageMetadata> = image.job_id
+      ? client.job(image.job_id).then((job) => {
+          const { init_image: _init, mask_image: _mask, ...recipe } = job.request;
+          const seed = image.seed ?? job.images.find((i) => i.id === image.id)?.seed ?? recipe.seed;
+          return { source: "sdq", parameters: null, recipe: { ...recipe, seed } };
+        })
+      : client.imageMetadata(image.id);
+    read.then(
       (m) => live && setMeta(m),
       (e: Error) => live && setMetaError(e.message),
     );
     return () => {
       live = false;
     };
-  }, [client, image.id]);
+  }, [client, image.id, image.job_id, image.seed]);
   const recipe: Recipe = meta?.recipe ?? {
     ...(image.prompt !== undefined ? { prompt: image.prompt } : {}),
     ...(image.seed !== undefined ? { seed: image.seed } : {}),

@@ -11,6 +11,8 @@ export function ParamsForm(props: {
   models: Model[];
   lastSeed: number | null;
   submitLabel: string;
+  /** Whether the server sends step previews (`previews` on a job). */
+  previews: boolean;
   canSubmit: boolean;
   onSubmit: () => void;
   /** The start-image controls of img2img and inpainting, shown above the settings. */
@@ -198,10 +200,12 @@ export function ParamsForm(props: {
           </button>
         </div>
       </fieldset>
-      <label className="check">
-        <input type="checkbox" name="previews" checked={form.previews} onChange={(e) => set("previews", e.target.checked)} />
-        <span>Step previews</span>
-      </label>
+      {props.previews && (
+        <label className="check">
+          <input type="checkbox" name="previews" checked={form.previews} onChange={(e) => set("previews", e.target.checked)} />
+          <span>Step previews</span>
+        </label>
+      )}
       <div className="row submit-row">
         <button type="submit" className="primary" disabled={!props.canSubmit}>
           {props.submitLabel}

@@ -51,9 +51,7 @@ export async function openPage(browser, origin, options = {}) {
   const page = await context.newPage();
   /** @type {string[]} */
   const problems = [];
-  // Until GET /v1/me lands on main (docs/api-contract.md), the UI's probe of it is a 404.
-  const allow = [...(options.allow ?? []), /status of 404 \(Not Found\) \(http:\/\/[^/]+\/v1\/me\)$/];
-  const allowed = (text) => allow.some((r) => r.test(text));
+  const allowed = (text) => (options.allow ?? []).some((r) => r.test(text));
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") {
       const text = `console.${m.type()}: ${m.text()} (${m.location().url})`;
