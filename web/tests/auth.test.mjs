@@ -63,6 +63,7 @@ describe("keys", () => {
     await page.goto(`${server.url}/`);
     const prompt = page.getByRole("dialog", { name: "API key" });
     await prompt.getByText("This server requires an API key.").waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("name")), "api-key", "the key field has focus");
     await screenshot(page, "key-prompt");
 
     await prompt.getByLabel("Key").fill("sdq_not-a-real-key");

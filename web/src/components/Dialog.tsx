@@ -9,6 +9,9 @@ export function Dialog(props: { title: string; onClose: () => void; children: Re
     const dialog = ref.current;
     if (!dialog) return;
     if (!dialog.open) dialog.showModal();
+    // showModal focuses the first focusable element (the close button); a field to fill
+    // in is where the user wants to be.
+    dialog.querySelector<HTMLElement>(".dialog-body input:not([type=hidden]), .dialog-body textarea")?.focus();
     const close = (e: Event) => {
       e.preventDefault();
       onClose.current();
