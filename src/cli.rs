@@ -461,6 +461,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         init_image: args.init_image.as_ref().map(|p| p.display().to_string()),
         mask_image: args.mask.as_ref().map(|p| p.display().to_string()),
         strength: request.init_image.as_ref().map(|i| i.strength),
+        user: None,
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

@@ -67,6 +67,44 @@ fn expectations() -> HashMap<(Method, &'static str), [u16; 6]> {
         ((Method::GET, "/v1/keys"), admin_only(200)),
         ((Method::POST, "/v1/keys"), admin_only(201)),
         ((Method::DELETE, "/v1/keys/{id}"), admin_only(200)),
+        // The dialects, with the matrix's `{}` bodies: no prompt (or start image) is a 422.
+        ((Method::POST, "/sdapi/v1/txt2img"), row(422, 422, 422)),
+        ((Method::POST, "/sdapi/v1/img2img"), row(422, 422, 422)),
+        ((Method::GET, "/sdapi/v1/progress"), row(200, 200, 200)),
+        ((Method::POST, "/sdapi/v1/interrupt"), row(200, 200, 200)),
+        ((Method::POST, "/sdapi/v1/skip"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/options"), row(200, 200, 200)),
+        ((Method::POST, "/sdapi/v1/options"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/sd-models"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/samplers"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/schedulers"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/scripts"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/loras"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/embeddings"), row(200, 200, 200)),
+        (
+            (Method::POST, "/sdapi/v1/refresh-checkpoints"),
+            row(200, 200, 200),
+        ),
+        ((Method::POST, "/sdapi/v1/png-info"), row(422, 422, 422)),
+        ((Method::GET, "/sdapi/v1/upscalers"), row(200, 200, 200)),
+        (
+            (Method::GET, "/sdapi/v1/latent-upscale-modes"),
+            row(200, 200, 200),
+        ),
+        ((Method::GET, "/sdapi/v1/sd-vae"), row(200, 200, 200)),
+        ((Method::GET, "/sdapi/v1/hypernetworks"), row(200, 200, 200)),
+        (
+            (Method::GET, "/sdapi/v1/face-restorers"),
+            row(200, 200, 200),
+        ),
+        (
+            (Method::GET, "/sdapi/v1/realesrgan-models"),
+            row(200, 200, 200),
+        ),
+        ((Method::GET, "/sdapi/v1/prompt-styles"), row(200, 200, 200)),
+        ((Method::POST, "/v1/images/generations"), row(422, 422, 422)),
+        // A JSON body where multipart is expected.
+        ((Method::POST, "/v1/images/edits"), row(400, 400, 400)),
     ])
 }
 

@@ -531,6 +531,37 @@ async fn listing_is_newest_first_with_a_cursor(store: Store) {
     store.ping().await.unwrap();
 }
 
+async fn owner_default_models_are_per_owner(store: Store) {
+    assert_eq!(store.owner_default_model("a").await.unwrap(), None);
+    store
+        .set_owner_default_model("a", Some("tiny"))
+        .await
+        .unwrap();
+    store
+        .set_owner_default_model("b", Some("sd-turbo"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.owner_default_model("a").await.unwrap().as_deref(),
+        Some("tiny")
+    );
+    store
+        .set_owner_default_model("a", Some("tiny-sd2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.owner_default_model("a").await.unwrap().as_deref(),
+        Some("tiny-sd2")
+    );
+    assert_eq!(
+        store.owner_default_model("b").await.unwrap().as_deref(),
+        Some("sd-turbo")
+    );
+    store.set_owner_default_model("a", None).await.unwrap();
+    assert_eq!(store.owner_default_model("a").await.unwrap(), None);
+    assert_eq!(store.owner_default_model("nobody").await.unwrap(), None);
+}
+
 fn owned(owner: &str, prompt: &str) -> NewJob {
     NewJob {
         owner: owner.into(),
@@ -917,6 +948,7 @@ macro_rules! backend {
             check!(cancel_semantics);
             check!(release_returns_a_job_without_counting_the_attempt);
             check!(listing_is_newest_first_with_a_cursor);
+            check!(owner_default_models_are_per_owner);
             check!(owners_see_only_their_own);
             check!(quotas_count_unfinished_jobs_per_owner_even_under_races);
             check!(idempotency_keys_return_the_first_job);

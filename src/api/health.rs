@@ -107,5 +107,11 @@ pub async fn models(State(state): State<AppState>, _caller: Caller) -> impl Into
             entry
         })
         .collect();
-    Json(json!({ "models": models }))
+    // OpenAI's list shape beside ours, so `client.models.list()` works: the models a
+    // request may name.
+    let data: Vec<_> = enabled
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "sdq"}))
+        .collect();
+    Json(json!({ "models": models, "object": "list", "data": data }))
 }

@@ -6,16 +6,17 @@
 //! from there, so a route cannot exist without an entry. [`serve`] binds it to a socket.
 
 pub mod auth;
+mod compat;
 mod error;
 mod events;
 mod guard;
 mod health;
 mod images;
-mod jobs;
+pub(crate) mod jobs;
 mod keys;
 mod multipart;
 pub mod submit;
-mod validate;
+pub(crate) mod validate;
 mod web;
 
 use std::sync::Arc;
@@ -130,7 +131,7 @@ impl Routes {
 pub fn routes() -> Routes {
     use Access::*;
     use Method as M;
-    Routes::new()
+    let native = Routes::new()
         .add(M::GET, "/health", Public, get(health::health))
         .add(M::GET, "/ready", Public, get(health::ready))
         .add(M::GET, "/v1/health", Public, get(health::health))
@@ -156,7 +157,8 @@ pub fn routes() -> Routes {
         .add(M::GET, "/v1/me", Key, get(keys::me))
         .add(M::GET, "/v1/keys", Admin, get(keys::list))
         .add(M::POST, "/v1/keys", Admin, post(keys::create))
-        .add(M::DELETE, "/v1/keys/{id}", Admin, delete(keys::revoke))
+        .add(M::DELETE, "/v1/keys/{id}", Admin, delete(keys::revoke));
+    compat::routes(native)
 }
 
 /// The table of every route, method by method.

@@ -13,6 +13,9 @@ use crate::queue::JobSpec;
 /// image and mask).
 pub const MAX_BODY_BYTES: usize = 16 << 20;
 
+/// Longest `user` label a job keeps.
+const MAX_USER_CHARS: usize = 256;
+
 /// Upper bounds on what one job may ask for.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -77,6 +80,9 @@ pub struct SubmitRequest {
     /// img2img / inpaint: 0 < strength ≤ 1 (default 0.8, inpaint 1.0).
     #[serde(default)]
     pub strength: Option<f64>,
+    /// A label of the caller's own for whoever asked (an end-user id), stored with the job.
+    #[serde(default)]
+    pub user: Option<String>,
     /// img2img / inpaint: a gallery image of the same owner as the start image.
     #[serde(default)]
     pub init_image_id: Option<String>,
@@ -169,8 +175,14 @@ pub fn input_image(field: &str, bytes: &[u8]) -> Result<(u32, u32), ApiError> {
 
 /// Parses the raw body, naming the offending field when the JSON is well-formed.
 pub fn parse_body(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
+    parse_json(bytes)
+}
+
+/// Parses a JSON body into `T`: malformed JSON is a 400, a well-formed body with a missing,
+/// unknown or mistyped field a 422 naming that field.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<SubmitRequest, _> = serde_path_to_error::deserialize(&mut de);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {
         Ok(req) => {
             de.end()
@@ -387,6 +399,14 @@ impl SubmitRequest {
                 "priority must be between -100 and 100",
             ));
         }
+        if let Some(user) = &self.user {
+            if user.chars().count() > MAX_USER_CHARS {
+                return Err(ApiError::invalid(
+                    "user",
+                    format!("user is longer than {MAX_USER_CHARS} characters"),
+                ));
+            }
+        }
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -410,6 +430,7 @@ impl SubmitRequest {
                     self.strength
                         .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 })
                 }),
+                user: self.user,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),

@@ -30,6 +30,9 @@ pub struct JobSpec {
     /// How much of the start image is replaced (0 keeps it, 1 repaints it entirely).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// The caller's own label for whoever asked (OpenAI's `user`), kept with the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// What `enqueue` needs.

@@ -675,6 +675,31 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn owner_default_model(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        let model: Option<Option<String>> =
+            sqlx::query_scalar("SELECT default_model FROM owner_settings WHERE owner = $1")
+                .bind(owner)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(model.flatten())
+    }
+
+    async fn set_owner_default_model(
+        &self,
+        owner: &str,
+        model: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO owner_settings (owner, default_model, updated_at) VALUES ($1, $2, {NOW}) \
+             ON CONFLICT (owner) DO UPDATE SET default_model = $2, updated_at = {NOW}"
+        ))
+        .bind(owner)
+        .bind(model)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         keys::insert(&self.pool, key).await
     }

@@ -737,6 +737,32 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn owner_default_model(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        let model: Option<Option<String>> =
+            sqlx::query_scalar("SELECT default_model FROM owner_settings WHERE owner = ?")
+                .bind(owner)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(model.flatten())
+    }
+
+    async fn set_owner_default_model(
+        &self,
+        owner: &str,
+        model: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO owner_settings (owner, default_model, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (owner) DO UPDATE SET default_model = ?2, updated_at = ?3",
+        )
+        .bind(owner)
+        .bind(model)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         keys::insert(&self.writer, key).await
     }

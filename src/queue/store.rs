@@ -152,6 +152,15 @@ pub trait JobStore: Send + Sync {
     /// Forgets a worker that shut down cleanly.
     async fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
 
+    /// The model an owner chose as its default (A1111's `sd_model_checkpoint`), if any.
+    async fn owner_default_model(&self, owner: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (or, with `None`, clears) an owner's default model.
+    async fn set_owner_default_model(
+        &self,
+        owner: &str,
+        model: Option<&str>,
+    ) -> Result<(), StoreError>;
+
     /// Stores a newly issued key (its hash, never its token).
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// The key whose token has this lookup part, revoked or not.

@@ -3,6 +3,7 @@
 
 mod images;
 pub mod png;
+pub mod png_info;
 pub mod thumbnail;
 
 pub use images::{ImageStore, S3Options, StorageError};

@@ -3,6 +3,7 @@
 //! A scheduler is built for one generation: it owns its timesteps and any state between
 //! steps. Its configuration comes from the model's `scheduler/scheduler_config.json`.
 
+pub mod a1111;
 mod config;
 mod ddim;
 mod dpm_solver;
