@@ -19,6 +19,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+# The browser UI, built and committed (web/dist): embedded at compile time, no Node needed.
+COPY web/dist web/dist
 RUN cargo build --release --locked ${FEATURES:+--features ${FEATURES}} && cp target/release/sdq /sdq
 
 FROM ${RUNTIME_IMAGE}

@@ -1,4 +1,4 @@
-//! The HTTP API: axum routes, auth, errors, validation, SSE.
+//! The HTTP API: axum routes, auth, errors, validation, SSE, and the embedded web UI.
 //!
 //! Handlers are thin: parse, authorise (a [`auth::Caller`] argument), call the queue, map
 //! the result. Every route is declared once in [`routes`], with who may call it; the router
@@ -18,6 +18,7 @@ mod multipart;
 mod png_info;
 pub mod submit;
 pub(crate) mod validate;
+mod web;
 
 use std::sync::Arc;
 
@@ -177,7 +178,7 @@ pub fn route_table() -> Vec<RouteInfo> {
 pub fn router(state: AppState) -> Router {
     let Routes { router, .. } = routes();
     router
-        .fallback(error::not_found)
+        .fallback(web::fallback)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::cross_site,

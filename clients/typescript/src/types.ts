@@ -1,0 +1,302 @@
+// The shapes of sdq's public API (`/v1`), written by hand against docs/api-contract.md
+// and the server's handlers; `test/contract.test.ts` checks them against a real server.
+
+/** Where a job stands. `queued → running → succeeded | failed | canceled`. */
+export type JobStatus = "queued" | "running" | "succeeded" | "failed" | "canceled";
+
+/** Every scheduler the server accepts, by its API name. */
+export const SCHEDULERS = [
+  "ddim",
+  "pndm",
+  "euler",
+  "euler-a",
+  "heun",
+  "dpmpp-2m",
+  "dpmpp-2m-karras",
+  "dpmpp-2m-sde-karras",
+  "unipc",
+  "lcm",
+] as const;
+
+/** A scheduler's API name. */
+export type Scheduler = (typeof SCHEDULERS)[number];
+
+/** Events a webhook may be sent for. */
+export type WebhookEvent = "started" | "progress" | "completed";
+
+/** The body of `POST /v1/jobs`; everything but `prompt` has a server default. */
+export interface SubmitRequest {
+  prompt: string;
+  negative_prompt?: string;
+  model?: string;
+  width?: number;
+  height?: number;
+  steps?: number;
+  guidance_scale?: number;
+  seed?: number;
+  scheduler?: Scheduler | string;
+  num_images?: number;
+  priority?: number;
+  long_prompt?: "chunk" | "truncate";
+  /** img2img / inpainting start image: base64 or a `data:` URL. */
+  init_image?: string;
+  /** Inpainting mask (white = repaint): base64 or a `data:` URL. */
+  mask_image?: string;
+  /** A gallery image of the same owner as the start image. */
+  init_image_id?: string;
+  /** A gallery image of the same owner as the mask. */
+  mask_image_id?: string;
+  /** img2img / inpainting: 0 < strength ≤ 1. */
+  strength?: number;
+  /** Re-run the recipe of this image id; other fields override it. */
+  from_image?: string;
+  /** Ask for `preview` events while the job runs. */
+  previews?: boolean;
+  /** Steps between previews (default `max(1, steps / 10)`). */
+  preview_every?: number;
+  webhook_url?: string;
+  webhook_events?: WebhookEvent[];
+}
+
+/** Where a job's resources live. */
+export interface JobLinks {
+  self: string;
+  events: string;
+  images: string;
+  cancel: string;
+}
+
+/** `POST /v1/jobs` → 202. */
+export interface SubmitResponse {
+  id: string;
+  status: JobStatus;
+  links: JobLinks;
+}
+
+/** A job's request after the server applied its defaults. */
+export interface JobSpec {
+  prompt: string;
+  negative_prompt: string;
+  model: string;
+  width: number;
+  height: number;
+  steps: number;
+  guidance_scale: number;
+  seed: number;
+  scheduler: string;
+  num_images: number;
+  long_prompt: string;
+  /** Object-store key of the stored start image. */
+  init_image?: string;
+  /** Object-store key of the stored mask. */
+  mask_image?: string;
+  strength?: number;
+}
+
+/** An image as a job lists it. */
+export interface JobImage {
+  id: string;
+  index: number;
+  url: string;
+  seed: number;
+  width: number;
+  height: number;
+  bytes: number;
+  created_at: string;
+}
+
+/** Milliseconds spent in each phase of a finished job. */
+export interface Timings {
+  load_ms?: number;
+  inference_ms?: number;
+  encode_ms?: number;
+  upload_ms?: number;
+  total_ms?: number;
+  [phase: string]: number | undefined;
+}
+
+/** The latest step preview of a running job. */
+export interface Preview {
+  step: number;
+  /** A `data:image/jpeg;base64,…` URL. */
+  image: string;
+}
+
+/** `GET /v1/jobs/{id}`. */
+export interface Job {
+  id: string;
+  status: JobStatus;
+  model: string;
+  request: JobSpec;
+  priority: number;
+  progress: { step: number; total: number };
+  /** 1-based place in the queue while queued, else null. */
+  queue_position: number | null;
+  attempts: number;
+  max_attempts: number;
+  cancel_requested: boolean;
+  worker: string | null;
+  error: string | null;
+  timings: Timings | null;
+  images: JobImage[];
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  links: JobLinks;
+  /** The key id that owns the job, or `local` when auth is off. */
+  owner?: string;
+  /** While running with previews on: the latest one. */
+  preview?: Preview | null;
+}
+
+/** A page of `GET /v1/jobs`. */
+export interface JobList {
+  jobs: Job[];
+  next_cursor: string | null;
+}
+
+/** An image as the events list it. */
+export interface ImageSummary {
+  index: number;
+  id: string;
+  url: string;
+  seed: number;
+}
+
+/** What every event carries. */
+interface EventBase {
+  job_id: string;
+  /** The job's gap-free sequence number (the SSE `id`); previews have none. */
+  seq: number;
+}
+
+/** One message of `GET /v1/jobs/{id}/events`, by its `type` (the SSE `event:` name). */
+export type JobEvent =
+  | (EventBase & { type: "queued"; position: number })
+  | (EventBase & { type: "started"; attempt: number; worker: string })
+  | (EventBase & { type: "progress"; step: number; total: number; elapsed_ms: number; eta_ms: number })
+  | (EventBase & ({ type: "image" } & ImageSummary))
+  | (EventBase & { type: "succeeded"; images: ImageSummary[]; timings: Timings })
+  | (EventBase & { type: "failed"; error: string; retrying: boolean })
+  | (EventBase & { type: "canceled" })
+  | PreviewEvent;
+
+/** A step preview: live only, outside the `seq` log. */
+export interface PreviewEvent {
+  job_id: string;
+  type: "preview";
+  step: number;
+  total: number;
+  /** A `data:image/jpeg;base64,…` URL. */
+  image: string;
+  width: number;
+  height: number;
+}
+
+/** Every event type. */
+export type JobEventType = JobEvent["type"];
+
+/** A gallery image (`GET /v1/images`). */
+export interface GalleryImage {
+  id: string;
+  job_id: string;
+  index: number;
+  url: string;
+  thumbnail_url: string;
+  seed: number;
+  width: number;
+  height: number;
+  bytes: number;
+  model: string;
+  prompt: string;
+  created_at: string;
+}
+
+/** A page of the gallery, newest first. */
+export interface GalleryPage {
+  images: GalleryImage[];
+  next_cursor: string | null;
+}
+
+/** The recipe an image was made with, as far as its metadata tells. */
+export interface Recipe {
+  prompt?: string;
+  negative_prompt?: string;
+  model?: string;
+  width?: number;
+  height?: number;
+  steps?: number;
+  guidance_scale?: number;
+  seed?: number;
+  scheduler?: string;
+  strength?: number;
+  num_images?: number;
+  [field: string]: unknown;
+}
+
+/** `GET /v1/images/{id}/metadata` and `POST /v1/png-info`. */
+export interface ImageMetadata {
+  source: "sdq" | "a1111" | null;
+  parameters: string | null;
+  recipe: Recipe;
+}
+
+/** A model's defaults, applied when a request leaves a field out. */
+export interface ModelDefaults {
+  width: number;
+  height: number;
+  steps: number;
+  guidance_scale: number;
+}
+
+/** One entry of `GET /v1/models`. */
+export interface Model {
+  id: string;
+  /** Whether this server accepts jobs for it. */
+  available: boolean;
+  /** The model a job without `model` gets. */
+  default: boolean;
+  repo?: string | null;
+  description?: string;
+  defaults?: ModelDefaults;
+}
+
+/** One entry of `GET /v1/workers`. */
+export interface Worker {
+  name: string;
+  host: string;
+  device: string;
+  model: string | null;
+  current_job: string | null;
+  started_at: string;
+  last_seen_at: string;
+}
+
+/** An API key as the server describes it (never its secret). */
+export interface ApiKey {
+  id: string;
+  name: string;
+  /** The first characters of the token, to tell keys apart. */
+  prefix?: string;
+  admin: boolean;
+  max_queued: number | null;
+  rate_per_min: number | null;
+  created_at: string;
+  revoked_at?: string | null;
+  last_used_at?: string | null;
+  /** The key's webhook signing secret (`GET /v1/me` only). */
+  webhook_secret?: string;
+}
+
+/** `GET /v1/me`: whether the server wants keys, and which key this is. */
+export interface Me {
+  auth: "off" | "required";
+  /** Admin rights: an admin key, or the local user while auth is off. */
+  admin: boolean;
+  key: ApiKey | null;
+}
+
+/** The one error body: `{"error": {code, message, field?}}`. */
+export interface ErrorBody {
+  error: { code: string; message: string; field?: string };
+}
