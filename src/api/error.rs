@@ -26,6 +26,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The job database's disk is full: nothing was stored; retry once space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A dependency (database, object store) is down; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -48,6 +51,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -64,6 +70,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 ApiError::Unavailable(format!("database unavailable: {m}"))
             }
+            StoreError::Full(m) => ApiError::InsufficientStorage(format!(
+                "the job database's disk is full, so nothing was stored; free space on it \
+                 and retry ({m})"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -8,16 +8,18 @@ mod events;
 mod health;
 mod images;
 mod jobs;
+mod server;
 mod validate;
 
 use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use validate::{Limits, SubmitRequest};
+pub use events::parse_last_event_id;
+pub use server::{serve, Timeouts};
+pub use validate::{parse_body, Limits, SubmitRequest};
 
 use crate::queue::Queue;
 use crate::storage::ImageStore;
@@ -64,15 +66,4 @@ pub fn router(state: AppState) -> Router {
             validate::MAX_BODY_BYTES,
         ))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }

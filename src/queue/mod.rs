@@ -21,4 +21,4 @@ pub use events::{Event, EventKind, ImageSummary};
 pub use facade::Queue;
 pub use job::{ImageRecord, Job, JobSpec, Lease, ListQuery, NewImage, NewJob, WorkerInfo};
 pub use state::JobStatus;
-pub use store::{CancelOutcome, JobStore, StoreError};
+pub use store::{CancelOutcome, JobStore, PurgedJob, StoreError};

@@ -4,4 +4,4 @@
 mod images;
 pub mod png;
 
-pub use images::{ImageStore, S3Options, StorageError};
+pub use images::{ImageStore, ObjectInfo, S3Options, StorageError};

@@ -145,7 +145,9 @@ impl Drop for RedisServer {
 pub fn test_python() -> std::path::PathBuf {
     match std::env::var_os("SDQ_TEST_PYTHON") {
         Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"),
+        None => {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
+        }
     }
 }
 
@@ -224,7 +226,7 @@ impl S3Server {
             &format!("s3://{bucket}"),
             &sdq::storage::S3Options {
                 endpoint: Some(self.endpoint()),
-                region: None,
+                ..Default::default()
             },
         )
         .expect("open bucket");
