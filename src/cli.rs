@@ -72,6 +72,11 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Manage API keys (stored in the job database: same --data-dir / --database-url).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -84,6 +89,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
         kind: tiny::TinyKind,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key; its token is printed once and stored only as a hash.
+    Create {
+        name: String,
+        /// Sees and manages every key's jobs and images, and the keys.
+        #[arg(long)]
+        admin: bool,
+        /// Most queued + running jobs at once.
+        #[arg(long)]
+        max_queued: Option<i64>,
+        /// Requests per minute.
+        #[arg(long)]
+        rate_per_min: Option<i64>,
+    },
+    /// List every key (never the token), with its webhook secret.
+    List,
+    /// Revoke a key by id: every API process refuses it within seconds.
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Migrate
         | Command::Gc { .. }
         | Command::Backup { .. }
+        | Command::Keys { .. }
         | Command::Bench { .. } => "warn",
         _ => "info",
     };
@@ -191,6 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Generate(args) => generate(&cli.config, *args),
+        Command::Keys { command } => runtime()?.block_on(keys(&cli.config, command)),
         Command::Bench {
             iterations,
             sizes,
@@ -218,6 +246,67 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use crate::queue::keys::{issue, TOKEN_PREFIX};
+    let queue = crate::app::open_queue(config).await?;
+    let store = &queue.store;
+    match command {
+        KeysCommand::Create {
+            name,
+            admin,
+            max_queued,
+            rate_per_min,
+        } => {
+            let new = crate::queue::NewApiKey {
+                name,
+                admin,
+                max_queued,
+                rate_per_min,
+            };
+            crate::api::check_new_key(&new).map_err(anyhow::Error::msg)?;
+            let issued = issue(new, chrono::Utc::now().timestamp_millis());
+            store.insert_key(&issued.key).await?;
+            let key = &issued.key;
+            println!("id              {}", key.id);
+            println!("name            {}", key.name);
+            println!("admin           {}", key.admin);
+            println!("token           {}", issued.token);
+            println!("webhook_secret  {}", key.webhook_secret);
+            eprintln!("The token is shown only now; sdq keeps just its hash. Send it as `Authorization: Bearer {TOKEN_PREFIX}…`.");
+        }
+        KeysCommand::List => {
+            let keys = store.list_keys().await?;
+            println!(
+                "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  webhook_secret",
+                "id", "name", "prefix", "admin", "max_queued", "rate/min", "revoked"
+            );
+            for k in keys {
+                let limit = |v: Option<i64>| v.map_or("-".to_string(), |n| n.to_string());
+                println!(
+                    "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  {}",
+                    k.id,
+                    k.name,
+                    format!("{TOKEN_PREFIX}{}…", k.lookup),
+                    k.admin,
+                    limit(k.max_queued),
+                    limit(k.rate_per_min),
+                    if k.is_revoked() { "yes" } else { "no" },
+                    k.webhook_secret
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let id = uuid::Uuid::parse_str(id.trim())
+                .with_context(|| format!("'{id}' is not a key id (see `sdq keys list`)"))?;
+            match store.revoke_key(id).await? {
+                Some(key) => println!("revoked key {} ({})", key.id, key.name),
+                None => bail!("no key with id {id}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

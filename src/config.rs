@@ -118,9 +118,18 @@ pub struct ServeConfig {
     /// Extra model ids requests may name besides the default.
     #[arg(long = "allow-model", env = "SDQ_ALLOW_MODELS", value_delimiter = ',')]
     pub allow_models: Vec<String>,
-    /// Serve on a non-loopback address without API keys (keys are not implemented yet).
-    #[arg(long, env = "SDQ_ALLOW_UNAUTHENTICATED")]
-    pub allow_unauthenticated: bool,
+    /// off: requests need no key (loopback binds only); required: every request that
+    /// touches jobs or images needs `Authorization: Bearer sdq_…`. Default: off on a
+    /// loopback bind, required otherwise.
+    #[arg(long, env = "SDQ_AUTH", value_enum)]
+    pub auth: Option<crate::api::AuthMode>,
+    /// Origins browsers may call the API from (repeatable, or `*`); preflights are answered.
+    #[arg(long = "cors-origin", env = "SDQ_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Host names clients may address besides loopback ones while auth is off (a guard
+    /// against DNS rebinding), e.g. `sdq.local`.
+    #[arg(long = "public-host", env = "SDQ_PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
     /// Days a finished job (its events, image rows and objects) is kept; fractions are
     /// allowed. Unset: kept forever.
     #[arg(long, env = "SDQ_RETAIN_DAYS")]
@@ -150,6 +159,15 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The auth mode this bind address gets.
+    pub fn auth_mode(&self) -> crate::api::AuthMode {
+        self.auth.unwrap_or(if self.bind.ip().is_loopback() {
+            crate::api::AuthMode::Off
+        } else {
+            crate::api::AuthMode::Required
+        })
+    }
+
     pub fn lease(&self) -> Duration {
         secs(self.lease_secs)
     }

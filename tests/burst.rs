@@ -153,7 +153,7 @@ const TERMINAL_COUNT: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_on_postgres_redis_s3_loses_nothing() {
-    let jobs = count_from_env("SDQ_BURST_JOBS", 600);
+    let jobs = count_from_env("SDQ_BURST_JOBS", 300);
     let db = PgDatabase::create().await;
     let redis = RedisServer::start();
     let s3 = S3Server::start();
@@ -188,7 +188,7 @@ async fn burst_on_postgres_redis_s3_loses_nothing() {
                 .unwrap()
         },
         jobs,
-        Duration::from_secs(60 + jobs as u64 / 2),
+        Duration::from_secs(300 + 2 * jobs as u64),
     )
     .await;
     let span: i64 = sqlx::query_scalar("SELECT MAX(finished_at) - MIN(created_at) FROM jobs")
@@ -248,7 +248,7 @@ async fn verify_pg(pool: &sqlx::PgPool, c: &Checks, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_on_embedded_sqlite_loses_nothing() {
-    let jobs = count_from_env("SDQ_BURST_SQLITE_JOBS", 300);
+    let jobs = count_from_env("SDQ_BURST_SQLITE_JOBS", 150);
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let serve = ServeProcess::spawn(dir.path(), &["--workers", "2"]);
@@ -265,7 +265,7 @@ async fn burst_on_embedded_sqlite_loses_nothing() {
                 .unwrap()
         },
         jobs,
-        Duration::from_secs(60 + jobs as u64),
+        Duration::from_secs(300 + 2 * jobs as u64),
     )
     .await;
     let span: i64 = sqlx::query_scalar("SELECT MAX(finished_at) - MIN(created_at) FROM jobs")

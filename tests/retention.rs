@@ -174,7 +174,7 @@ async fn a_cleaner_pass_removes_old_jobs_with_their_inputs_and_compacts_logs() {
         async move {
             let id = id.parse().unwrap();
             store
-                .events_after(id, 0)
+                .events_after(id, 0, &sdq::queue::Scope::All)
                 .await
                 .unwrap()
                 .into_iter()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use sdq::api::{parse_body, parse_last_event_id, ApiError, ApiSettings, Limits};
+use sdq::api::{parse_body, parse_last_event_id, ApiError, ApiSettings, InputFiles, Limits};
 use serde_json::{json, Value};
 
 fn settings() -> ApiSettings {
@@ -16,6 +16,8 @@ fn settings() -> ApiSettings {
         models: vec!["tiny".into()],
         limits: Limits::default(),
         max_attempts: 3,
+        public_hosts: Vec::new(),
+        cors_origins: Vec::new(),
     }
 }
 
@@ -73,7 +75,7 @@ proptest! {
     #[test]
     fn submit_body_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(req) = parse_body(&bytes) {
-            let _ = req.into_submission(&settings());
+            let _ = req.into_submission(&settings(), InputFiles::default());
         }
     }
 
@@ -82,7 +84,7 @@ proptest! {
         let body = Value::Object(fields.into_iter().collect());
         let bytes = serde_json::to_vec(&body).unwrap();
         match parse_body(&bytes) {
-            Ok(req) => match req.into_submission(&settings()) {
+            Ok(req) => match req.into_submission(&settings(), InputFiles::default()) {
                 Ok(s) => prop_assert!(!s.spec.prompt.trim().is_empty()),
                 Err(e) => prop_assert!(is_client_error(&e), "{e:?}"),
             },
@@ -106,7 +108,7 @@ proptest! {
             "width": w * 8, "height": h * 8, "steps": steps, "guidance_scale": guidance,
             "seed": seed, "scheduler": scheduler, "num_images": num_images, "priority": priority});
         let req = parse_body(&serde_json::to_vec(&body).unwrap()).unwrap();
-        let s = req.into_submission(&settings()).unwrap();
+        let s = req.into_submission(&settings(), InputFiles::default()).unwrap();
         prop_assert_eq!(&s.spec.prompt, &prompt);
         prop_assert_eq!(&s.spec.negative_prompt, &negative);
         prop_assert_eq!((s.spec.width, s.spec.height), (w * 8, h * 8));
@@ -127,7 +129,7 @@ proptest! {
     fn model_names_outside_the_allowed_list_are_refused(name in ".{0,64}") {
         let body = json!({"prompt": "x", "model": name});
         let req = parse_body(&serde_json::to_vec(&body).unwrap()).unwrap();
-        match req.into_submission(&settings()) {
+        match req.into_submission(&settings(), InputFiles::default()) {
             Ok(s) => prop_assert_eq!(s.spec.model.as_str(), "tiny"),
             Err(ApiError::Invalid { field, .. }) => prop_assert_eq!(field.as_deref(), Some("model")),
             Err(e) => prop_assert!(false, "{e:?}"),

@@ -4,11 +4,18 @@
 //! parity-tested on its own.
 
 pub mod clip;
+pub mod conditioning;
+pub mod decode;
+pub mod denoise;
+pub mod draws;
 pub mod error;
 pub mod hub;
+pub mod img2img;
 pub mod init_image;
+pub mod load;
 pub mod model_config;
 pub mod pipeline;
+pub mod request;
 pub mod rng;
 pub mod schedulers;
 pub mod tiny;
@@ -16,9 +23,10 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae_encoder;
 
+pub use conditioning::add_time_ids;
+pub use decode::{FloatImage, GeneratedImage};
+pub use draws::NoiseArray;
 pub use error::InferenceError;
-pub use pipeline::{
-    FloatImage, GenerateRequest, GeneratedImage, InitImage, NoiseArray, StableDiffusion,
-    StepProgress,
-};
+pub use pipeline::StableDiffusion;
+pub use request::{GenerateRequest, InitImage, StepProgress};
 pub use schedulers::SchedulerKind;

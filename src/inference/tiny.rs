@@ -268,7 +268,7 @@ fn finish(
     save_random(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         rng,
-        |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+        |vb| AutoEncoderKL::new(vb, 3, 3, super::load::vae_blocks(&vae)).map(drop),
         modern_vae_attention_name,
     )?;
     write_json(&dir.join("model_index.json"), model_index)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::{
     local::LocalFileSystem, path::Path as ObjectPath, ClientOptions, ObjectStore, PutPayload,
     RetryConfig,
@@ -47,6 +48,8 @@ pub struct ObjectInfo {
 pub struct ImageStore {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// S3 stores can hand out presigned URLs; `prefix` is prepended to keys for them.
+    signer: Option<(Arc<dyn Signer>, String)>,
 }
 
 impl ImageStore {
@@ -89,16 +92,18 @@ impl ImageStore {
             if let Some(region) = &s3.region {
                 builder = builder.with_region(region);
             }
-            let s3_store = builder.build().map_err(|e| bad(e.to_string()))?;
+            let s3_store = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
             let prefix = prefix.trim_matches('/');
+            let whole: Arc<dyn ObjectStore> = s3_store.clone();
             let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(s3_store)
+                whole
             } else {
-                Arc::new(PrefixStore::new(s3_store, prefix))
+                Arc::new(PrefixStore::new(whole, prefix))
             };
             return Ok(Self {
                 inner,
                 description: location.to_string(),
+                signer: Some((s3_store, prefix.to_string())),
             });
         }
         let dir = match location.strip_prefix("file://") {
@@ -113,6 +118,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(fs),
             description: format!("file://{dir}"),
+            signer: None,
         })
     }
 
@@ -121,6 +127,7 @@ impl ImageStore {
         Self {
             inner,
             description: description.into(),
+            signer: None,
         }
     }
 
@@ -132,6 +139,33 @@ impl ImageStore {
     /// The key of image `index` of `job`: one folder per job keeps a job's images together.
     pub fn key_for(job: Uuid, image: Uuid) -> String {
         format!("{job}/{image}.png")
+    }
+
+    /// The key of an image's thumbnail, beside it: `{job}/{image}.thumb.jpg`.
+    pub fn thumbnail_key(image_key: &str) -> String {
+        let stem = image_key.strip_suffix(".png").unwrap_or(image_key);
+        format!("{stem}.thumb.jpg")
+    }
+
+    /// A URL anyone can GET the object at for `expires_in`, when the store can sign one
+    /// (S3); `None` for stores that cannot (local files), which are streamed instead.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some((signer, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let full = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}/{key}")
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &ObjectPath::from(full), expires_in)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {

@@ -3,5 +3,6 @@
 
 mod images;
 pub mod png;
+pub mod thumbnail;
 
 pub use images::{ImageStore, ObjectInfo, S3Options, StorageError};
