@@ -148,6 +148,16 @@ where
     }
 }
 
+/// Image keys with the thumbnail stored beside each.
+fn with_thumbnails(keys: Vec<String>) -> HashSet<String> {
+    keys.into_iter()
+        .flat_map(|k| {
+            let thumb = format!("{}.thumb.jpg", k.trim_end_matches(".png"));
+            [k, thumb]
+        })
+        .collect()
+}
+
 const TERMINAL_COUNT: &str =
     "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled')";
 
@@ -203,14 +213,10 @@ async fn burst_on_postgres_redis_s3_loses_nothing() {
 
     let c = checks("e.body->>'type'");
     verify_pg(&pool, &c, &submitted.ids).await;
-    let rows: HashSet<String> = sqlx::query_scalar(c.keys)
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let rows: HashSet<String> =
+        with_thumbnails(sqlx::query_scalar(c.keys).fetch_all(&pool).await.unwrap());
     let objects: HashSet<String> = s3.keys(&bucket, "").await.into_iter().collect();
-    assert_eq!(rows.len(), jobs);
+    assert_eq!(rows.len(), 2 * jobs);
     assert_eq!(
         objects, rows,
         "every object has its row and every row its object"
@@ -297,12 +303,8 @@ async fn burst_on_embedded_sqlite_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(bad, 0, "succeeded jobs without exactly one image row");
-    let rows: HashSet<String> = sqlx::query_scalar(c.keys)
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let rows: HashSet<String> =
+        with_thumbnails(sqlx::query_scalar(c.keys).fetch_all(&pool).await.unwrap());
     let mut files = HashSet::new();
     let images = dir.path().join("images");
     for job in std::fs::read_dir(&images).unwrap() {

@@ -21,7 +21,9 @@ async fn assert_bucket_matches_rows(server: &Server, s3: &S3Server, bucket: &str
     for id in ids {
         let job = server.job(id).await;
         for image in job["images"].as_array().unwrap() {
-            rows.insert(format!("{id}/{}.png", image["id"].as_str().unwrap()));
+            let image = image["id"].as_str().unwrap();
+            rows.insert(format!("{id}/{image}.png"));
+            rows.insert(format!("{id}/{image}.thumb.jpg"));
         }
     }
     let objects: HashSet<String> = s3.keys(bucket, "").await.into_iter().collect();
@@ -193,8 +195,12 @@ async fn a_crash_between_upload_and_commit_leaves_an_orphan_that_gc_collects() {
     }
     serve.kill9();
     let orphan = s3.keys(&bucket, "").await;
-    assert_eq!(orphan.len(), 1, "the upload landed: {orphan:?}");
-    assert!(orphan[0].starts_with(&format!("{id}/")));
+    assert_eq!(
+        orphan.len(),
+        2,
+        "the image and its thumbnail landed: {orphan:?}"
+    );
+    assert!(orphan.iter().all(|k| k.starts_with(&format!("{id}/"))));
 
     // Restarted without the hook, the job is rescued and runs again: a second image.
     let serve = ServeProcess::spawn_role("serve", &global_refs, &serve_args, &s3.env());
@@ -224,11 +230,15 @@ async fn a_crash_between_upload_and_commit_leaves_an_orphan_that_gc_collects() {
         .expect("job finished after the restart");
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
-    let kept = format!("{id}/{}.png", job["images"][0]["id"].as_str().unwrap());
-    let mut both = s3.keys(&bucket, "").await;
-    both.sort();
-    assert_eq!(both.len(), 2, "{both:?}");
-    assert!(both.contains(&kept) && both.contains(&orphan[0]));
+    let kept_id = job["images"][0]["id"].as_str().unwrap();
+    let mut kept = vec![
+        format!("{id}/{kept_id}.png"),
+        format!("{id}/{kept_id}.thumb.jpg"),
+    ];
+    kept.sort();
+    let both = s3.keys(&bucket, "").await;
+    assert_eq!(both.len(), 4, "{both:?}");
+    assert!(kept.iter().chain(&orphan).all(|k| both.contains(k)));
 
     // Young objects are left alone by default (an upload may be about to commit).
     let out = sdq_gc(&global, &s3.env(), &["--dry-run"]);
@@ -236,11 +246,13 @@ async fn a_crash_between_upload_and_commit_leaves_an_orphan_that_gc_collects() {
     // With no grace, the dry run reports the orphan and deletes nothing.
     let out = sdq_gc(&global, &s3.env(), &["--dry-run", "--grace-secs", "0"]);
     assert!(out.contains(&format!("orphan {}", orphan[0])), "{out}");
-    assert!(out.contains("1 orphans, would delete 1"), "{out}");
-    assert_eq!(s3.keys(&bucket, "").await.len(), 2);
+    assert!(out.contains("2 orphans, would delete 2"), "{out}");
+    assert_eq!(s3.keys(&bucket, "").await.len(), 4);
     let out = sdq_gc(&global, &s3.env(), &["--grace-secs", "0"]);
-    assert!(out.contains("1 orphans, deleted 1"), "{out}");
-    assert_eq!(s3.keys(&bucket, "").await, vec![kept.clone()]);
+    assert!(out.contains("2 orphans, deleted 2"), "{out}");
+    let mut left = s3.keys(&bucket, "").await;
+    left.sort();
+    assert_eq!(left, kept);
     // Nothing left to collect; the surviving image is still served.
     let out = sdq_gc(&global, &s3.env(), &["--grace-secs", "0"]);
     assert!(out.contains("0 orphans"), "{out}");
