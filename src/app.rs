@@ -1,5 +1,6 @@
-//! Wiring: builds the store, bus, image store, workers, rescuer and API from the config,
-//! and runs them under one shutdown signal.
+//! Wiring: builds the store, bus, image store, workers, maintenance services (rescuer,
+//! cleaner, orphan collector) and API from the config, and runs them under one shutdown
+//! signal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiSettings, AppState, Auth, AuthMode, Limits};
+use crate::api::{self, ApiSettings, AppState, Auth, AuthMode, Limits, Timeouts};
 use crate::config::{Config, ServeConfig};
+use crate::maintenance::{cleaner, gc};
 use crate::queue::{
     local_bus::LocalBus, postgres::PgStore, redis_bus::RedisBus, rescuer, sqlite::SqliteStore,
     EventBus, JobStore, Queue,
@@ -29,7 +31,7 @@ pub enum Role {
     Worker,
 }
 
-/// A running process: API and/or workers, and the rescuer.
+/// A running process: API and/or workers, and the maintenance services.
 pub struct Running {
     /// Where the API listens (`None` for a worker-only process).
     pub addr: Option<SocketAddr>,
@@ -80,6 +82,11 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
     Ok(Queue::new(store, bus))
 }
 
+/// Opens the configured image store.
+pub fn open_images(config: &Config) -> anyhow::Result<ImageStore> {
+    ImageStore::open(&config.object_store(), &config.s3()).context("cannot open the image store")
+}
+
 /// Starts the parts `role` asks for and returns once the API (if any) is listening.
 pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::Result<Running> {
     let api = role != Role::Worker;
@@ -103,8 +110,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             );
         }
     }
-    let images = ImageStore::open(&config.object_store(), &config.s3())
-        .context("cannot open the image store")?;
+    let images = open_images(config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -113,6 +119,25 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         serve.rescue_interval(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(cleaner::run(
+        queue.store.clone(),
+        images.clone(),
+        cleaner::Retention {
+            keep: serve.retention(),
+            compact_after: serve.compact_after(),
+        },
+        serve.clean_interval(),
+        shutdown_rx.clone(),
+    )));
+    if let Some(interval) = serve.gc_interval() {
+        tasks.push(tokio::spawn(gc::run(
+            queue.store.clone(),
+            images.clone(),
+            serve.gc_grace(),
+            interval,
+            shutdown_rx.clone(),
+        )));
+    }
     let workers = if role == Role::Api { 0 } else { serve.workers };
     for _ in 0..workers {
         let mut wc = WorkerConfig::new(config.models_dir());
@@ -124,6 +149,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.device_name = serve.device.clone();
         wc.dtype = crate::config::parse_dtype(&serve.dtype)?;
         crate::config::check_device_dtype(&wc.device, wc.dtype)?;
+        wc.pause_before_commit = std::env::var_os("SDQ_TEST_PAUSE_BEFORE_COMMIT").map(Into::into);
         let worker = Worker::new(queue.clone(), images.clone(), wc);
         tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }
@@ -155,6 +181,10 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {}", serve.bind))?;
     let addr = listener.local_addr()?;
+    let timeouts = Timeouts {
+        header: serve.header_timeout(),
+        body: serve.body_timeout(),
+    };
     let mut api_shutdown = shutdown_rx.clone();
     let mut deadline = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -167,7 +197,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         };
         tokio::select! {
-            result = api::serve(listener, state, signal) => {
+            result = api::serve(listener, state, timeouts, signal) => {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "API server stopped");
                 }

@@ -41,6 +41,23 @@ pub enum Command {
     Worker(ServeConfig),
     /// Apply the database migrations and exit.
     Migrate,
+    /// Find objects in the image store that no row names (left by a crash between upload
+    /// and commit) and delete them.
+    Gc {
+        /// Only report the orphans; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave objects younger than this many seconds alone (an upload whose commit is
+        /// under way looks like an orphan).
+        #[arg(long, default_value_t = 3600.0)]
+        grace_secs: f64,
+    },
+    /// Write a consistent copy of the embedded SQLite database to PATH while sdq runs
+    /// (for PostgreSQL use pg_dump).
+    Backup {
+        /// The file to write (must not exist).
+        path: PathBuf,
+    },
     /// Generate images locally, without a server.
     Generate(Box<GenerateArgs>),
     /// Side-by-side benchmarks that print ratios (ours vs candle-transformers).
@@ -156,6 +173,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(_)
         | Command::TinyModel { .. }
         | Command::Migrate
+        | Command::Gc { .. }
+        | Command::Backup { .. }
         | Command::Keys { .. }
         | Command::Bench { .. } => "warn",
         _ => "info",
@@ -178,6 +197,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => runtime()?.block_on(async {
             crate::app::open_queue(&cli.config).await?;
             println!("migrations applied to {}", cli.config.database_url());
+            Ok(())
+        }),
+        Command::Gc {
+            dry_run,
+            grace_secs,
+        } => runtime()?.block_on(collect_orphans(&cli.config, dry_run, grace_secs)),
+        Command::Backup { path } => runtime()?.block_on(async {
+            let queue = crate::app::open_queue(&cli.config).await?;
+            queue
+                .store
+                .backup(&path)
+                .await
+                .with_context(|| format!("backup to {} failed", path.display()))?;
+            println!(
+                "backed up {} to {}",
+                cli.config.database_url(),
+                path.display()
+            );
             Ok(())
         }),
         Command::Generate(args) => generate(&cli.config, *args),
@@ -278,7 +315,52 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `sdq gc`: one orphan collection, reported object by object.
+async fn collect_orphans(config: &Config, dry_run: bool, grace_secs: f64) -> anyhow::Result<()> {
+    let queue = crate::app::open_queue(config).await?;
+    let images = crate::app::open_images(config)?;
+    let grace = std::time::Duration::from_secs_f64(grace_secs.clamp(0.0, 1e9));
+    let report = crate::maintenance::gc::collect(&queue.store, &images, grace, dry_run).await?;
+    for orphan in &report.orphans {
+        println!("orphan {} ({} bytes)", orphan.key, orphan.bytes);
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} objects scanned, {} orphans, {verb} {}, {} objects of other shapes left alone",
+        report.scanned,
+        report.orphans.len(),
+        if dry_run {
+            report.orphans.len()
+        } else {
+            report.deleted
+        },
+        report.foreign
+    );
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every client connection (SSE
+/// streams included) holds a descriptor, and the usual soft limit of 1024 is too few.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 async fn run_until_signal(config: Config, serve: ServeConfig, role: Role) -> anyhow::Result<()> {
+    raise_fd_limit();
     let running = crate::app::start(&config, &serve, role).await?;
     match running.addr {
         Some(addr) => println!(

@@ -41,6 +41,17 @@ pub struct Config {
     /// S3 region (default: AWS_REGION, else us-east-1).
     #[arg(long, env = "SDQ_S3_REGION", global = true)]
     pub s3_region: Option<String>,
+    /// Retries of one object-store request (5xx, resets, timeouts) before it fails.
+    #[arg(long, env = "SDQ_S3_RETRIES", default_value_t = 10, global = true)]
+    pub s3_retries: usize,
+    /// Seconds one object-store request may take, retries included.
+    #[arg(
+        long,
+        env = "SDQ_S3_TIMEOUT_SECS",
+        default_value_t = 30.0,
+        global = true
+    )]
+    pub s3_timeout_secs: f64,
 }
 
 impl Config {
@@ -64,6 +75,8 @@ impl Config {
         crate::storage::S3Options {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
+            retries: Some(self.s3_retries),
+            timeout: Some(secs(self.s3_timeout_secs)),
         }
     }
 }
@@ -117,6 +130,32 @@ pub struct ServeConfig {
     /// against DNS rebinding), e.g. `sdq.local`.
     #[arg(long = "public-host", env = "SDQ_PUBLIC_HOSTS", value_delimiter = ',')]
     pub public_hosts: Vec<String>,
+    /// Days a finished job (its events, image rows and objects) is kept; fractions are
+    /// allowed. Unset: kept forever.
+    #[arg(long, env = "SDQ_RETAIN_DAYS")]
+    pub retain_days: Option<f64>,
+    /// Seconds after a job finishes before its progress events are dropped from its log
+    /// (the rest of the log stays until retention removes the job).
+    #[arg(long, env = "SDQ_COMPACT_AFTER_SECS", default_value_t = 600.0)]
+    pub compact_after_secs: f64,
+    /// Seconds between cleaner passes (retention and event-log compaction).
+    #[arg(long, env = "SDQ_CLEAN_SECS", default_value_t = 300.0)]
+    pub clean_secs: f64,
+    /// Seconds between orphan-collector passes over the object store (0: never; run
+    /// `sdq gc` instead).
+    #[arg(long, env = "SDQ_GC_SECS", default_value_t = 3600.0)]
+    pub gc_secs: f64,
+    /// Objects younger than this many seconds are never collected as orphans (an upload
+    /// whose job has not committed yet looks like one).
+    #[arg(long, env = "SDQ_GC_GRACE_SECS", default_value_t = 3600.0)]
+    pub gc_grace_secs: f64,
+    /// Seconds a client may take to send a request's headers; slower connections are
+    /// closed.
+    #[arg(long, env = "SDQ_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+    /// Seconds a client may take to send a request body.
+    #[arg(long, env = "SDQ_BODY_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub body_timeout_secs: f64,
 }
 
 impl ServeConfig {
@@ -144,10 +183,38 @@ impl ServeConfig {
     pub fn grace(&self) -> Duration {
         secs(self.grace_secs)
     }
+    /// How long finished jobs are kept, if they are not kept forever.
+    pub fn retention(&self) -> Option<Duration> {
+        self.retain_days.map(|d| secs(d * 86_400.0))
+    }
+    pub fn compact_after(&self) -> Duration {
+        secs(self.compact_after_secs)
+    }
+    pub fn clean_interval(&self) -> Duration {
+        secs(self.clean_secs)
+    }
+    /// `None` when the periodic orphan collector is off.
+    pub fn gc_interval(&self) -> Option<Duration> {
+        (self.gc_secs > 0.0).then(|| secs(self.gc_secs))
+    }
+    pub fn gc_grace(&self) -> Duration {
+        if self.gc_grace_secs > 0.0 {
+            secs(self.gc_grace_secs)
+        } else {
+            Duration::ZERO
+        }
+    }
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout_secs)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        secs(self.body_timeout_secs)
+    }
 }
 
 fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+    // NaN would panic in `from_secs_f64`; treat it as the smallest value.
+    Duration::from_secs_f64(if s.is_nan() { 0.01 } else { s.clamp(0.01, 1e9) })
 }
 
 /// Parses `--device`.

@@ -2,7 +2,8 @@
 //!
 //! The crate is split so that dependencies point one way: `inference` is pure computation,
 //! `queue` and `storage` know nothing of HTTP or Candle, `api` speaks HTTP on top of `queue`
-//! and `storage`, and only `worker` binds queue, inference and storage together.
+//! and `storage`, only `worker` binds queue, inference and storage together, and
+//! `maintenance` binds queue and storage for the cleaner and the orphan collector.
 
 pub mod api;
 pub mod app;
@@ -10,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod inference;
+pub mod maintenance;
 pub mod queue;
 pub mod storage;
 pub mod worker;

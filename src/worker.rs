@@ -44,6 +44,10 @@ pub struct WorkerConfig {
     pub device_name: String,
     pub host: String,
     pub dtype: DType,
+    /// Test-only (`SDQ_TEST_PAUSE_BEFORE_COMMIT`): after uploading a job's images, write
+    /// the job id to this file and stop before committing, so a test can kill the
+    /// process at exactly that moment and leave orphaned objects behind.
+    pub pause_before_commit: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -64,6 +68,7 @@ impl WorkerConfig {
             models_dir,
             device: Device::Cpu,
             dtype: DType::F32,
+            pause_before_commit: None,
         }
     }
 }
@@ -502,6 +507,11 @@ impl Worker {
                 height: lease.job.spec.height as i64,
                 bytes,
             });
+        }
+        if let Some(marker) = &self.config.pause_before_commit {
+            tracing::warn!(marker = %marker.display(), "test hook: pausing between upload and commit");
+            let _ = std::fs::write(marker, job_id.to_string());
+            std::future::pending::<()>().await;
         }
         let timings = serde_json::json!({
             "load_ms": rendered.load_ms,

@@ -42,6 +42,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The job database's disk is full: nothing was stored; retry once space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A dependency (database, object store) is down; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -80,6 +83,9 @@ impl ApiError {
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -96,6 +102,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 ApiError::Unavailable(format!("database unavailable: {m}"))
             }
+            StoreError::Full(m) => ApiError::InsufficientStorage(format!(
+                "the job database's disk is full, so nothing was stored; free space on it \
+                 and retry ({m})"
+            )),
             e @ StoreError::TooManyJobs { .. } => ApiError::TooManyRequests {
                 code: "too_many_jobs",
                 message: e.to_string(),

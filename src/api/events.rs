@@ -36,17 +36,7 @@ pub async fn stream(
     let id = owned_job(&state, &caller, &id).await?.id;
     let last_seen = match headers.get("last-event-id") {
         None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "Last-Event-ID",
-                    "Last-Event-ID must be a non-negative integer",
-                )
-            })?,
+        Some(v) => parse_last_event_id(v.as_bytes())?,
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(forward(
@@ -58,6 +48,20 @@ pub async fn stream(
     ));
     let stream = ReceiverStream::new(rx).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Parses a `Last-Event-ID` header: the `seq` of the last event the client saw.
+pub fn parse_last_event_id(raw: &[u8]) -> Result<i64, ApiError> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Last-Event-ID",
+                "Last-Event-ID must be a non-negative integer",
+            )
+        })
 }
 
 fn to_sse(event: &Event) -> SseEvent {

@@ -16,6 +16,7 @@ pub(crate) mod jobs;
 mod keys;
 mod multipart;
 mod png_info;
+mod server;
 pub mod submit;
 pub(crate) mod validate;
 mod web;
@@ -25,13 +26,14 @@ use std::sync::Arc;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
-use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{Auth, AuthMode, Caller};
 pub use error::ApiError;
+pub use events::parse_last_event_id;
 pub use keys::check_new_key;
-pub use validate::{InputFiles, Limits, SubmitRequest};
+pub use server::{serve, Timeouts};
+pub use validate::{parse_body, InputFiles, Limits, SubmitRequest};
 
 use crate::queue::Queue;
 use crate::storage::ImageStore;
@@ -217,15 +219,4 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::CONTENT_DISPOSITION,
         ])
         .max_age(std::time::Duration::from_secs(3600))
-}
-
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -28,4 +28,4 @@ pub use job::{
 pub use keys::{ApiKey, NewApiKey};
 pub use scope::Scope;
 pub use state::JobStatus;
-pub use store::{CancelOutcome, JobStore, StoreError};
+pub use store::{CancelOutcome, JobStore, PurgedJob, StoreError};

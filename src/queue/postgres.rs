@@ -5,6 +5,8 @@
 //! each other, and every time comes from the database clock so leases mean the same on
 //! every host.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,11 +17,15 @@ use uuid::Uuid;
 
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, Scope, StoreError, WorkerInfo,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
+    WorkerInfo,
 };
 
 mod gallery;
 mod keys;
+
+/// The statuses after which a job never changes.
+const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
 
 /// Now, in milliseconds since the epoch, from the database clock.
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -698,6 +704,79 @@ impl JobStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    async fn purge_finished(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<PurgedJob>, StoreError> {
+        // Events and image rows go with the job (ON DELETE CASCADE); SKIP LOCKED lets
+        // the cleaners of several processes share the work.
+        let rows = sqlx::query(&format!(
+            "DELETE FROM jobs WHERE id IN \
+                (SELECT id FROM jobs WHERE status IN {FINISHED} AND finished_at < {NOW} - $1 \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, spec"
+        ))
+        .bind(ms(older_than))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Json(spec): Json<JobSpec> = row.try_get("spec")?;
+                Ok(PurgedJob {
+                    id: row.try_get("id")?,
+                    input_keys: spec.init_image.into_iter().chain(spec.mask_image).collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn compact_events(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError> {
+        let compacted = sqlx::query(&format!(
+            "WITH picked AS ( \
+                SELECT id FROM jobs WHERE status IN {FINISHED} AND NOT events_compacted \
+                  AND finished_at < {NOW} - $1 ORDER BY finished_at LIMIT $2 \
+                FOR UPDATE SKIP LOCKED), \
+             dropped AS ( \
+                DELETE FROM job_events e USING picked \
+                WHERE e.job_id = picked.id AND e.body->>'type' = 'progress') \
+             UPDATE jobs SET events_compacted = TRUE FROM picked WHERE jobs.id = picked.id"
+        ))
+        .bind(ms(older_than))
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(compacted.rows_affected())
+    }
+
+    async fn referenced_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut found: HashSet<String> = HashSet::new();
+        for chunk in keys.chunks(1000) {
+            let images: Vec<String> =
+                sqlx::query_scalar("SELECT object_key FROM images WHERE object_key = ANY($1)")
+                    .bind(chunk)
+                    .fetch_all(&self.pool)
+                    .await?;
+            found.extend(images);
+            let inputs: Vec<String> = sqlx::query_scalar(
+                "SELECT k FROM jobs, LATERAL (VALUES (spec->>'init_image'), (spec->>'mask_image')) v(k) \
+                 WHERE spec ? 'init_image' AND k = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            found.extend(inputs);
+        }
+        Ok(found)
+    }
+
+    async fn backup(&self, _path: &Path) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "sdq backup copies the embedded SQLite database; for PostgreSQL use pg_dump \
+             (e.g. pg_dump --format=custom --file=sdq.dump \"$SDQ_DATABASE_URL\")"
+                .into(),
+        ))
     }
 
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {

@@ -2,8 +2,11 @@
 //!
 //! All writes go through a one-connection pool, so SQLite never sees two writers from this
 //! process and never answers "database is locked"; reads use a separate pool (WAL mode
-//! lets them run beside the writer).
+//! lets them run beside the writer). Migrations run under an exclusive lock on a file
+//! beside the database, so any number of processes may start on one data dir at once.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,16 +14,20 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, Scope, StoreError, WorkerInfo,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
+    WorkerInfo,
 };
 
 mod gallery;
 mod keys;
+
+/// The statuses after which a job never changes.
+const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
 
 const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
      progress_step, progress_total, last_seq, error, timings, run_at, created_at, started_at, finished_at";
@@ -29,6 +36,7 @@ const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attem
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    options: SqliteConnectOptions,
 }
 
 fn now_ms() -> i64 {
@@ -57,6 +65,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // sqlx serialises migrations across processes on PostgreSQL with an advisory
+        // lock, but not on SQLite: two processes starting on a fresh file would both
+        // create the tables. A file lock held from the first connection to the last
+        // migration does the same here.
+        let lock = migration_lock(options.get_filename()).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -65,11 +78,16 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        drop(lock);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            options,
+        })
     }
 
     /// A write transaction that takes SQLite's write lock at once, so a transaction that
@@ -78,6 +96,41 @@ impl SqliteStore {
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
+    /// Runs `PRAGMA integrity_check` and returns its report (`["ok"]` when intact).
+    pub async fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.writer)
+            .await?)
+    }
+}
+
+/// Takes an exclusive lock on `DB-migrate.lock` (blocking until other processes release
+/// it); `None` for in-memory databases. Released when the file is dropped.
+async fn migration_lock(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    let name = db.as_os_str().to_string_lossy();
+    if name.is_empty() || name == ":memory:" {
+        return Ok(None);
+    }
+    let mut path = PathBuf::from(db.as_os_str());
+    path.as_mut_os_string().push("-migrate.lock");
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Database(format!("migration lock: {e}")))?
+    .map_err(|e| StoreError::Database(format!("cannot lock the database for migrations: {e}")))?;
+    Ok(Some(lock))
+}
+
+/// `?, ?, …` for `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -760,6 +813,112 @@ impl JobStore for SqliteStore {
         .bind(now_ms())
         .execute(&self.writer)
         .await?;
+    async fn purge_finished(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<PurgedJob>, StoreError> {
+        // Events and image rows go with the job (ON DELETE CASCADE).
+        let rows = sqlx::query(&format!(
+            "DELETE FROM jobs WHERE id IN \
+                (SELECT id FROM jobs WHERE status IN {FINISHED} AND finished_at < ? \
+                 ORDER BY finished_at LIMIT ?) \
+             RETURNING id, spec"
+        ))
+        .bind(now_ms() - ms(older_than))
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let spec: String = row.try_get("spec")?;
+                let spec: JobSpec =
+                    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(PurgedJob {
+                    id: parse_uuid(row.try_get("id")?)?,
+                    input_keys: spec.init_image.into_iter().chain(spec.mask_image).collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn compact_events(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE status IN {FINISHED} AND events_compacted = 0 \
+               AND finished_at < ? ORDER BY finished_at LIMIT ?"
+        ))
+        .bind(now_ms() - ms(older_than))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query(
+                "DELETE FROM job_events WHERE job_id = ? AND json_extract(body, '$.type') = 'progress'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET events_compacted = 1 WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn referenced_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut found = HashSet::new();
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT object_key FROM images WHERE object_key IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            found.extend(query.fetch_all(&self.reader).await?);
+        }
+        if keys.iter().any(|k| !found.contains(k)) {
+            // Inputs are named inside the spec JSON; jobs that have them are few.
+            let rows = sqlx::query(
+                "SELECT json_extract(spec, '$.init_image') AS init, \
+                        json_extract(spec, '$.mask_image') AS mask \
+                 FROM jobs WHERE json_extract(spec, '$.init_image') IS NOT NULL",
+            )
+            .fetch_all(&self.reader)
+            .await?;
+            let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
+            for row in rows {
+                for column in ["init", "mask"] {
+                    if let Some(key) = row.try_get::<Option<String>, _>(column)? {
+                        if wanted.contains(key.as_str()) {
+                            found.insert(key);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Unsupported(format!(
+                "{} already exists; back up to a new file",
+                path.display()
+            )));
+        }
+        // A connection of its own: VACUUM INTO reads one consistent snapshot (WAL lets
+        // the writer carry on meanwhile) and writes a compact copy.
+        let mut conn = SqliteConnection::connect_with(&self.options).await?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.display().to_string())
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
         Ok(())
     }
 

@@ -6,6 +6,8 @@
 //! write about a running job is fenced by its lease token, so a worker that lost its
 //! lease cannot write. Methods return the events they recorded; `Queue` publishes them.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +30,13 @@ pub enum StoreError {
     /// The database cannot be reached right now; callers answer 503 and retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: nothing was written; writes work again once space
+    /// is freed.
+    #[error("the job database's disk is full: {0}")]
+    Full(String),
+    /// The backend cannot do this; the message says what to use instead.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("database error: {0}")]
     Database(String),
     #[error("corrupt row: {0}")]
@@ -45,11 +54,15 @@ impl From<sqlx::Error> for StoreError {
         // Connection trouble (and Postgres' "connection exception", "operator
         // intervention" and "insufficient resources" classes) is an outage, not a bug:
         // callers answer 503 and retry.
-        let outage_code = e
-            .as_database_error()
-            .and_then(|d| d.code())
+        let code = e.as_database_error().and_then(|d| d.code());
+        // SQLite's SQLITE_FULL (13) and PostgreSQL's disk_full (53100).
+        let full = code.as_deref().is_some_and(|c| c == "13" || c == "53100")
+            || e.to_string().contains("disk is full");
+        let outage_code = code
+            .as_deref()
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c.starts_with("53"));
         match e {
+            _ if full => StoreError::Full(e.to_string()),
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
@@ -60,6 +73,15 @@ impl From<sqlx::Error> for StoreError {
             other => StoreError::Database(other.to_string()),
         }
     }
+}
+
+/// A finished job that retention removed from the database: what it still has in the
+/// object store besides its `{job}/` folder.
+#[derive(Debug, Clone)]
+pub struct PurgedJob {
+    pub id: Uuid,
+    /// The input keys its spec named (`inputs/{uuid}/init`, `…/mask`).
+    pub input_keys: Vec<String>,
 }
 
 /// What `request_cancel` did.
@@ -161,6 +183,23 @@ pub trait JobStore: Send + Sync {
         model: Option<&str>,
     ) -> Result<(), StoreError>;
 
+    /// Deletes up to `limit` jobs that finished more than `older_than` ago, with their
+    /// events and image rows, and returns them so the caller deletes their objects.
+    /// Rows go first: a crash before the objects are deleted leaves orphans that the
+    /// orphan collector finds, never a row without its object.
+    async fn purge_finished(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<PurgedJob>, StoreError>;
+    /// Drops the `progress` events of up to `limit` jobs that finished more than
+    /// `older_than` ago (the rest of their log stays); returns how many jobs it compacted.
+    async fn compact_events(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError>;
+    /// Which of `keys` a row still names: an image row's object key, or a job's input.
+    async fn referenced_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// Writes a consistent copy of the database to `path` (which must not exist) while
+    /// it is in use.
+    async fn backup(&self, path: &Path) -> Result<(), StoreError>;
     /// Stores a newly issued key (its hash, never its token).
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// The key whose token has this lookup part, revoked or not.

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
 use object_store::signer::Signer;
-use object_store::{local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, PutPayload};
+use object_store::{
+    local::LocalFileSystem, path::Path as ObjectPath, ClientOptions, ObjectStore, PutPayload,
+    RetryConfig,
+};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,19 @@ pub struct S3Options {
     /// e.g. `http://minio:9000`; path-style requests are used, so any S3 server works.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// Retries of one request (object_store's default: 10).
+    pub retries: Option<usize>,
+    /// Time one request may take, its retries included (object_store's default: 3 min).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// One stored object, as a listing sees it.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub bytes: u64,
+    /// Milliseconds since the Unix epoch.
+    pub modified_ms: i64,
 }
 
 /// Stores and fetches images by key; the keys are recorded in the job store.
@@ -49,7 +65,24 @@ impl ImageStore {
             if bucket.is_empty() {
                 return Err(bad("no bucket name".into()));
             }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // object_store retries transient S3 errors (5xx, resets, timeouts) with
+            // exponential backoff itself; these bound how long it keeps trying. The client
+            // options go first: `with_allow_http` below writes into them.
+            let mut retry = RetryConfig::default();
+            let mut client = ClientOptions::new();
+            if let Some(n) = s3.retries {
+                retry.max_retries = n;
+            }
+            if let Some(timeout) = s3.timeout {
+                retry.retry_timeout = timeout;
+                client = client
+                    .with_timeout(timeout)
+                    .with_connect_timeout(timeout.min(std::time::Duration::from_secs(5)));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(client)
+                .with_retry(retry);
             if let Some(endpoint) = &s3.endpoint {
                 builder = builder
                     .with_endpoint(endpoint)
@@ -59,7 +92,6 @@ impl ImageStore {
             if let Some(region) = &s3.region {
                 builder = builder.with_region(region);
             }
-            // object_store retries transient S3 errors (5xx, timeouts) with backoff itself.
             let s3_store = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
             let prefix = prefix.trim_matches('/');
             let whole: Arc<dyn ObjectStore> = s3_store.clone();
@@ -163,9 +195,41 @@ impl ImageStore {
 
     /// Lists the keys under a prefix (used by tests and orphan clean-up).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// Lists the objects under a prefix with their size and age (`""`: the whole store).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         use futures::TryStreamExt;
-        let prefix = ObjectPath::from(prefix);
-        let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
-        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+        let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+        let metas: Vec<_> = self.inner.list(prefix.as_ref()).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| ObjectInfo {
+                key: m.location.to_string(),
+                bytes: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .collect())
+    }
+
+    /// Deletes every object of a job: its `{job}/` folder (images, thumbnails) and the
+    /// input keys its spec names. Returns how many objects were deleted.
+    pub async fn delete_job_objects(
+        &self,
+        job: Uuid,
+        inputs: &[String],
+    ) -> Result<usize, StorageError> {
+        let mut keys = self.list(&format!("{job}/")).await?;
+        keys.extend(inputs.iter().cloned());
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        Ok(keys.len())
     }
 }

@@ -6,4 +6,4 @@ pub mod png;
 pub mod png_info;
 pub mod thumbnail;
 
-pub use images::{ImageStore, S3Options, StorageError};
+pub use images::{ImageStore, ObjectInfo, S3Options, StorageError};

@@ -226,7 +226,7 @@ impl S3Server {
             &format!("s3://{bucket}"),
             &sdq::storage::S3Options {
                 endpoint: Some(self.endpoint()),
-                region: None,
+                ..Default::default()
             },
         )
         .expect("open bucket");
