@@ -145,7 +145,9 @@ impl Drop for RedisServer {
 pub fn test_python() -> std::path::PathBuf {
     match std::env::var_os("SDQ_TEST_PYTHON") {
         Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"),
+        None => {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
+        }
     }
 }
 
