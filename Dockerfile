@@ -28,4 +28,7 @@ ENV SDQ_DATA_DIR=/data HF_HOME=/data/hf
 VOLUME /data
 EXPOSE 7860
 ENTRYPOINT ["sdq"]
-CMD ["serve", "--bind", "0.0.0.0:7860", "--allow-unauthenticated"]
+# Off loopback, keys are required: create one first on the same volume,
+#   docker run --rm -v sdq:/data sdq keys create me --admin
+# then `docker run -v sdq:/data -p 7860:7860 sdq`.
+CMD ["serve", "--bind", "0.0.0.0:7860"]

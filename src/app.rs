@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiSettings, AppState, Limits};
+use crate::api::{self, ApiSettings, AppState, Auth, AuthMode, Limits};
 use crate::config::{Config, ServeConfig};
 use crate::queue::{
     local_bus::LocalBus, postgres::PgStore, redis_bus::RedisBus, rescuer, sqlite::SqliteStore,
@@ -83,14 +83,26 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Queue> {
 /// Starts the parts `role` asks for and returns once the API (if any) is listening.
 pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::Result<Running> {
     let api = role != Role::Worker;
-    if api && !serve.bind.ip().is_loopback() && !serve.allow_unauthenticated {
+    let auth_mode = serve.auth_mode();
+    if api && auth_mode == AuthMode::Off && !serve.bind.ip().is_loopback() {
         anyhow::bail!(
-            "refusing to serve on {} without API keys; bind a loopback address or pass \
-             --allow-unauthenticated if a proxy in front of sdq authenticates requests",
+            "refusing to serve on {} with --auth off: anyone who can reach it could use your \
+             GPUs. Keep auth on (the default off loopback) and create a key with \
+             `sdq keys create NAME`, or bind a loopback address",
             serve.bind
         );
     }
     let queue = open_queue(config).await?;
+    if api && auth_mode == AuthMode::Required {
+        let keys = queue.store.list_keys().await?;
+        if !keys.iter().any(|k| !k.is_revoked()) {
+            anyhow::bail!(
+                "auth is required on {} but no API key exists yet: create one with \
+                 `sdq keys create NAME --admin` (same --data-dir / --database-url), then start again",
+                serve.bind
+            );
+        }
+    }
     let images = ImageStore::open(&config.object_store(), &config.s3())
         .context("cannot open the image store")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -108,10 +120,10 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.retry_base = serve.retry_base();
         wc.grace = serve.grace();
         wc.poll_interval = serve.poll_interval();
-        wc.device = crate::cli::parse_device(&serve.device)?;
+        wc.device = crate::config::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
-        wc.dtype = crate::cli::parse_dtype(&serve.dtype)?;
-        crate::cli::check_device_dtype(&wc.device, wc.dtype)?;
+        wc.dtype = crate::config::parse_dtype(&serve.dtype)?;
+        crate::config::check_device_dtype(&wc.device, wc.dtype)?;
         let worker = Worker::new(queue.clone(), images.clone(), wc);
         tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }
@@ -119,6 +131,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
     let mut models = vec![config.model.clone()];
     models.extend(serve.allow_models.iter().cloned());
     let state = AppState {
+        auth: Arc::new(Auth::new(auth_mode, queue.store.clone())),
         queue,
         images,
         settings: Arc::new(ApiSettings {
@@ -126,6 +139,8 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             models,
             limits: Limits::default(),
             max_attempts: serve.max_attempts,
+            public_hosts: serve.public_hosts.clone(),
+            cors_origins: serve.cors_origins.clone(),
         }),
     };
     if !api {
@@ -160,7 +175,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             _ = forced => {}
         }
     }));
-    tracing::info!(%addr, "sdq listening");
+    tracing::info!(%addr, auth = ?auth_mode, "sdq listening");
     Ok(Running {
         addr: Some(addr),
         shutdown: shutdown_tx,

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::Role;
-use crate::config::{Config, ServeConfig};
+use crate::config::{check_device_dtype, parse_device, parse_dtype, Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
 use crate::inference::{
     hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
@@ -46,6 +45,11 @@ pub enum Command {
     Generate(Box<GenerateArgs>),
     /// Side-by-side benchmarks that print a table and JSON lines with ratios.
     Bench(BenchArgs),
+    /// Manage API keys (stored in the job database: same --data-dir / --database-url).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -59,6 +63,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
         kind: tiny::TinyKind,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key; its token is printed once and stored only as a hash.
+    Create {
+        name: String,
+        /// Sees and manages every key's jobs and images, and the keys.
+        #[arg(long)]
+        admin: bool,
+        /// Most queued + running jobs at once.
+        #[arg(long)]
+        max_queued: Option<i64>,
+        /// Requests per minute.
+        #[arg(long)]
+        rate_per_min: Option<i64>,
+    },
+    /// List every key (never the token), with its webhook secret.
+    List,
+    /// Revoke a key by id: every API process refuses it within seconds.
+    Revoke { id: String },
 }
 
 /// `sdq bench WHAT`: the model is the global `--model` (a name or a folder).
@@ -75,6 +100,9 @@ pub struct BenchArgs {
     /// cpu, cuda:N or metal.
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
+    /// f32, f16 or bf16 (the end-to-end benchmark; the others run f32).
+    #[arg(long, global = true, default_value = "f32")]
+    pub dtype: String,
 }
 
 /// The benchmarks `sdq bench` runs.
@@ -165,9 +193,11 @@ pub struct GenerateArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let default_level = match cli.command {
-        Command::Generate(_) | Command::TinyModel { .. } | Command::Migrate | Command::Bench(_) => {
-            "warn"
-        }
+        Command::Generate(_)
+        | Command::TinyModel { .. }
+        | Command::Migrate
+        | Command::Keys { .. }
+        | Command::Bench(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -191,6 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Generate(args) => generate(&cli.config, *args),
+        Command::Keys { command } => runtime()?.block_on(keys(&cli.config, command)),
         Command::Bench(args) => bench(&cli.config, args),
         Command::TinyModel { out, seed, kind } => {
             if out.exists() {
@@ -204,9 +235,72 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use crate::queue::keys::{issue, TOKEN_PREFIX};
+    let queue = crate::app::open_queue(config).await?;
+    let store = &queue.store;
+    match command {
+        KeysCommand::Create {
+            name,
+            admin,
+            max_queued,
+            rate_per_min,
+        } => {
+            let new = crate::queue::NewApiKey {
+                name,
+                admin,
+                max_queued,
+                rate_per_min,
+            };
+            crate::api::check_new_key(&new).map_err(anyhow::Error::msg)?;
+            let issued = issue(new, chrono::Utc::now().timestamp_millis());
+            store.insert_key(&issued.key).await?;
+            let key = &issued.key;
+            println!("id              {}", key.id);
+            println!("name            {}", key.name);
+            println!("admin           {}", key.admin);
+            println!("token           {}", issued.token);
+            println!("webhook_secret  {}", key.webhook_secret);
+            eprintln!("The token is shown only now; sdq keeps just its hash. Send it as `Authorization: Bearer {TOKEN_PREFIX}…`.");
+        }
+        KeysCommand::List => {
+            let keys = store.list_keys().await?;
+            println!(
+                "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  webhook_secret",
+                "id", "name", "prefix", "admin", "max_queued", "rate/min", "revoked"
+            );
+            for k in keys {
+                let limit = |v: Option<i64>| v.map_or("-".to_string(), |n| n.to_string());
+                println!(
+                    "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  {}",
+                    k.id,
+                    k.name,
+                    format!("{TOKEN_PREFIX}{}…", k.lookup),
+                    k.admin,
+                    limit(k.max_queued),
+                    limit(k.rate_per_min),
+                    if k.is_revoked() { "yes" } else { "no" },
+                    k.webhook_secret
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let id = uuid::Uuid::parse_str(id.trim())
+                .with_context(|| format!("'{id}' is not a key id (see `sdq keys list`)"))?;
+            match store.revoke_key(id).await? {
+                Some(key) => println!("revoked key {} ({})", key.id, key.name),
+                None => bail!("no key with id {id}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     use crate::bench;
     let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    check_device_dtype(&device, dtype)?;
     if let Some(bad) = args.sizes.iter().find(|s| **s == 0 || **s % 8 != 0) {
         bail!("benchmark sizes must be positive multiples of 8, got {bad}");
     }
@@ -243,8 +337,9 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         BenchKind::E2e { steps } => {
+            let target = (&device, dtype);
             rows =
-                bench::e2e::end_to_end(&folder()?, &args.sizes, &steps, args.iterations, &device)?;
+                bench::e2e::end_to_end(&folder()?, &args.sizes, &steps, args.iterations, target)?;
         }
         BenchKind::Kernels { latent, only } => {
             rows = bench::kernels::kernels(latent, args.iterations, only.as_deref())?
@@ -299,41 +394,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-}
-
-/// Parses `--device`.
-pub fn parse_device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "metal" => Ok(Device::new_metal(0)?),
-        cuda if cuda.starts_with("cuda") => {
-            let index = cuda
-                .strip_prefix("cuda:")
-                .map(str::parse)
-                .transpose()?
-                .unwrap_or(0);
-            Ok(Device::new_cuda(index)?)
-        }
-        other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
-    }
-}
-
-/// Parses `--dtype`.
-pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => bail!("unknown dtype '{other}' (f32, f16, bf16)"),
-    }
-}
-
-/// Refuses combinations candle cannot run, before any model is loaded.
-pub fn check_device_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
-    if device.is_cpu() && dtype == DType::BF16 {
-        bail!("bf16 matrix products are not supported on the CPU; use --dtype f32 or f16");
-    }
-    Ok(())
 }
 
 fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::bail;
+use candle_core::{DType, Device};
 use clap::Args;
 
 /// Options every long-running command takes.
@@ -103,12 +105,30 @@ pub struct ServeConfig {
     /// Extra model ids requests may name besides the default.
     #[arg(long = "allow-model", env = "SDQ_ALLOW_MODELS", value_delimiter = ',')]
     pub allow_models: Vec<String>,
-    /// Serve on a non-loopback address without API keys (keys are not implemented yet).
-    #[arg(long, env = "SDQ_ALLOW_UNAUTHENTICATED")]
-    pub allow_unauthenticated: bool,
+    /// off: requests need no key (loopback binds only); required: every request that
+    /// touches jobs or images needs `Authorization: Bearer sdq_…`. Default: off on a
+    /// loopback bind, required otherwise.
+    #[arg(long, env = "SDQ_AUTH", value_enum)]
+    pub auth: Option<crate::api::AuthMode>,
+    /// Origins browsers may call the API from (repeatable, or `*`); preflights are answered.
+    #[arg(long = "cors-origin", env = "SDQ_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Host names clients may address besides loopback ones while auth is off (a guard
+    /// against DNS rebinding), e.g. `sdq.local`.
+    #[arg(long = "public-host", env = "SDQ_PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
 }
 
 impl ServeConfig {
+    /// The auth mode this bind address gets.
+    pub fn auth_mode(&self) -> crate::api::AuthMode {
+        self.auth.unwrap_or(if self.bind.ip().is_loopback() {
+            crate::api::AuthMode::Off
+        } else {
+            crate::api::AuthMode::Required
+        })
+    }
+
     pub fn lease(&self) -> Duration {
         secs(self.lease_secs)
     }
@@ -128,4 +148,39 @@ impl ServeConfig {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+}
+
+/// Parses `--device`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Ok(Device::new_metal(0)?),
+        cuda if cuda.starts_with("cuda") => {
+            let index = cuda
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(0);
+            Ok(Device::new_cuda(index)?)
+        }
+        other => bail!("unknown device '{other}' (cpu, cuda:N, metal)"),
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("unknown dtype '{other}' (f32, f16, bf16)"),
+    }
+}
+
+/// Refuses combinations candle cannot run, before any model is loaded.
+pub fn check_device_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
+    if device.is_cpu() && dtype == DType::BF16 {
+        bail!("bf16 matrix products are not supported on the CPU; use --dtype f32 or f16");
+    }
+    Ok(())
 }

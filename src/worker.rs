@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::inference::{self, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion};
 use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError, WorkerInfo};
 use crate::storage::png::{encode, PngMetadata};
+use crate::storage::thumbnail::thumbnail_jpeg;
 use crate::storage::ImageStore;
 
 /// How a worker behaves; the defaults suit the embedded deployment.
@@ -187,9 +188,16 @@ pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngM
     }
 }
 
+/// One finished image: its seed, the PNG and its gallery thumbnail (JPEG).
+struct EncodedImage {
+    seed: u64,
+    png: Vec<u8>,
+    thumbnail: Vec<u8>,
+}
+
 /// What the blocking half of a job hands back.
 struct Rendered {
-    pngs: Vec<(u64, Vec<u8>)>,
+    images: Vec<EncodedImage>,
     load_ms: u64,
     inference_ms: u64,
     encode_ms: u64,
@@ -459,12 +467,22 @@ impl Worker {
     async fn finish_succeeded(&self, lease: &Lease, rendered: Rendered, started: Instant) {
         let job_id = lease.job.id;
         let upload_started = Instant::now();
-        let mut uploaded: Vec<NewImage> = Vec::with_capacity(rendered.pngs.len());
-        for (index, (seed, png)) in rendered.pngs.into_iter().enumerate() {
+        let mut uploaded: Vec<NewImage> = Vec::with_capacity(rendered.images.len());
+        for (index, image) in rendered.images.into_iter().enumerate() {
             let id = Uuid::now_v7();
             let key = ImageStore::key_for(job_id, id);
-            let bytes = png.len() as i64;
-            if let Err(e) = self.images.put(&key, Bytes::from(png)).await {
+            let bytes = image.png.len() as i64;
+            let stored = async {
+                self.images.put(&key, Bytes::from(image.png)).await?;
+                self.images
+                    .put(
+                        &ImageStore::thumbnail_key(&key),
+                        Bytes::from(image.thumbnail),
+                    )
+                    .await
+            };
+            if let Err(e) = stored.await {
+                let _ = self.images.delete(&key).await;
                 self.delete_objects(&uploaded).await;
                 let retry = Some(crate::queue::retry::backoff(
                     lease.job.attempt,
@@ -479,7 +497,7 @@ impl Worker {
                 index: index as i64,
                 object_key: key,
                 url: format!("/v1/images/{id}"),
-                seed: seed as i64,
+                seed: image.seed as i64,
                 width: lease.job.spec.width as i64,
                 height: lease.job.spec.height as i64,
                 bytes,
@@ -505,10 +523,16 @@ impl Worker {
         }
     }
 
+    /// Deletes uploads whose commit lost (images and thumbnails).
     async fn delete_objects(&self, images: &[NewImage]) {
         for image in images {
-            if let Err(e) = self.images.delete(&image.object_key).await {
-                tracing::warn!(key = %image.object_key, error = %e, "orphan image not deleted");
+            for key in [
+                image.object_key.clone(),
+                ImageStore::thumbnail_key(&image.object_key),
+            ] {
+                if let Err(e) = self.images.delete(&key).await {
+                    tracing::warn!(%key, error = %e, "orphan object not deleted");
+                }
             }
         }
     }
@@ -546,17 +570,25 @@ fn render(
     })?;
     let inference_ms = t1.elapsed().as_millis() as u64;
     let t2 = Instant::now();
-    let pngs = images
+    let images = images
         .into_iter()
         .map(|img| {
+            let (w, h) = (img.width as u32, img.height as u32);
             let meta = png_metadata(spec, request.scheduler, img.seed);
-            encode(img.width as u32, img.height as u32, &img.rgb, &meta)
-                .map(|png| (img.seed, png))
-                .map_err(|e| InferenceError::InvalidRequest(format!("PNG encoding failed: {e}")))
+            let png = encode(w, h, &img.rgb, &meta)
+                .map_err(|e| InferenceError::InvalidRequest(format!("PNG encoding failed: {e}")))?;
+            let thumbnail = thumbnail_jpeg(w, h, &img.rgb).map_err(|e| {
+                InferenceError::InvalidRequest(format!("thumbnail encoding failed: {e}"))
+            })?;
+            Ok(EncodedImage {
+                seed: img.seed,
+                png,
+                thumbnail,
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, InferenceError>>()?;
     Ok(Rendered {
-        pngs,
+        images,
         load_ms,
         inference_ms,
         encode_ms: t2.elapsed().as_millis() as u64,

@@ -76,6 +76,7 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     let too_big = server
         .client
         .post(server.url("/v1/jobs"))
+        .header("content-type", "application/json")
         .body(format!(r#"{{"prompt":"{huge}"}}"#))
         .send()
         .await
@@ -118,5 +119,5 @@ async fn non_loopback_bind_without_keys_is_refused() {
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("without API keys"), "{err}");
+    assert!(err.to_string().contains("no API key exists"), "{err}");
 }

@@ -73,10 +73,18 @@ async fn killed_process_job_is_rerun_after_restart_exactly_once() {
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["attempts"], 2);
     assert_eq!(job["images"].as_array().unwrap().len(), 1);
-    let stored: Vec<_> = std::fs::read_dir(dir.path().join("images").join(&id))
+    let stored: Vec<String> = std::fs::read_dir(dir.path().join("images").join(&id))
         .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(stored.len(), 1, "exactly one set of images, no orphans");
+    let image = job["images"][0]["id"].as_str().unwrap();
+    let mut stored = stored;
+    stored.sort();
+    assert_eq!(
+        stored,
+        [format!("{image}.png"), format!("{image}.thumb.jpg")],
+        "exactly one image and its thumbnail, no orphans"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,7 +156,9 @@ async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {
         assert_eq!(job["status"], "succeeded", "{job}");
         let images = job["images"].as_array().unwrap();
         assert_eq!(images.len(), 1, "{job}");
-        image_keys.insert(format!("{id}/{}.png", images[0]["id"].as_str().unwrap()));
+        let image = images[0]["id"].as_str().unwrap();
+        image_keys.insert(format!("{id}/{image}.png"));
+        image_keys.insert(format!("{id}/{image}.thumb.jpg"));
         let events = SseReader::open(
             &cluster.client,
             &format!("{}/v1/jobs/{id}/events", api.base),
@@ -179,7 +181,7 @@ async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {
         .collect();
     assert_eq!(
         stored, image_keys,
-        "every image in S3 has its row and vice versa"
+        "every image (and thumbnail) in S3 has its row and vice versa"
     );
 
     // Images are served from S3 through the API.
@@ -227,7 +229,11 @@ async fn killed_worker_job_is_finished_by_another_without_orphans() {
     assert_eq!(job["attempts"], 2);
     assert_eq!(job["images"].as_array().unwrap().len(), 1);
     let keys = cluster.s3.keys(&cluster.bucket, &id).await;
-    assert_eq!(keys.len(), 1, "one set of images, no orphans: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        2,
+        "one image and its thumbnail, no orphans: {keys:?}"
+    );
     let _ = &cluster.dir;
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdq::queue::{
-    CancelOutcome, EventKind, JobSpec, JobStatus, JobStore, ListQuery, NewImage, NewJob, StoreError,
+    CancelOutcome, Cursor, Enqueued, EventKind, Idempotency, ImageQuery, JobSpec, JobStatus,
+    JobStore, ListQuery, NewApiKey, NewImage, NewJob, Scope, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -40,14 +41,13 @@ async fn enqueue(
     priority: i32,
     max_attempts: i32,
 ) -> Uuid {
-    let (job, event) = store
-        .enqueue(NewJob {
-            spec: spec(model, prompt),
-            priority,
-            max_attempts,
-        })
+    let Enqueued::New(job, event) = store
+        .enqueue(NewJob::local(spec(model, prompt), priority, max_attempts))
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a job without an idempotency key is always new")
+    };
     assert_eq!(job.status, JobStatus::Queued);
     assert_eq!(event.seq, 1);
     assert!(matches!(event.kind, EventKind::Queued { .. }));
@@ -206,7 +206,7 @@ async fn writes_are_fenced_by_the_lease_token(store: Store) {
     // The real holder still can.
     let e = store.record(id, lease.token, progress).await.unwrap();
     assert_eq!(e.seq, 3);
-    let job = store.get(id).await.unwrap().unwrap();
+    let job = store.get(id, &Scope::All).await.unwrap().unwrap();
     assert_eq!((job.progress_step, job.progress_total), (1, 4));
 }
 
@@ -249,19 +249,40 @@ async fn completion_records_images_and_gap_free_events(store: Store) {
         .unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(kinds, ["image", "image", "succeeded"]);
-    let all = store.events_after(id, 0).await.unwrap();
+    let all = store.events_after(id, 0, &Scope::All).await.unwrap();
     let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
-    assert_eq!(store.events_after(id, 5).await.unwrap().len(), 2);
-    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        store.events_after(id, 5, &Scope::All).await.unwrap().len(),
+        2
+    );
+    let job = store.get(id, &Scope::All).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.last_seq, 7);
     assert_eq!(job.timings, Some(json!({"total_ms": 5})));
-    let rows = store.job_images(id).await.unwrap();
+    let rows = store.job_images(id, &Scope::All).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].seed, 11);
-    assert_eq!(store.image(images[0].id).await.unwrap().unwrap().job_id, id);
-    assert!(store.image(Uuid::new_v4()).await.unwrap().is_none());
+    let first = store
+        .image(images[0].id, &Scope::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job_id, id);
+    // The gallery copy of the job's owner, model and prompt.
+    assert_eq!(
+        (
+            first.owner.as_str(),
+            first.model.as_str(),
+            first.prompt.as_str()
+        ),
+        ("local", "m", "x")
+    );
+    assert!(store
+        .image(Uuid::new_v4(), &Scope::All)
+        .await
+        .unwrap()
+        .is_none());
     // A finished job cannot be completed twice.
     assert!(matches!(
         store.complete(id, lease.token, vec![], json!({})).await,
@@ -283,7 +304,7 @@ async fn transient_failures_retry_with_backoff_then_fail(store: Store) {
             retrying: true
         }
     );
-    let job = store.get(id).await.unwrap().unwrap();
+    let job = store.get(id, &Scope::All).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
     assert!(
         store.claim("w", None, LEASE).await.unwrap().is_none(),
@@ -308,7 +329,7 @@ async fn transient_failures_retry_with_backoff_then_fail(store: Store) {
             retrying: false
         }
     );
-    let job = store.get(id).await.unwrap().unwrap();
+    let job = store.get(id, &Scope::All).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.error.as_deref(), Some("boom again"));
 }
@@ -322,7 +343,7 @@ async fn permanent_failures_fail_at_once(store: Store) {
         .unwrap();
     assert!(event.kind.is_terminal());
     assert_eq!(
-        store.get(id).await.unwrap().unwrap().status,
+        store.get(id, &Scope::All).await.unwrap().unwrap().status,
         JobStatus::Failed
     );
 }
@@ -347,7 +368,7 @@ async fn expired_leases_are_rescued(store: Store) {
         EventKind::Failed { retrying: true, .. }
     ));
     assert_eq!(
-        store.get(retry).await.unwrap().unwrap().status,
+        store.get(retry, &Scope::All).await.unwrap().unwrap().status,
         JobStatus::Queued
     );
     // Second attempt also dies: max_attempts reached, so it fails for good.
@@ -376,11 +397,19 @@ async fn expired_leases_are_rescued(store: Store) {
         store.fail(retry, lease.token, "late", None).await,
         Err(StoreError::LeaseLost(_))
     ));
-    assert_eq!(store.get(retry).await.unwrap().unwrap().attempt, 2);
+    assert_eq!(
+        store
+            .get(retry, &Scope::All)
+            .await
+            .unwrap()
+            .unwrap()
+            .attempt,
+        2
+    );
     tokio::time::sleep(Duration::from_millis(80)).await;
     let events = store.rescue_expired().await.unwrap();
     assert!(events[0].kind.is_terminal());
-    let job = store.get(retry).await.unwrap().unwrap();
+    let job = store.get(retry, &Scope::All).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     assert!(job.error.unwrap().contains("lease"));
     // The old holders are fenced out.
@@ -396,27 +425,32 @@ async fn expired_leases_are_rescued(store: Store) {
 
 async fn cancel_semantics(store: Store) {
     let queued = enqueue(&store, "m", "q", 0, 3).await;
-    match store.request_cancel(queued).await.unwrap() {
+    match store.request_cancel(queued, &Scope::All).await.unwrap() {
         CancelOutcome::Canceled(e) => assert_eq!(e.kind, EventKind::Canceled),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        store.get(queued).await.unwrap().unwrap().status,
+        store
+            .get(queued, &Scope::All)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         JobStatus::Canceled
     );
     assert!(matches!(
-        store.request_cancel(queued).await,
+        store.request_cancel(queued, &Scope::All).await,
         Err(StoreError::Conflict { .. })
     ));
     assert!(matches!(
-        store.request_cancel(Uuid::new_v4()).await,
+        store.request_cancel(Uuid::new_v4(), &Scope::All).await,
         Err(StoreError::NotFound(_))
     ));
 
     let running = enqueue(&store, "m", "r", 0, 3).await;
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert!(matches!(
-        store.request_cancel(running).await.unwrap(),
+        store.request_cancel(running, &Scope::All).await.unwrap(),
         CancelOutcome::Requested
     ));
     assert!(
@@ -426,7 +460,12 @@ async fn cancel_semantics(store: Store) {
     let e = store.cancel_running(running, lease.token).await.unwrap();
     assert_eq!(e.kind, EventKind::Canceled);
     assert_eq!(
-        store.get(running).await.unwrap().unwrap().status,
+        store
+            .get(running, &Scope::All)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         JobStatus::Canceled
     );
 
@@ -437,7 +476,7 @@ async fn cancel_semantics(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    store.request_cancel(orphan).await.unwrap();
+    store.request_cancel(orphan, &Scope::All).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     let events = store.rescue_expired().await.unwrap();
     assert_eq!(events[0].kind, EventKind::Canceled);
@@ -447,7 +486,7 @@ async fn release_returns_a_job_without_counting_the_attempt(store: Store) {
     let id = enqueue(&store, "m", "x", 0, 1).await;
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     store.release(id, lease.token).await.unwrap();
-    let job = store.get(id).await.unwrap().unwrap();
+    let job = store.get(id, &Scope::All).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempt), (JobStatus::Queued, 0));
     let (again, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(again.job.attempt, 1);
@@ -459,23 +498,20 @@ async fn listing_is_newest_first_with_a_cursor(store: Store) {
         ids.push(enqueue(&store, "m", &format!("{i}"), 0, 3).await);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let page1 = store
-        .list(&ListQuery {
-            status: None,
-            before: None,
-            limit: 2,
-        })
-        .await
-        .unwrap();
+    let page1 = store.list(&ListQuery::newest(Scope::All, 2)).await.unwrap();
     assert_eq!(
         page1.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![ids[4], ids[3]]
     );
+    let cursor = Cursor {
+        created_at: page1[1].created_at,
+        id: page1[1].id,
+    };
+    assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
     let page2 = store
         .list(&ListQuery {
-            status: None,
-            before: Some(ids[3]),
-            limit: 10,
+            before: Some(cursor),
+            ..ListQuery::newest(Scope::All, 10)
         })
         .await
         .unwrap();
@@ -483,17 +519,377 @@ async fn listing_is_newest_first_with_a_cursor(store: Store) {
         page2.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1], ids[0]]
     );
-    store.request_cancel(ids[0]).await.unwrap();
+    store.request_cancel(ids[0], &Scope::All).await.unwrap();
     let canceled = store
         .list(&ListQuery {
             status: Some(JobStatus::Canceled),
-            before: None,
-            limit: 10,
+            ..ListQuery::newest(Scope::All, 10)
         })
         .await
         .unwrap();
     assert_eq!(canceled.len(), 1);
     store.ping().await.unwrap();
+}
+
+fn owned(owner: &str, prompt: &str) -> NewJob {
+    NewJob {
+        owner: owner.into(),
+        ..NewJob::local(spec("m", prompt), 0, 3)
+    }
+}
+
+/// Runs the job `id` to success with `n` images; returns the image ids.
+async fn succeed_with_images(store: &Store, n: i64) -> (Uuid, Vec<Uuid>) {
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    let id = lease.job.id;
+    let images: Vec<NewImage> = (0..n)
+        .map(|i| {
+            let image = Uuid::now_v7();
+            NewImage {
+                id: image,
+                index: i,
+                object_key: format!("{id}/{image}.png"),
+                url: format!("/v1/images/{image}"),
+                seed: i,
+                width: 64,
+                height: 64,
+                bytes: 10,
+            }
+        })
+        .collect();
+    let ids = images.iter().map(|i| i.id).collect();
+    store
+        .complete(id, lease.token, images, json!({}))
+        .await
+        .unwrap();
+    (id, ids)
+}
+
+async fn owners_see_only_their_own(store: Store) {
+    let alice = Scope::Owner("alice".into());
+    let bob = Scope::Owner("bob".into());
+    let a = store
+        .enqueue(owned("alice", "a"))
+        .await
+        .unwrap()
+        .job()
+        .clone();
+    let b = store
+        .enqueue(owned("bob", "b"))
+        .await
+        .unwrap()
+        .job()
+        .clone();
+    assert_eq!(a.owner, "alice");
+    assert!(store.get(a.id, &alice).await.unwrap().is_some());
+    assert!(store.get(a.id, &bob).await.unwrap().is_none());
+    assert!(store.get(b.id, &Scope::All).await.unwrap().is_some());
+    let listed = store
+        .list(&ListQuery::newest(bob.clone(), 10))
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
+    assert_eq!(
+        store
+            .list(&ListQuery::newest(Scope::All, 10))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(store.events_after(a.id, 0, &bob).await.unwrap().is_empty());
+    assert_eq!(store.events_after(a.id, 0, &alice).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.request_cancel(a.id, &bob).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Alice's job (claimed first: it is older) finishes with an image only she sees.
+    let (job, images) = succeed_with_images(&store, 1).await;
+    assert_eq!(job, a.id);
+    assert!(store.image(images[0], &bob).await.unwrap().is_none());
+    assert_eq!(
+        store.image(images[0], &alice).await.unwrap().unwrap().owner,
+        "alice"
+    );
+    assert!(store.job_images(a.id, &bob).await.unwrap().is_empty());
+    assert!(store.delete_image(images[0], &bob).await.unwrap().is_none());
+    assert!(store.delete_job(a.id, &bob).await.unwrap().is_none());
+    assert!(store.image(images[0], &alice).await.unwrap().is_some());
+}
+
+async fn quotas_count_unfinished_jobs_per_owner_even_under_races(store: Store) {
+    let limited = |prompt: &str| NewJob {
+        max_active: Some(2),
+        ..owned("q", prompt)
+    };
+    store.enqueue(limited("1")).await.unwrap();
+    store.enqueue(limited("2")).await.unwrap();
+    assert!(matches!(
+        store.enqueue(limited("3")).await,
+        Err(StoreError::TooManyJobs {
+            active: 2,
+            limit: 2
+        })
+    ));
+    // Other owners are not affected; running jobs still count; finished ones do not.
+    store.enqueue(owned("other", "x")).await.unwrap();
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert!(store.enqueue(limited("4")).await.is_err());
+    store
+        .complete(lease.job.id, lease.token, vec![], json!({}))
+        .await
+        .unwrap();
+    store.enqueue(limited("5")).await.unwrap();
+    // Twelve racing submissions for a fresh owner with room for three: exactly three pass.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue(NewJob {
+                    max_active: Some(3),
+                    ..owned("racer", &i.to_string())
+                })
+                .await
+                .is_ok()
+        }));
+    }
+    let mut passed = 0;
+    for t in tasks {
+        passed += t.await.unwrap() as usize;
+    }
+    assert_eq!(passed, 3);
+}
+
+async fn idempotency_keys_return_the_first_job(store: Store) {
+    let keyed = |key: &str, fingerprint: &str| NewJob {
+        idempotency: Some(Idempotency {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+        }),
+        ..owned("i", "x")
+    };
+    let first = store.enqueue(keyed("k1", "f1")).await.unwrap();
+    assert!(matches!(first, Enqueued::New(..)));
+    let again = store.enqueue(keyed("k1", "f1")).await.unwrap();
+    assert!(matches!(again, Enqueued::Existing(_)));
+    assert_eq!(again.job().id, first.job().id);
+    assert!(matches!(
+        store.enqueue(keyed("k1", "f2")).await,
+        Err(StoreError::IdempotencyMismatch)
+    ));
+    // The same key of another owner is another key.
+    let other = store
+        .enqueue(NewJob {
+            owner: "someone-else".into(),
+            ..keyed("k1", "f2")
+        })
+        .await
+        .unwrap();
+    assert_ne!(other.job().id, first.job().id);
+    // Racing requests with one key make one job, and all of them get it.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.enqueue(keyed("race", "f")).await.unwrap().job().id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let jobs = store
+        .list(&ListQuery::newest(Scope::Owner("i".into()), 100))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+}
+
+async fn keys_are_stored_hashed_and_can_be_revoked(store: Store) {
+    use sdq::queue::keys::{issue, lookup_of, verify};
+    let issued = issue(
+        NewApiKey {
+            name: "ci".into(),
+            admin: false,
+            max_queued: Some(4),
+            rate_per_min: Some(60),
+        },
+        1_000,
+    );
+    store.insert_key(&issued.key).await.unwrap();
+    let lookup = lookup_of(&issued.token).unwrap();
+    let found = store.key_by_lookup(lookup).await.unwrap().unwrap();
+    assert_eq!(found.id, issued.key.id);
+    assert_eq!((found.max_queued, found.rate_per_min), (Some(4), Some(60)));
+    assert!(verify(&issued.token, &found));
+    assert_ne!(found.secret_hash, issued.token);
+    assert!(store.key_by_lookup("nothing-here").await.unwrap().is_none());
+    let second = issue(
+        NewApiKey {
+            name: "admin".into(),
+            admin: true,
+            ..Default::default()
+        },
+        2_000,
+    );
+    store.insert_key(&second.key).await.unwrap();
+    let names: Vec<String> = store
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["ci", "admin"]);
+    store.touch_key(found.id).await.unwrap();
+    assert!(store
+        .key_by_lookup(lookup)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
+    let revoked = store.revoke_key(found.id).await.unwrap().unwrap();
+    assert!(revoked.is_revoked());
+    assert!(store
+        .key_by_lookup(lookup)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_revoked());
+    assert!(store.revoke_key(Uuid::new_v4()).await.unwrap().is_none());
+}
+
+async fn rate_buckets_hold_across_concurrent_takers(store: Store) {
+    for _ in 0..3 {
+        assert_eq!(store.take_rate_token("r", 3).await.unwrap(), None);
+    }
+    let wait = store.take_rate_token("r", 3).await.unwrap().unwrap();
+    // Three per minute refill one token every 20 s.
+    assert!(
+        wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
+    assert_eq!(store.take_rate_token("other", 3).await.unwrap(), None);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.take_rate_token("burst", 5).await.unwrap().is_none()
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += t.await.unwrap() as usize;
+    }
+    assert_eq!(allowed, 5);
+}
+
+async fn gallery_pages_stay_correct_across_deletes(store: Store) {
+    // Seven jobs with two images each: fourteen images, newest first.
+    let mut all = Vec::new();
+    for i in 0..7 {
+        store.enqueue(owned("g", &format!("p{i}"))).await.unwrap();
+        let (_, ids) = succeed_with_images(&store, 2).await;
+        all.extend(ids);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let scope = Scope::Owner("g".into());
+    let page = |before| ImageQuery {
+        scope: scope.clone(),
+        job_id: None,
+        model: None,
+        since: None,
+        before,
+        limit: 4,
+    };
+    // Walk the pages, deleting the last image of each page and an unseen one as we go.
+    let mut seen = Vec::new();
+    let mut order = Vec::new();
+    let mut deleted = Vec::new();
+    let mut cursor = None;
+    loop {
+        let images = store.list_images(&page(cursor)).await.unwrap();
+        if images.is_empty() {
+            break;
+        }
+        seen.extend(images.iter().map(|i| i.id));
+        order.extend(images.iter().map(|i| (i.created_at, i.id)));
+        let last = images.last().unwrap();
+        cursor = Some(Cursor {
+            created_at: last.created_at,
+            id: last.id,
+        });
+        store.delete_image(last.id, &scope).await.unwrap().unwrap();
+        deleted.push(last.id);
+        if let Some(unseen) = all
+            .iter()
+            .find(|id| !seen.contains(id) && !deleted.contains(id))
+        {
+            store.delete_image(*unseen, &scope).await.unwrap().unwrap();
+            deleted.push(*unseen);
+        }
+    }
+    // Every image was either seen exactly once or deleted before its page came.
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no duplicates");
+    for id in &all {
+        assert!(seen.contains(id) || deleted.contains(id), "gap at {id}");
+    }
+    // Newest first across pages.
+    assert!(order.windows(2).all(|w| w[0] > w[1]), "{order:?}");
+    // Deleting again finds nothing; filters narrow the list.
+    assert!(store
+        .delete_image(deleted[0], &scope)
+        .await
+        .unwrap()
+        .is_none());
+    let some_job = store.image(seen[0], &scope).await.unwrap().unwrap().job_id;
+    let by_job = store
+        .list_images(&ImageQuery {
+            job_id: Some(some_job),
+            limit: 50,
+            ..page(None)
+        })
+        .await
+        .unwrap();
+    assert!(!by_job.is_empty() && by_job.iter().all(|i| i.job_id == some_job));
+    let by_model = store
+        .list_images(&ImageQuery {
+            model: Some("nope".into()),
+            ..page(None)
+        })
+        .await
+        .unwrap();
+    assert!(by_model.is_empty());
+    let future = store
+        .list_images(&ImageQuery {
+            since: Some(i64::MAX / 2),
+            ..page(None)
+        })
+        .await
+        .unwrap();
+    assert!(future.is_empty());
+    // A finished job goes with its images; an unfinished one cannot be deleted.
+    let (deleted_job, images) = store.delete_job(some_job, &scope).await.unwrap().unwrap();
+    assert_eq!(deleted_job.id, some_job);
+    assert!(images.iter().all(|i| i.job_id == some_job));
+    assert!(store.get(some_job, &scope).await.unwrap().is_none());
+    assert!(store
+        .events_after(some_job, 0, &scope)
+        .await
+        .unwrap()
+        .is_empty());
+    let queued = store.enqueue(owned("g", "later")).await.unwrap().job().id;
+    assert!(matches!(
+        store.delete_job(queued, &scope).await,
+        Err(StoreError::Conflict { .. })
+    ));
 }
 
 macro_rules! backend {
@@ -521,6 +917,12 @@ macro_rules! backend {
             check!(cancel_semantics);
             check!(release_returns_a_job_without_counting_the_attempt);
             check!(listing_is_newest_first_with_a_cursor);
+            check!(owners_see_only_their_own);
+            check!(quotas_count_unfinished_jobs_per_owner_even_under_races);
+            check!(idempotency_keys_return_the_first_job);
+            check!(keys_are_stored_hashed_and_can_be_revoked);
+            check!(rate_buckets_hold_across_concurrent_takers);
+            check!(gallery_pages_stay_correct_across_deletes);
         }
     };
 }

@@ -26,9 +26,9 @@ async fn jobs_queued_while_down_are_processed_after_restart() {
     let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("sdq.db").display()))
         .await
         .unwrap();
-    let (job, _) = store
-        .enqueue(NewJob {
-            spec: JobSpec {
+    let job = store
+        .enqueue(NewJob::local(
+            JobSpec {
                 prompt: "queued offline".into(),
                 negative_prompt: String::new(),
                 model: "tiny".into(),
@@ -42,12 +42,12 @@ async fn jobs_queued_while_down_are_processed_after_restart() {
                 long_prompt: "chunk".into(),
                 ..Default::default()
             },
-            priority: 0,
-            max_attempts: 3,
-        })
+            0,
+            3,
+        ))
         .await
         .unwrap();
-    ids.push(job.id.to_string());
+    ids.push(job.job().id.to_string());
     drop(store);
 
     let mut after = Server::start_in(dir.path(), &[]).await;

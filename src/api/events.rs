@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::jobs::parse_id;
+use super::auth::Caller;
+use super::jobs::owned_job;
 use super::{ApiError, AppState};
-use crate::queue::{BusMessage, Event, Queue};
+use crate::queue::{BusMessage, Event, Queue, Scope};
 
 /// How often the store is re-read while live events flow (a safety net), and while the
 /// bus is unavailable (the only source).
@@ -28,16 +29,11 @@ const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 pub async fn stream(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let id = parse_id(&id, "job")?;
-    state
-        .queue
-        .store
-        .get(id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
+    let id = owned_job(&state, &caller, &id).await?.id;
     let last_seen = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -53,7 +49,13 @@ pub async fn stream(
             })?,
     };
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(forward(state.queue.clone(), id, last_seen, tx));
+    tokio::spawn(forward(
+        state.queue.clone(),
+        id,
+        caller.scope(),
+        last_seen,
+        tx,
+    ));
     let stream = ReceiverStream::new(rx).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -75,6 +77,7 @@ enum Next {
 struct Forwarder {
     queue: Queue,
     id: Uuid,
+    scope: Scope,
     last: i64,
     tx: mpsc::Sender<SseEvent>,
 }
@@ -97,7 +100,12 @@ impl Forwarder {
 
     /// Sends every stored event after `last`; finishes if the job is over.
     async fn catch_up(&mut self) -> Next {
-        let events = match self.queue.store.events_after(self.id, self.last).await {
+        let events = match self
+            .queue
+            .store
+            .events_after(self.id, self.last, &self.scope)
+            .await
+        {
             Ok(events) => events,
             Err(e) => {
                 tracing::warn!(job_id = %self.id, error = %e, "cannot read events; will retry");
@@ -111,7 +119,7 @@ impl Forwarder {
         }
         if events.is_empty() {
             // A client that resumes after the terminal event has nothing left to receive.
-            if let Ok(Some(job)) = self.queue.store.get(self.id).await {
+            if let Ok(Some(job)) = self.queue.store.get(self.id, &self.scope).await {
                 if job.status.is_terminal() && job.last_seq <= self.last {
                     return Next::Done;
                 }
@@ -121,7 +129,7 @@ impl Forwarder {
     }
 }
 
-async fn forward(queue: Queue, id: Uuid, last: i64, tx: mpsc::Sender<SseEvent>) {
+async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Sender<SseEvent>) {
     let mut live = match queue.bus.subscribe(id).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -132,6 +140,7 @@ async fn forward(queue: Queue, id: Uuid, last: i64, tx: mpsc::Sender<SseEvent>) 
     let mut f = Forwarder {
         queue,
         id,
+        scope,
         last,
         tx,
     };

@@ -6,6 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::AppState;
 use crate::inference::hub;
 
@@ -44,10 +45,12 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `GET /v1/workers`: workers seen in the last 30 seconds.
+/// `GET /v1/workers` (admin): workers seen in the last 30 seconds.
 pub async fn workers(
     State(state): State<AppState>,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, super::ApiError> {
+    caller.require_admin()?;
     let workers = state
         .queue
         .store
@@ -72,7 +75,7 @@ pub async fn workers(
 
 /// `GET /v1/models`: every model sdq knows, with its defaults and whether a request may
 /// name it on this server.
-pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn models(State(state): State<AppState>, _caller: Caller) -> impl IntoResponse {
     // What this server accepts first, then every other name sdq knows, marked as not
     // enabled here (an operator adds them with --allow-model).
     let enabled = super::validate::available(&state.settings);

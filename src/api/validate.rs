@@ -39,11 +39,13 @@ impl Default for Limits {
     }
 }
 
-/// The body of `POST /v1/jobs`. Everything but `prompt` has a default.
+/// The body of `POST /v1/jobs`. Everything but `prompt` has a default (and with
+/// `from_image`, the prompt does too).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    pub prompt: String,
+    #[serde(default)]
+    pub prompt: Option<String>,
     #[serde(default)]
     pub negative_prompt: Option<String>,
     #[serde(default)]
@@ -75,7 +77,34 @@ pub struct SubmitRequest {
     /// img2img / inpaint: 0 < strength ≤ 1 (default 0.8, inpaint 1.0).
     #[serde(default)]
     pub strength: Option<f64>,
+    /// img2img / inpaint: a gallery image of the same owner as the start image.
+    #[serde(default)]
+    pub init_image_id: Option<String>,
+    /// Inpaint: a gallery image of the same owner as the mask.
+    #[serde(default)]
+    pub mask_image_id: Option<String>,
+    /// Re-run the recipe of this gallery image; the other fields given override it.
+    #[serde(default)]
+    pub from_image: Option<String>,
 }
+
+/// Start image and mask bytes that did not come as base64 fields: multipart file parts,
+/// gallery images, or the inputs of a re-run recipe.
+#[derive(Debug, Clone, Default)]
+pub struct InputFiles {
+    pub init: Option<Vec<u8>>,
+    pub mask: Option<Vec<u8>>,
+}
+
+/// Formats an input image may have; anything else is 415.
+const INPUT_FORMATS: &[image::ImageFormat] = &[
+    image::ImageFormat::Png,
+    image::ImageFormat::Jpeg,
+    image::ImageFormat::WebP,
+];
+
+/// Largest start image or mask, in pixels, checked from the header before decoding.
+pub const MAX_INPUT_PIXELS: u64 = 4096 * 4096;
 
 /// A validated submission: the spec (input keys still unset), its priority, and the
 /// decoded input images to store before the job is queued.
@@ -87,20 +116,55 @@ pub struct Submission {
     pub mask_image: Option<Vec<u8>>,
 }
 
-/// Decodes a base64 (or `data:…;base64,`) field into bytes that form a readable image,
-/// returning the bytes and the image's own size rounded down to 8.
-fn input_image(field: &str, value: &str) -> Result<(Vec<u8>, (usize, usize)), ApiError> {
+/// Decodes a base64 (or `data:…;base64,`) field into bytes.
+pub fn base64_field(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
     use base64::Engine;
     let data = match value.split_once(";base64,") {
         Some((prefix, data)) if prefix.starts_with("data:") => data,
         _ => value,
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| ApiError::invalid(field, format!("{field} is not valid base64: {e}")))?;
-    let image = crate::inference::init_image::decode(&bytes, field)
+    // Clients wrap base64 at 76 columns; whitespace never matters here.
+    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| ApiError::invalid(field, format!("{field} is not valid base64: {e}")))
+}
+
+/// Checks that bytes form a readable PNG, JPEG or WebP image of bounded size, reading the
+/// header before anything is decoded; returns the image's own size.
+pub fn input_image(field: &str, bytes: &[u8]) -> Result<(u32, u32), ApiError> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::invalid(field, format!("{field} cannot be read: {e}")))?;
+    match reader.format() {
+        Some(format) if INPUT_FORMATS.contains(&format) => {}
+        Some(format) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "{field} is {format:?}; send PNG, JPEG or WebP"
+            )))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is not a PNG, JPEG or WebP image"),
+            ))
+        }
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| ApiError::invalid(field, format!("{field} is not a readable image: {e}")))?;
+    let max_side = crate::inference::init_image::MAX_INPUT_SIDE;
+    if w == 0 || h == 0 || w > max_side || h > max_side || w as u64 * h as u64 > MAX_INPUT_PIXELS {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} is {w}×{h}; each side must be at most {max_side} pixels"),
+        ));
+    }
+    // Only now decode (bounded again inside): a truncated or corrupt body is caught here,
+    // not in the worker.
+    crate::inference::init_image::decode(bytes, field)
         .map_err(|e| ApiError::invalid(field, e.to_string()))?;
-    Ok((bytes, crate::inference::init_image::default_size(&image)))
+    Ok((w, h))
 }
 
 /// Parses the raw body, naming the offending field when the JSON is well-formed.
@@ -145,9 +209,23 @@ fn quoted(message: &str, prefix: &str) -> Option<String> {
 
 impl SubmitRequest {
     /// Applies defaults and bounds; returns the submission, or the first bad field.
-    pub fn into_submission(self, settings: &ApiSettings) -> Result<Submission, ApiError> {
+    /// `files` holds start image and mask bytes that did not come as base64 fields.
+    pub fn into_submission(
+        self,
+        settings: &ApiSettings,
+        files: InputFiles,
+    ) -> Result<Submission, ApiError> {
         let limits = &settings.limits;
-        let prompt = self.prompt;
+        if self.init_image_id.is_some() || self.mask_image_id.is_some() || self.from_image.is_some()
+        {
+            // Resolved into `files` by the submit path before validation.
+            return Err(ApiError::Internal(
+                "gallery references must be resolved before validation".into(),
+            ));
+        }
+        let prompt = self
+            .prompt
+            .ok_or_else(|| ApiError::invalid("prompt", "missing field `prompt`"))?;
         if prompt.trim().is_empty() {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));
         }
@@ -181,16 +259,25 @@ impl SubmitRequest {
             ));
         }
         let defaults = hub::known(&model);
-        let init = self
-            .init_image
-            .as_deref()
-            .map(|v| input_image("init_image", v))
+        let init = one_input("init_image", self.init_image.as_deref(), files.init)?;
+        let mask = one_input("mask_image", self.mask_image.as_deref(), files.mask)?;
+        let init = init
+            .map(|bytes| input_image("init_image", &bytes).map(|size| (bytes, size)))
             .transpose()?;
-        let mask = self
-            .mask_image
-            .as_deref()
-            .map(|v| input_image("mask_image", v))
+        let mask = mask
+            .map(|bytes| input_image("mask_image", &bytes).map(|size| (bytes, size)))
             .transpose()?;
+        if let (Some((_, init_size)), Some((_, mask_size))) = (&init, &mask) {
+            if init_size != mask_size {
+                return Err(ApiError::invalid(
+                    "mask_image",
+                    format!(
+                        "mask_image is {}×{} but the start image is {}×{}; they must match",
+                        mask_size.0, mask_size.1, init_size.0, init_size.1
+                    ),
+                ));
+            }
+        }
         if mask.is_some() && init.is_none() {
             return Err(ApiError::invalid(
                 "mask_image",
@@ -211,8 +298,8 @@ impl SubmitRequest {
                 ));
             }
         }
-        // A start image gives its own size unless the request names one.
-        let own_size = init.as_ref().map(|(_, (w, h))| (*w as u32, *h as u32));
+        // A start image gives its own size, rounded down to 8, unless the request names one.
+        let own_size = init.as_ref().map(|(_, (w, h))| (*w / 8 * 8, *h / 8 * 8));
         let width = self
             .width
             .or(own_size.map(|s| s.0))
@@ -331,6 +418,22 @@ impl SubmitRequest {
     }
 }
 
+/// The start image or mask from exactly one source: a base64 field or `files`.
+fn one_input(
+    field: &str,
+    base64: Option<&str>,
+    file: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    match (base64, file) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            field,
+            format!("{field} was given twice (as base64 and as a file or gallery id)"),
+        )),
+        (Some(value), None) => Ok(Some(base64_field(field, value)?)),
+        (None, file) => Ok(file),
+    }
+}
+
 /// Model ids a request may name.
 pub fn available(settings: &ApiSettings) -> Vec<String> {
     let mut names = vec![settings.default_model.clone()];
@@ -349,17 +452,15 @@ mod tests {
     use super::*;
 
     fn settings() -> ApiSettings {
-        ApiSettings {
-            default_model: "tiny".into(),
-            models: vec!["tiny".into()],
-            limits: Limits::default(),
-            max_attempts: 3,
-        }
+        ApiSettings::new("tiny")
     }
 
     fn field_of(body: &str) -> (String, Option<String>) {
         let err = parse_body(body.as_bytes())
-            .and_then(|r| r.into_submission(&settings()).map(|_| ()))
+            .and_then(|r| {
+                r.into_submission(&settings(), InputFiles::default())
+                    .map(|_| ())
+            })
             .unwrap_err();
         match err {
             ApiError::Invalid { field, .. } => ("invalid".into(), field),
@@ -372,7 +473,7 @@ mod tests {
     fn defaults_fill_a_minimal_request() {
         let submission = parse_body(br#"{"prompt":"a cat"}"#)
             .unwrap()
-            .into_submission(&settings())
+            .into_submission(&settings(), InputFiles::default())
             .unwrap();
         let (spec, priority) = (submission.spec, submission.priority);
         assert_eq!(

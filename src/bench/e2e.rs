@@ -20,10 +20,10 @@ pub fn end_to_end(
     sizes: &[usize],
     steps: &[usize],
     iterations: usize,
-    device: &Device,
+    (device, dtype): (&Device, DType),
 ) -> Result<Vec<Row>, InferenceError> {
     let start = Instant::now();
-    let model = StableDiffusion::load(folder, device, DType::F32)?;
+    let model = StableDiffusion::load(folder, device, dtype)?;
     let load = start.elapsed();
     let mut rows = vec![Row::new("e2e", "load", &[load], None)];
     for &size in sizes {
@@ -51,6 +51,11 @@ pub fn end_to_end(
             }
             let per_image = super::median(&times).as_secs_f64();
             let case = format!("{size}x{size}, {n} steps, CFG");
+            let case = if dtype == DType::F32 {
+                case
+            } else {
+                format!("{case}, {dtype:?}")
+            };
             rows.push(
                 Row::new("e2e", case, &times, None)
                     .with("ms_per_step", per_image * 1000.0 / n as f64),
@@ -69,7 +74,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("tiny");
         crate::inference::tiny::ensure(&folder, 0).unwrap();
-        let rows = end_to_end(&folder, &[64], &[1, 2], 1, &Device::Cpu).unwrap();
+        let rows = end_to_end(&folder, &[64], &[1, 2], 1, (&Device::Cpu, DType::F32)).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].case, "load");
         assert!(rows[2].case.contains("2 steps") && rows[2].ours_ms > 0.0);

@@ -25,7 +25,7 @@ pub fn vae_decode(
     // SAFETY: read-only mapping of a model file that is not rewritten while we run.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
         .map_err(|e| InferenceError::invalid_model(&weights, e))?;
-    let blocks = crate::inference::pipeline::vae_blocks(&config);
+    let blocks = crate::inference::load::vae_blocks(&config);
     let ours = AutoEncoderKL::new(
         vb.clone(),
         config.in_channels,

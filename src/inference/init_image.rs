@@ -6,7 +6,7 @@
 
 use image::{DynamicImage, GrayImage, ImageReader, Limits};
 
-use super::pipeline::InitImage;
+use super::request::InitImage;
 use super::InferenceError;
 
 /// Largest side we accept for an input image, before resizing.

@@ -4,14 +4,21 @@
 //! parity-tested on its own.
 
 pub mod clip;
+pub mod conditioning;
+pub mod decode;
+pub mod denoise;
+pub mod draws;
 pub mod error;
 pub mod full_size;
 pub mod hub;
+pub mod img2img;
 pub mod init_image;
 pub mod kernels;
+pub mod load;
 pub mod model_config;
 pub mod ops;
 pub mod pipeline;
+pub mod request;
 pub mod rng;
 pub mod schedulers;
 pub mod tiny;
@@ -20,9 +27,10 @@ pub mod unet;
 pub mod vae_decoder;
 pub mod vae_encoder;
 
+pub use conditioning::add_time_ids;
+pub use decode::{FloatImage, GeneratedImage};
+pub use draws::NoiseArray;
 pub use error::InferenceError;
-pub use pipeline::{
-    FloatImage, GenerateRequest, GeneratedImage, InitImage, NoiseArray, StableDiffusion,
-    StepProgress,
-};
+pub use pipeline::StableDiffusion;
+pub use request::{GenerateRequest, InitImage, StepProgress};
 pub use schedulers::SchedulerKind;

@@ -382,6 +382,16 @@ pub fn attention(
     let (b, n, dim) = q.dims3()?;
     let m = k.dim(1)?;
     match path {
+        #[cfg(feature = "flash-attn")]
+        Path::Candle if flash_attention_applies(q) => {
+            // FlashAttention-2 reads [batch, tokens, heads, head_dim]: our layout, reshaped.
+            let split = |t: &Tensor| -> Result<Tensor> {
+                let (b, n, _) = t.dims3()?;
+                t.reshape((b, n, heads, dim / heads))
+            };
+            candle_flash_attn::flash_attn(&split(q)?, &split(k)?, &split(v)?, scale as f32, false)?
+                .reshape((b, n, dim))
+        }
         Path::Candle => {
             let split = |t: &Tensor| -> Result<Tensor> {
                 let (b, n, _) = t.dims3()?;
@@ -425,6 +435,14 @@ pub fn attention(
             from_vec(out, &[b, n, dim])
         }
     }
+}
+
+/// FlashAttention for CUDA tensors in f16/bf16, unless `SDQ_FLASH_ATTN=off` (for
+/// measuring it against candle's attention).
+#[cfg(feature = "flash-attn")]
+fn flash_attention_applies(q: &Tensor) -> bool {
+    let off = std::env::var("SDQ_FLASH_ATTN").is_ok_and(|v| v == "off");
+    !off && q.device().is_cuda() && matches!(q.dtype(), DType::F16 | DType::BF16)
 }
 
 /// GEGLU on a projection whose last dimension holds `[value | gate]`.

@@ -309,7 +309,7 @@ fn finish(
     let vae: VaeConfig = parse(vae_config);
     filler.save(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
-        |vb| AutoEncoderKL::new(vb, 3, 3, super::pipeline::vae_blocks(&vae)).map(drop),
+        |vb| AutoEncoderKL::new(vb, 3, 3, super::load::vae_blocks(&vae)).map(drop),
         modern_vae_attention_name,
     )?;
     write_json(&dir.join("model_index.json"), model_index)

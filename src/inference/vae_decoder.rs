@@ -272,7 +272,7 @@ mod tests {
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap()
         };
-        let blocks = crate::inference::pipeline::vae_blocks(&config);
+        let blocks = crate::inference::load::vae_blocks(&config);
         let mut ours = AutoEncoderKL::new(vb.clone(), 3, 3, blocks.clone()).unwrap();
         let theirs = candle_transformers::models::stable_diffusion::vae::AutoEncoderKL::new(
             vb, 3, 3, blocks,

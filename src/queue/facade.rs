@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::Job;
 use super::{
-    CancelOutcome, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, StoreError,
+    CancelOutcome, Enqueued, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, Scope,
+    StoreError,
 };
 
 #[derive(Clone)]
@@ -34,17 +34,20 @@ impl Queue {
         }
     }
 
-    pub async fn submit(&self, job: NewJob) -> Result<Job, StoreError> {
-        let (job, event) = self.store.enqueue(job).await?;
-        self.publish(&[event]).await;
-        if let Err(e) = self.bus.notify_new_job().await {
-            tracing::warn!(error = %e, "workers not woken; they will poll");
+    /// Queues a job (or finds the one its idempotency key already made) and wakes workers.
+    pub async fn submit(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let enqueued = self.store.enqueue(job).await?;
+        if let Enqueued::New(_, event) = &enqueued {
+            self.publish(std::slice::from_ref(event)).await;
+            if let Err(e) = self.bus.notify_new_job().await {
+                tracing::warn!(error = %e, "workers not woken; they will poll");
+            }
         }
-        Ok(job)
+        Ok(enqueued)
     }
 
-    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
-        let outcome = self.store.request_cancel(id).await?;
+    pub async fn cancel(&self, id: Uuid, scope: &Scope) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.store.request_cancel(id, scope).await?;
         match &outcome {
             CancelOutcome::Canceled(event) => self.publish(std::slice::from_ref(event)).await,
             CancelOutcome::Requested => {

@@ -38,12 +38,58 @@ pub struct NewJob {
     pub spec: JobSpec,
     pub priority: i32,
     pub max_attempts: i32,
+    /// Who the job belongs to: a key id, or `keys::LOCAL_OWNER`.
+    pub owner: String,
+    /// Refuse the job if the owner already has this many queued or running.
+    pub max_active: Option<i64>,
+    /// Return the job an earlier submission with this key created instead of a new one.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl NewJob {
+    /// A job of the local owner with no quota and no idempotency key.
+    pub fn local(spec: JobSpec, priority: i32, max_attempts: i32) -> Self {
+        Self {
+            spec,
+            priority,
+            max_attempts,
+            owner: super::keys::LOCAL_OWNER.to_string(),
+            max_active: None,
+            idempotency: None,
+        }
+    }
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 of the canonical request: the same key with another body is a conflict.
+    pub fingerprint: String,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// A new job, and its `queued` event.
+    New(Job, super::Event),
+    /// The job an earlier request with the same idempotency key and body created.
+    Existing(Job),
+}
+
+impl Enqueued {
+    pub fn job(&self) -> &Job {
+        match self {
+            Enqueued::New(job, _) | Enqueued::Existing(job) => job,
+        }
+    }
 }
 
 /// A job row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: Uuid,
+    pub owner: String,
     pub status: JobStatus,
     pub spec: JobSpec,
     pub priority: i32,
@@ -87,6 +133,10 @@ pub struct NewImage {
 pub struct ImageRecord {
     pub id: Uuid,
     pub job_id: Uuid,
+    pub owner: String,
+    /// The job's model and prompt, copied so the gallery can filter and show them.
+    pub model: String,
+    pub prompt: String,
     pub index: i64,
     pub object_key: String,
     pub seed: i64,
@@ -97,11 +147,59 @@ pub struct ImageRecord {
 }
 
 /// A page of `GET /v1/jobs`: newest first, after an optional cursor.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListQuery {
+    pub scope: super::Scope,
     pub status: Option<JobStatus>,
-    /// Only jobs older than this one.
-    pub before: Option<Uuid>,
+    /// Only jobs older than this cursor (the last job of the previous page).
+    pub before: Option<Cursor>,
+    pub limit: i64,
+}
+
+impl ListQuery {
+    /// The newest `limit` jobs `scope` may see.
+    pub fn newest(scope: super::Scope, limit: i64) -> Self {
+        Self {
+            scope,
+            status: None,
+            before: None,
+            limit,
+        }
+    }
+}
+
+/// A position in a newest-first listing: the `(created_at, id)` of the last row seen.
+/// It names a place, not a row, so it stays valid when that row is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque text form used in `next_cursor`.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.created_at, self.id.simple())
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('_')?;
+        Some(Self {
+            created_at: ms.parse().ok()?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+}
+
+/// A page of the gallery: newest first, filtered.
+#[derive(Debug, Clone)]
+pub struct ImageQuery {
+    pub scope: super::Scope,
+    pub job_id: Option<Uuid>,
+    pub model: Option<String>,
+    /// Only images created at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    pub before: Option<Cursor>,
     pub limit: i64,
 }
 

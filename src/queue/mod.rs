@@ -7,11 +7,13 @@ pub mod bus;
 pub mod events;
 mod facade;
 pub mod job;
+pub mod keys;
 pub mod local_bus;
 pub mod postgres;
 pub mod redis_bus;
 pub mod rescuer;
 pub mod retry;
+mod scope;
 pub mod sqlite;
 pub mod state;
 pub mod store;
@@ -19,6 +21,11 @@ pub mod store;
 pub use bus::{BusError, BusMessage, EventBus};
 pub use events::{Event, EventKind, ImageSummary};
 pub use facade::Queue;
-pub use job::{ImageRecord, Job, JobSpec, Lease, ListQuery, NewImage, NewJob, WorkerInfo};
+pub use job::{
+    Cursor, Enqueued, Idempotency, ImageQuery, ImageRecord, Job, JobSpec, Lease, ListQuery,
+    NewImage, NewJob, WorkerInfo,
+};
+pub use keys::{ApiKey, NewApiKey};
+pub use scope::Scope;
 pub use state::JobStatus;
 pub use store::{CancelOutcome, JobStore, StoreError};

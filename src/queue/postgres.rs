@@ -14,14 +14,17 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Event, EventKind, ImageRecord, Job, JobSpec, JobStatus, JobStore, Lease,
-    ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
+    ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, Scope, StoreError, WorkerInfo,
 };
+
+mod gallery;
+mod keys;
 
 /// Now, in milliseconds since the epoch, from the database clock.
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
+const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
      progress_step, progress_total, last_seq, error, timings, run_at, created_at, started_at, finished_at";
 
 /// Jobs, events, images and workers in PostgreSQL.
@@ -63,6 +66,7 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     let timings: Option<Json<serde_json::Value>> = row.try_get("timings")?;
     Ok(Job {
         id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
         status: JobStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
         spec,
@@ -87,6 +91,9 @@ fn image_from_row(row: &PgRow) -> Result<ImageRecord, StoreError> {
     Ok(ImageRecord {
         id: row.try_get("id")?,
         job_id: row.try_get("job_id")?,
+        owner: row.try_get("owner")?,
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
         index: row.try_get("idx")?,
         object_key: row.try_get("object_key")?,
         seed: row.try_get("seed")?,
@@ -148,14 +155,57 @@ async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, Stor
 
 #[async_trait]
 impl JobStore for PgStore {
-    async fn enqueue(&self, new: NewJob) -> Result<(Job, Event), StoreError> {
+    async fn enqueue(&self, new: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
+        if new.idempotency.is_some() || new.max_active.is_some() {
+            // One owner's submissions take turns (on every API process): the quota count
+            // and the idempotency lookup cannot both pass for two racing requests.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                .bind(&new.owner)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(idem) = &new.idempotency {
+            let earlier: Option<(String, Uuid)> = sqlx::query_as(&format!(
+                "SELECT fingerprint, job_id FROM idempotency_keys \
+                 WHERE owner = $1 AND key = $2 AND created_at > {NOW} - $3"
+            ))
+            .bind(&new.owner)
+            .bind(&idem.key)
+            .bind(ms(super::store::IDEMPOTENCY_TTL))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((fingerprint, job_id)) = earlier {
+                if fingerprint != idem.fingerprint {
+                    return Err(StoreError::IdempotencyMismatch);
+                }
+                let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                    .bind(job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = row {
+                    return Ok(Enqueued::Existing(job_from_row(&row)?));
+                }
+            }
+        }
+        if let Some(limit) = new.max_active {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(&new.owner)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= limit {
+                return Err(StoreError::TooManyJobs { active, limit });
+            }
+        }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, {NOW}, {NOW}, 1) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
+        .bind(&new.owner)
         .bind(&new.spec.model)
         .bind(Json(&new.spec))
         .bind(new.priority)
@@ -163,29 +213,48 @@ impl JobStore for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
+        if let Some(idem) = &new.idempotency {
+            sqlx::query(&format!(
+                "INSERT INTO idempotency_keys (owner, key, fingerprint, job_id, created_at) \
+                 VALUES ($1, $2, $3, $4, {NOW}) ON CONFLICT (owner, key) DO UPDATE \
+                 SET fingerprint = excluded.fingerprint, job_id = excluded.job_id, \
+                     created_at = excluded.created_at"
+            ))
+            .bind(&new.owner)
+            .bind(&idem.key)
+            .bind(&idem.fingerprint)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let pos = position(&mut tx, id).await?.unwrap_or(1);
         let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
         tx.commit().await?;
-        Ok((job, event))
+        Ok(Enqueued::New(job, event))
     }
 
-    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn get(&self, id: Uuid, scope: &Scope) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)"
+        ))
+        .bind(id)
+        .bind(scope.owner())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs \
-             WHERE ($1::text IS NULL OR status = $1) \
-               AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $2)) \
-             ORDER BY created_at DESC, id DESC LIMIT $3"
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR owner = $2) \
+               AND ($3::bigint IS NULL OR (created_at, id) < ($3, $4::uuid)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
         ))
         .bind(q.status.map(|s| s.as_str()))
-        .bind(q.before)
+        .bind(q.scope.owner())
+        .bind(q.before.map(|c| c.created_at))
+        .bind(q.before.map(|c| c.id))
         .bind(q.limit.clamp(1, 500))
         .fetch_all(&self.pool)
         .await?;
@@ -277,10 +346,11 @@ impl JobStore for PgStore {
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let last_seq: i64 = sqlx::query_scalar(&format!(
+        let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
                     lease_expires_at = NULL, progress_step = progress_total, error = NULL \
-             WHERE id = $2 AND lease_token = $3 AND status = 'running' RETURNING last_seq"
+             WHERE id = $2 AND lease_token = $3 AND status = 'running' \
+             RETURNING last_seq, owner, model, spec->>'prompt' AS prompt"
         ))
         .bind(Json(&timings))
         .bind(id)
@@ -288,15 +358,22 @@ impl JobStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::LeaseLost(id))?;
+        let last_seq: i64 = row.try_get("last_seq")?;
+        let owner: String = row.try_get("owner")?;
+        let model: String = row.try_get("model")?;
+        let prompt: Option<String> = row.try_get("prompt")?;
         let kinds = super::store::completion_events(&images, timings);
         let mut seq = last_seq;
         for image in images {
             sqlx::query(&format!(
-                "INSERT INTO images (id, job_id, idx, object_key, seed, width, height, bytes, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {NOW})"
+                "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {NOW})"
             ))
             .bind(image.id)
             .bind(id)
+            .bind(&owner)
+            .bind(&model)
+            .bind(prompt.as_deref().unwrap_or(""))
             .bind(image.index)
             .bind(&image.object_key)
             .bind(image.seed)
@@ -395,13 +472,16 @@ impl JobStore for PgStore {
         Ok(())
     }
 
-    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+    async fn request_cancel(&self, id: Uuid, scope: &Scope) -> Result<CancelOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound(id))?;
+        let status: String = sqlx::query_scalar(
+            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+        )
+        .bind(id)
+        .bind(scope.owner())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
         let status =
             JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
         let outcome = match status {
@@ -469,12 +549,20 @@ impl JobStore for PgStore {
         Ok(events)
     }
 
-    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError> {
+    async fn events_after(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        scope: &Scope,
+    ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, body FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq",
+            "SELECT e.seq, e.body FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.job_id = $1 AND e.seq > $2 AND ($3::text IS NULL OR j.owner = $3) \
+             ORDER BY e.seq",
         )
         .bind(id)
         .bind(after_seq)
+        .bind(scope.owner())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -489,20 +577,50 @@ impl JobStore for PgStore {
             .collect()
     }
 
-    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM images WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn image(&self, id: Uuid, scope: &Scope) -> Result<Option<ImageRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM images WHERE id = $1 AND ($2::text IS NULL OR owner = $2)")
+                .bind(id)
+                .bind(scope.owner())
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(image_from_row).transpose()
     }
 
-    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM images WHERE job_id = $1 ORDER BY idx")
-            .bind(job_id)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn job_images(
+        &self,
+        job_id: Uuid,
+        scope: &Scope,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM images WHERE job_id = $1 AND ($2::text IS NULL OR owner = $2) \
+             ORDER BY idx",
+        )
+        .bind(job_id)
+        .bind(scope.owner())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(image_from_row).collect()
+    }
+
+    async fn list_images(&self, q: &ImageQuery) -> Result<Vec<ImageRecord>, StoreError> {
+        gallery::list_images(&self.pool, q).await
+    }
+
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<ImageRecord>, StoreError> {
+        gallery::delete_image(&self.pool, id, scope).await
+    }
+
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<(Job, Vec<ImageRecord>)>, StoreError> {
+        gallery::delete_job(&self.pool, id, scope).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -555,5 +673,33 @@ impl JobStore for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        keys::insert(&self.pool, key).await
+    }
+
+    async fn key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError> {
+        keys::by_lookup(&self.pool, lookup).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        keys::list(&self.pool).await
+    }
+
+    async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        keys::revoke(&self.pool, id).await
+    }
+
+    async fn touch_key(&self, id: Uuid) -> Result<(), StoreError> {
+        keys::touch(&self.pool, id).await
+    }
+
+    async fn take_rate_token(
+        &self,
+        owner: &str,
+        per_min: i64,
+    ) -> Result<Option<Duration>, StoreError> {
+        keys::take_rate_token(&self.pool, owner, per_min).await
     }
 }

@@ -15,11 +15,14 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Event, EventKind, ImageRecord, Job, JobSpec, JobStatus, JobStore, Lease,
-    ListQuery, NewImage, NewJob, StoreError, WorkerInfo,
+    ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, Scope, StoreError, WorkerInfo,
 };
 
-const JOB_COLUMNS: &str = "id, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
+mod gallery;
+mod keys;
+
+const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attempts, worker, cancel_requested, \
      progress_step, progress_total, last_seq, error, timings, run_at, created_at, started_at, finished_at";
 
 /// Jobs, events and images in one SQLite file.
@@ -68,6 +71,13 @@ impl SqliteStore {
             .await?;
         Ok(Self { writer, reader })
     }
+
+    /// A write transaction that takes SQLite's write lock at once, so a transaction that
+    /// reads and then writes never fails on a snapshot another process changed meanwhile
+    /// (it waits on `busy_timeout` instead).
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -80,6 +90,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     let timings: Option<String> = row.try_get("timings")?;
     Ok(Job {
         id: parse_uuid(row.try_get("id")?)?,
+        owner: row.try_get("owner")?,
         status: JobStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
         spec: serde_json::from_str::<JobSpec>(&spec)
@@ -105,6 +116,9 @@ fn image_from_row(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
     Ok(ImageRecord {
         id: parse_uuid(row.try_get("id")?)?,
         job_id: parse_uuid(row.try_get("job_id")?)?,
+        owner: row.try_get("owner")?,
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
         index: row.try_get("idx")?,
         object_key: row.try_get("object_key")?,
         seed: row.try_get("seed")?,
@@ -169,17 +183,56 @@ async fn position(conn: &mut SqliteConnection, id: Uuid) -> Result<Option<i64>, 
 
 #[async_trait]
 impl JobStore for SqliteStore {
-    async fn enqueue(&self, new: NewJob) -> Result<(Job, Event), StoreError> {
+    async fn enqueue(&self, new: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
         let now = now_ms();
         let spec =
             serde_json::to_string(&new.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
+        // The write lock is held from the first statement, so the quota count and the
+        // idempotency lookup see every other writer's committed jobs, in any process.
+        let mut tx = self.write_tx().await?;
+        if let Some(idem) = &new.idempotency {
+            let ttl = ms(super::store::IDEMPOTENCY_TTL);
+            let earlier: Option<(String, String)> = sqlx::query_as(
+                "SELECT fingerprint, job_id FROM idempotency_keys \
+                 WHERE owner = ? AND key = ? AND created_at > ?",
+            )
+            .bind(&new.owner)
+            .bind(&idem.key)
+            .bind(now - ttl)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((fingerprint, job_id)) = earlier {
+                if fingerprint != idem.fingerprint {
+                    return Err(StoreError::IdempotencyMismatch);
+                }
+                let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+                    .bind(&job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                // A job deleted since then no longer holds its key.
+                if let Some(row) = row {
+                    return Ok(Enqueued::Existing(job_from_row(&row)?));
+                }
+            }
+        }
+        if let Some(limit) = new.max_active {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+            )
+            .bind(&new.owner)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= limit {
+                return Err(StoreError::TooManyJobs { active, limit });
+            }
+        }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id.to_string())
+        .bind(&new.owner)
         .bind(&new.spec.model)
         .bind(spec)
         .bind(new.priority)
@@ -189,29 +242,49 @@ impl JobStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
+        if let Some(idem) = &new.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (owner, key, fingerprint, job_id, created_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO UPDATE \
+                 SET fingerprint = excluded.fingerprint, job_id = excluded.job_id, \
+                     created_at = excluded.created_at",
+            )
+            .bind(&new.owner)
+            .bind(&idem.key)
+            .bind(&idem.fingerprint)
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         let pos = position(&mut tx, id).await?.unwrap_or(1);
         let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
         tx.commit().await?;
-        Ok((job, event))
+        Ok(Enqueued::New(job, event))
     }
 
-    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
+    async fn get(&self, id: Uuid, scope: &Scope) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)"
+        ))
+        .bind(id.to_string())
+        .bind(scope.owner())
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs \
-             WHERE (?1 IS NULL OR status = ?1) \
-               AND (?2 IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?2)) \
-             ORDER BY created_at DESC, id DESC LIMIT ?3"
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR owner = ?2) \
+               AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5"
         ))
         .bind(q.status.map(|s| s.as_str()))
-        .bind(q.before.map(|b| b.to_string()))
+        .bind(q.scope.owner())
+        .bind(q.before.map(|c| c.created_at))
+        .bind(q.before.map(|c| c.id.to_string()))
         .bind(q.limit.clamp(1, 500))
         .fetch_all(&self.reader)
         .await?;
@@ -231,7 +304,7 @@ impl JobStore for SqliteStore {
     ) -> Result<Option<(Lease, Event)>, StoreError> {
         let now = now_ms();
         let token = Uuid::new_v4();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         // The claim query: best priority first, then the model this worker already has
         // loaded (no thrash between models), then the oldest.
         let row = sqlx::query(&format!(
@@ -286,7 +359,7 @@ impl JobStore for SqliteStore {
                 "terminal events are recorded by complete/fail/cancel".into(),
             ));
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let seq = next_seq_fenced(&mut tx, id, token).await?;
         if let EventKind::Progress { step, total, .. } = &kind {
             sqlx::query("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?")
@@ -309,11 +382,12 @@ impl JobStore for SqliteStore {
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        let last_seq: i64 = sqlx::query_scalar(
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
             "UPDATE jobs SET status = 'succeeded', finished_at = ?, timings = ?, lease_token = NULL, \
                     lease_expires_at = NULL, progress_step = progress_total, error = NULL \
-             WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
+             WHERE id = ? AND lease_token = ? AND status = 'running' \
+             RETURNING last_seq, owner, model, json_extract(spec, '$.prompt') AS prompt",
         )
         .bind(now)
         .bind(timings.to_string())
@@ -322,15 +396,22 @@ impl JobStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::LeaseLost(id))?;
+        let last_seq: i64 = row.try_get("last_seq")?;
+        let owner: String = row.try_get("owner")?;
+        let model: String = row.try_get("model")?;
+        let prompt: Option<String> = row.try_get("prompt")?;
         let kinds = super::store::completion_events(&images, timings);
         let mut seq = last_seq;
         for image in images {
             sqlx::query(
-                "INSERT INTO images (id, job_id, idx, object_key, seed, width, height, bytes, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(image.id.to_string())
             .bind(id.to_string())
+            .bind(&owner)
+            .bind(&model)
+            .bind(prompt.as_deref().unwrap_or(""))
             .bind(image.index)
             .bind(&image.object_key)
             .bind(image.seed)
@@ -363,7 +444,7 @@ impl JobStore for SqliteStore {
         retry_after: Option<Duration>,
     ) -> Result<Event, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT attempt, max_attempts FROM jobs WHERE id = ? AND lease_token = ? AND status = 'running'",
         )
@@ -405,7 +486,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn cancel_running(&self, id: Uuid, token: Uuid) -> Result<Event, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let seq: i64 = sqlx::query_scalar(
             "UPDATE jobs SET status = 'canceled', finished_at = ?, lease_token = NULL, \
                     lease_expires_at = NULL, last_seq = last_seq + 1 \
@@ -439,12 +520,15 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+    async fn request_cancel(&self, id: Uuid, scope: &Scope) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+        )
+        .bind(id.to_string())
+        .bind(scope.owner())
+        .fetch_optional(&mut *tx)
+        .await?;
         let status = status.ok_or(StoreError::NotFound(id))?;
         let status =
             JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(status.clone()))?;
@@ -482,7 +566,7 @@ impl JobStore for SqliteStore {
 
     async fn rescue_expired(&self) -> Result<Vec<Event>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
              WHERE status = 'running' AND lease_expires_at < ?",
@@ -521,12 +605,19 @@ impl JobStore for SqliteStore {
         Ok(events)
     }
 
-    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError> {
+    async fn events_after(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        scope: &Scope,
+    ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, body FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq",
+            "SELECT e.seq, e.body FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.job_id = ?1 AND e.seq > ?2 AND (?3 IS NULL OR j.owner = ?3) ORDER BY e.seq",
         )
         .bind(id.to_string())
         .bind(after_seq)
+        .bind(scope.owner())
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
@@ -542,20 +633,54 @@ impl JobStore for SqliteStore {
             .collect()
     }
 
-    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM images WHERE id = ?")
+    async fn image(&self, id: Uuid, scope: &Scope) -> Result<Option<ImageRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM images WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)")
             .bind(id.to_string())
+            .bind(scope.owner())
             .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(image_from_row).transpose()
     }
 
-    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM images WHERE job_id = ? ORDER BY idx")
-            .bind(job_id.to_string())
-            .fetch_all(&self.reader)
-            .await?;
+    async fn job_images(
+        &self,
+        job_id: Uuid,
+        scope: &Scope,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM images WHERE job_id = ?1 AND (?2 IS NULL OR owner = ?2) ORDER BY idx",
+        )
+        .bind(job_id.to_string())
+        .bind(scope.owner())
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(image_from_row).collect()
+    }
+
+    async fn list_images(&self, q: &ImageQuery) -> Result<Vec<ImageRecord>, StoreError> {
+        gallery::list_images(&self.reader, q).await
+    }
+
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<ImageRecord>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let image = gallery::delete_image(&mut tx, id, scope).await?;
+        tx.commit().await?;
+        Ok(image)
+    }
+
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<(Job, Vec<ImageRecord>)>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let deleted = gallery::delete_job(&mut tx, id, scope).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -610,5 +735,33 @@ impl JobStore for SqliteStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        keys::insert(&self.writer, key).await
+    }
+
+    async fn key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError> {
+        keys::by_lookup(&self.reader, lookup).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        keys::list(&self.reader).await
+    }
+
+    async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        keys::revoke(&self.writer, id, now_ms()).await
+    }
+
+    async fn touch_key(&self, id: Uuid) -> Result<(), StoreError> {
+        keys::touch(&self.writer, id, now_ms()).await
+    }
+
+    async fn take_rate_token(
+        &self,
+        owner: &str,
+        per_min: i64,
+    ) -> Result<Option<Duration>, StoreError> {
+        keys::take_rate_token(&self.writer, owner, per_min, now_ms()).await
     }
 }

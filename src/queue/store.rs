@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Event, EventKind, ImageRecord, ImageSummary, Job, JobStatus, Lease, ListQuery, NewImage,
-    NewJob, WorkerInfo,
+    ApiKey, Enqueued, Event, EventKind, ImageQuery, ImageRecord, ImageSummary, Job, JobStatus,
+    Lease, ListQuery, NewImage, NewJob, Scope, WorkerInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,12 @@ pub enum StoreError {
     Database(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The owner already has `limit` queued or running jobs.
+    #[error("{active} jobs are queued or running, the most this key may have is {limit}")]
+    TooManyJobs { active: i64, limit: i64 },
+    /// The idempotency key was used before with a different request.
+    #[error("Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -67,9 +73,10 @@ pub enum CancelOutcome {
 
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Inserts a queued job and its `queued` event.
-    async fn enqueue(&self, job: NewJob) -> Result<(Job, Event), StoreError>;
-    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
+    /// Inserts a queued job and its `queued` event, after checking the owner's quota and
+    /// idempotency key in the same transaction (so concurrent requests cannot both pass).
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError>;
+    async fn get(&self, id: Uuid, scope: &Scope) -> Result<Option<Job>, StoreError>;
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
     /// 1-based place in line of a queued job; `None` if it is not queued.
     async fn queue_position(&self, id: Uuid) -> Result<Option<i64>, StoreError>;
@@ -107,13 +114,34 @@ pub trait JobStore: Send + Sync {
     async fn release(&self, id: Uuid, token: Uuid) -> Result<(), StoreError>;
 
     /// Cancels a queued job at once, or flags a running one.
-    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError>;
+    async fn request_cancel(&self, id: Uuid, scope: &Scope) -> Result<CancelOutcome, StoreError>;
     /// Requeues (or fails, after `max_attempts`) running jobs whose lease expired.
     async fn rescue_expired(&self) -> Result<Vec<Event>, StoreError>;
 
-    async fn events_after(&self, id: Uuid, after_seq: i64) -> Result<Vec<Event>, StoreError>;
-    async fn image(&self, id: Uuid) -> Result<Option<ImageRecord>, StoreError>;
-    async fn job_images(&self, job_id: Uuid) -> Result<Vec<ImageRecord>, StoreError>;
+    async fn events_after(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        scope: &Scope,
+    ) -> Result<Vec<Event>, StoreError>;
+    async fn image(&self, id: Uuid, scope: &Scope) -> Result<Option<ImageRecord>, StoreError>;
+    async fn job_images(&self, job_id: Uuid, scope: &Scope)
+        -> Result<Vec<ImageRecord>, StoreError>;
+    /// The gallery: images newest first, after an optional cursor.
+    async fn list_images(&self, query: &ImageQuery) -> Result<Vec<ImageRecord>, StoreError>;
+    /// Deletes an image row and returns it (its objects are the caller's to delete).
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<ImageRecord>, StoreError>;
+    /// Deletes a finished job with its events and image rows, and returns them;
+    /// `Conflict` if it has not finished.
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<(Job, Vec<ImageRecord>)>, StoreError>;
     /// A cheap round trip for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -123,6 +151,39 @@ pub trait JobStore: Send + Sync {
     async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError>;
     /// Forgets a worker that shut down cleanly.
     async fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Stores a newly issued key (its hash, never its token).
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// The key whose token has this lookup part, revoked or not.
+    async fn key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Revokes a key; returns it, or `None` if there is no such key.
+    async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
+    /// Notes that a key was used just now.
+    async fn touch_key(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Takes one token from the owner's bucket (`per_min` tokens, refilled continuously);
+    /// `Some(wait)` when it is empty and the request must wait that long.
+    async fn take_rate_token(
+        &self,
+        owner: &str,
+        per_min: i64,
+    ) -> Result<Option<Duration>, StoreError>;
+}
+
+/// How long ago an idempotency key stops counting.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a rate bucket of `per_min` tokens holds after `elapsed_ms` of refill from
+/// `tokens`, and how long until it holds one token again (0 if it does).
+pub(crate) fn bucket_wait(tokens: f64, per_min: i64, elapsed_ms: i64) -> Duration {
+    let per_ms = per_min.max(1) as f64 / 60_000.0;
+    let now = (tokens + elapsed_ms.max(0) as f64 * per_ms).min(per_min as f64);
+    if now >= 1.0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(((1.0 - now) / per_ms).ceil() as u64)
+    }
 }
 
 /// The events a completion records, in order: one `image` per image, then `succeeded`.

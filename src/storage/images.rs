@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::{local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, PutPayload};
 use uuid::Uuid;
 
@@ -31,6 +32,8 @@ pub struct S3Options {
 pub struct ImageStore {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// S3 stores can hand out presigned URLs; `prefix` is prepended to keys for them.
+    signer: Option<(Arc<dyn Signer>, String)>,
 }
 
 impl ImageStore {
@@ -57,16 +60,18 @@ impl ImageStore {
                 builder = builder.with_region(region);
             }
             // object_store retries transient S3 errors (5xx, timeouts) with backoff itself.
-            let s3_store = builder.build().map_err(|e| bad(e.to_string()))?;
+            let s3_store = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
             let prefix = prefix.trim_matches('/');
+            let whole: Arc<dyn ObjectStore> = s3_store.clone();
             let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(s3_store)
+                whole
             } else {
-                Arc::new(PrefixStore::new(s3_store, prefix))
+                Arc::new(PrefixStore::new(whole, prefix))
             };
             return Ok(Self {
                 inner,
                 description: location.to_string(),
+                signer: Some((s3_store, prefix.to_string())),
             });
         }
         let dir = match location.strip_prefix("file://") {
@@ -81,6 +86,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(fs),
             description: format!("file://{dir}"),
+            signer: None,
         })
     }
 
@@ -89,6 +95,7 @@ impl ImageStore {
         Self {
             inner,
             description: description.into(),
+            signer: None,
         }
     }
 
@@ -100,6 +107,33 @@ impl ImageStore {
     /// The key of image `index` of `job`: one folder per job keeps a job's images together.
     pub fn key_for(job: Uuid, image: Uuid) -> String {
         format!("{job}/{image}.png")
+    }
+
+    /// The key of an image's thumbnail, beside it: `{job}/{image}.thumb.jpg`.
+    pub fn thumbnail_key(image_key: &str) -> String {
+        let stem = image_key.strip_suffix(".png").unwrap_or(image_key);
+        format!("{stem}.thumb.jpg")
+    }
+
+    /// A URL anyone can GET the object at for `expires_in`, when the store can sign one
+    /// (S3); `None` for stores that cannot (local files), which are streamed instead.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some((signer, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let full = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}/{key}")
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &ObjectPath::from(full), expires_in)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {

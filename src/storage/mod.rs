@@ -3,5 +3,6 @@
 
 mod images;
 pub mod png;
+pub mod thumbnail;
 
 pub use images::{ImageStore, S3Options, StorageError};

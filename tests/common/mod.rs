@@ -371,3 +371,107 @@ pub fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<(String, String)>) {
     let chunks = sdq::storage::png::read_text_chunks(bytes).expect("chunks");
     (info.width, info.height, chunks)
 }
+
+/// A key made by `sdq keys create`.
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    pub id: String,
+    pub token: String,
+    pub webhook_secret: String,
+}
+
+/// Runs `sdq GLOBAL... keys create NAME EXTRA...` and reads the key it printed.
+pub fn create_key(global: &[&str], name: &str, extra: &[&str]) -> TestKey {
+    let mut args: Vec<&str> = global.to_vec();
+    args.extend(["keys", "create", name]);
+    args.extend(extra);
+    let out = run_sdq(&args);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name} in `sdq keys create` output:\n{out}"))
+    };
+    TestKey {
+        id: field("id "),
+        token: field("token "),
+        webhook_secret: field("webhook_secret "),
+    }
+}
+
+/// Requests with an optional `Authorization: Bearer` key.
+pub struct As<'a> {
+    pub client: &'a reqwest::Client,
+    pub base: &'a str,
+    pub token: Option<&'a str>,
+}
+
+impl As<'_> {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        match self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.request(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+
+    /// Submits and waits until the job ends; returns the job.
+    pub async fn run_job(&self, body: Value) -> Value {
+        let (status, created) = self.post_json("/v1/jobs", &body).await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().expect("id").to_string();
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.get_json(&format!("/v1/jobs/{id}")).await;
+            assert_eq!(status, 200, "{job}");
+            if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap_or("")) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "job {id} did not end: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Server {
+    /// Requests as `token` (or as nobody).
+    pub fn with<'a>(&'a self, token: Option<&'a str>) -> As<'a> {
+        As {
+            client: &self.client,
+            base: &self.base,
+            token,
+        }
+    }
+}
