@@ -40,6 +40,7 @@ fn sync(t: &Tensor) -> Result<(), InferenceError> {
 }
 
 /// Times `iterations` UNet evaluations of each side at `width × height`.
+#[allow(clippy::type_complexity)]
 pub fn unet_step(
     folder: &Path,
     (width, height): (usize, usize),

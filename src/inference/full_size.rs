@@ -91,6 +91,7 @@ pub(crate) fn sdxl_unet() -> Value {
 /// Records every parameter a module asks for (name and shape) without allocating it:
 /// each answer is a zero broadcast to the shape.
 #[derive(Default, Clone)]
+#[allow(clippy::type_complexity)]
 struct Recorder {
     seen: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
 }

@@ -14,7 +14,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a branch.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.3).min(88.3);
+    let x = x.clamp(-87.3, 88.3);
     // n = round(x / ln 2), as a float and, read from the low mantissa bits of the
     // rounding sum, as an integer (no float-to-int conversion, which does not vectorise).
     let shifted = x * LOG2E + ROUND;

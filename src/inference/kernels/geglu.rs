@@ -11,7 +11,7 @@ use super::simd::vectorised;
 
 /// `proj` is `rows × 2·inner`; returns `rows × inner`.
 pub fn geglu(proj: &[f32], inner: usize) -> Vec<f32> {
-    assert!(inner > 0 && proj.len() % (2 * inner) == 0);
+    assert!(inner > 0 && proj.len().is_multiple_of(2 * inner));
     let rows = proj.len() / (2 * inner);
     let mut out = vec![0f32; rows * inner];
     out.par_chunks_mut(64 * inner)

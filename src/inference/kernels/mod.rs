@@ -10,6 +10,9 @@
 //! Layout: activations are channels-last (NHWC, or tokens × channels), the layout in
 //! which a convolution is a sum of matrix products and attention needs no transposes.
 
+// Kernels index several arrays by one loop variable on purpose (tiles, taps, lanes).
+#![allow(clippy::needless_range_loop)]
+
 pub mod attention;
 pub mod conv2d;
 pub mod exp;
