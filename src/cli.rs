@@ -60,18 +60,8 @@ pub enum Command {
     },
     /// Generate images locally, without a server.
     Generate(Box<GenerateArgs>),
-    /// Side-by-side benchmarks that print ratios (ours vs candle-transformers).
-    Bench {
-        /// UNet evaluations to time on each side.
-        #[arg(long, default_value_t = 10)]
-        iterations: usize,
-        /// Image sizes to benchmark (square), e.g. 64,256,512.
-        #[arg(long, value_delimiter = ',', default_value = "64,256")]
-        sizes: Vec<usize>,
-        /// cpu, cuda:N or metal.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    /// Side-by-side benchmarks that print a table and JSON lines with ratios.
+    Bench(BenchArgs),
     /// Manage API keys (stored in the job database: same --data-dir / --database-url).
     Keys {
         #[command(subcommand)]
@@ -84,8 +74,9 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = tiny::DEFAULT_SEED)]
         seed: u64,
-        /// Which family to imitate: sd15 (epsilon), sd2 (v-prediction, OpenCLIP-style) or
-        /// inpaint (SD 1.5 with a 9-channel inpainting UNet).
+        /// Which family to imitate: sd15 (epsilon), sd2 (v-prediction, OpenCLIP-style),
+        /// inpaint (SD 1.5 with a 9-channel inpainting UNet), sdxl, sdxl-inpaint; or a
+        /// published geometry with random weights for benchmarks: sd15-full, sdxl-full.
         #[arg(long, value_enum, default_value_t = tiny::TinyKind::Sd15)]
         kind: tiny::TinyKind,
     },
@@ -110,6 +101,55 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by id: every API process refuses it within seconds.
     Revoke { id: String },
+}
+
+/// `sdq bench WHAT`: the model is the global `--model` (a name or a folder).
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchKind,
+    /// Timed runs of each side (after one untimed warm-up).
+    #[arg(long, global = true, default_value_t = 3)]
+    pub iterations: usize,
+    /// Square image sizes, e.g. 256,512,768.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "64,256")]
+    pub sizes: Vec<usize>,
+    /// cpu, cuda:N or metal.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16 (the end-to-end benchmark; the others run f32).
+    #[arg(long, global = true, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// The benchmarks `sdq bench` runs.
+#[derive(Debug, Subcommand)]
+pub enum BenchKind {
+    /// One UNet evaluation with CFG (batch 2): ours vs candle-transformers (or candle's ops).
+    Unet {
+        #[arg(long, value_enum, default_value_t = crate::bench::unet::Baseline::Auto)]
+        baseline: crate::bench::unet::Baseline,
+    },
+    /// One VAE decode: our decoder vs candle-transformers'.
+    Vae {
+        /// Time ours alone (for runs beside another process).
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// Load time, then seconds per image for each size and step count.
+    E2e {
+        #[arg(long, value_delimiter = ',', default_value = "4")]
+        steps: Vec<usize>,
+    },
+    /// Each CPU kernel against candle's op for the same layer (needs no model).
+    Kernels {
+        /// Latent side of the shapes (64: the UNet's first level at 512²).
+        #[arg(long, default_value_t = 32)]
+        latent: usize,
+        /// Only the cases whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,7 +216,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Gc { .. }
         | Command::Backup { .. }
         | Command::Keys { .. }
-        | Command::Bench { .. } => "warn",
+        | Command::Bench(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -219,23 +259,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Generate(args) => generate(&cli.config, *args),
         Command::Keys { command } => runtime()?.block_on(keys(&cli.config, command)),
-        Command::Bench {
-            iterations,
-            sizes,
-            device,
-        } => {
-            let device = parse_device(&device)?;
-            let folder = hub::resolve(&cli.config.model, &cli.config.models_dir())?;
-            println!("model {} on {:?}", cli.config.model, device);
-            for size in sizes {
-                if size == 0 || size % 8 != 0 {
-                    bail!("benchmark sizes must be positive multiples of 8, got {size}");
-                }
-                let result = crate::bench::unet_step(&folder, size, size, iterations, &device)?;
-                println!("{result}");
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench(&cli.config, args),
         Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());
@@ -306,6 +330,59 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    use crate::bench;
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    check_device_dtype(&device, dtype)?;
+    if let Some(bad) = args.sizes.iter().find(|s| **s == 0 || **s % 8 != 0) {
+        bail!("benchmark sizes must be positive multiples of 8, got {bad}");
+    }
+    let folder = || hub::resolve(&config.model, &config.models_dir());
+    let threads = crate::inference::kernels::threads();
+    eprintln!(
+        "sdq bench: model {}, device {:?}, {threads} threads, {} iterations",
+        config.model, device, args.iterations
+    );
+    let mut rows = Vec::new();
+    match args.what {
+        BenchKind::Unet { baseline } => {
+            let folder = folder()?;
+            for &size in &args.sizes {
+                rows.push(bench::unet::unet_step(
+                    &folder,
+                    (size, size),
+                    args.iterations,
+                    &device,
+                    baseline,
+                )?);
+            }
+        }
+        BenchKind::Vae { no_baseline } => {
+            let folder = folder()?;
+            for &size in &args.sizes {
+                rows.push(bench::vae::vae_decode(
+                    &folder,
+                    (size, size),
+                    args.iterations,
+                    &device,
+                    !no_baseline,
+                )?);
+            }
+        }
+        BenchKind::E2e { steps } => {
+            let target = (&device, dtype);
+            rows =
+                bench::e2e::end_to_end(&folder()?, &args.sizes, &steps, args.iterations, target)?;
+        }
+        BenchKind::Kernels { latent, only } => {
+            rows = bench::kernels::kernels(latent, args.iterations, only.as_deref())?
+        }
+    }
+    print!("{}", bench::format_report(&rows));
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 
 use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::model_config::{read_json, ClipTextConfig, ModelIndex, UNetConfig, VaeConfig};
@@ -13,6 +13,7 @@ use super::pipeline::{StableDiffusion, XlText};
 use super::schedulers::SchedulerConfigFile;
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
+use super::vae_decoder::AutoEncoderKL;
 use super::vae_encoder::VaeEncoder;
 use super::InferenceError;
 

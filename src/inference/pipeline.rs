@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::decode::{FloatImage, GeneratedImage};
@@ -21,6 +20,7 @@ use super::request::{GenerateRequest, StepProgress};
 use super::schedulers::SchedulerConfigFile;
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
+use super::vae_decoder::AutoEncoderKL;
 use super::vae_encoder::VaeEncoder;
 use super::InferenceError;
 

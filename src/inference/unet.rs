@@ -6,12 +6,10 @@
 //! follow diffusers' `UNet2DConditionModel`, so diffusers checkpoints load as they are.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
 use super::model_config::UNetConfig;
+use super::ops::{self, conv2d, Conv2d, ConvExtras, GroupNorm, Path};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -93,10 +91,10 @@ impl ResnetBlock {
     ) -> Result<Self> {
         let groups = c.norm_num_groups;
         Ok(Self {
-            norm1: group_norm(groups, cin, c.norm_eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), groups, cin, c.norm_eps)?,
             conv1: conv3(vb.pp("conv1"), cin, cout)?,
             time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
-            norm2: group_norm(groups, cout, c.norm_eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), groups, cout, c.norm_eps)?,
             conv2: conv3(vb.pp("conv2"), cout, cout)?,
             conv_shortcut: if cin != cout {
                 Some(conv2d(
@@ -113,29 +111,32 @@ impl ResnetBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&candle_nn::ops::silu(&self.norm1.forward(xs)?)?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&candle_nn::ops::silu(temb)?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self
-            .conv2
-            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+    fn forward(&self, path: Path, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let t = self.time_emb_proj.forward(&candle_nn::ops::silu(temb)?)?;
+        let h = ops::conv(
+            path,
+            &self.conv1,
+            &self.norm1.forward(path, xs, true)?,
+            ConvExtras {
+                time: Some(&t),
+                ..Default::default()
+            },
+        )?;
         let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(conv) => ops::conv(path, conv, xs, ConvExtras::default())?,
             None => xs.clone(),
         };
-        let out = (skip + h)?;
-        if self.output_scale == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale
-        }
+        // (skip + conv2(h)) / output_scale, as diffusers computes it.
+        ops::conv(
+            path,
+            &self.conv2,
+            &self.norm2.forward(path, &h, true)?,
+            ConvExtras {
+                residual: Some(&skip),
+                scale: (self.output_scale != 1.0).then_some(self.output_scale),
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -162,31 +163,11 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, n, dim) = xs.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            let (b, n, _) = t.dims3()?;
-            t.reshape((b, n, self.heads, dim / self.heads))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(self.to_q.forward(xs)?)?;
-        let k = heads(self.to_k.forward(context)?)?;
-        let v = heads(self.to_v.forward(context)?)?;
-        // Scores in f32 even for half-precision weights: softmax over long sequences
-        // overflows in f16 (diffusers' upcast_attention).
-        let in_dtype = q.dtype();
-        // Scaling the queries, not the scores: the score matrix is tokens² per head, the
-        // largest tensor of the step, and another pass over it costs more than the matmul
-        // saves.
-        let q = (q.to_dtype(DType::F32)? * self.scale)?;
-        let scores = q.matmul(&k.to_dtype(DType::F32)?.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, dim))?;
+    fn forward(&self, path: Path, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let out = ops::attention(path, &q, &k, &v, self.heads, self.scale)?;
         self.to_out.forward(&out)
     }
 }
@@ -233,19 +214,16 @@ impl TransformerBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, path: Path, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
+        let xs = (self.attn1.forward(path, &normed, &normed)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(path, &self.norm2.forward(&xs)?, context)?
+            + &xs)?;
         // GEGLU: half of the projection gates the other half.
         let proj = self.ff_in.forward(&self.norm3.forward(&xs)?)?;
-        let parts = proj.chunk(2, D::Minus1)?;
-        let gate = match self.gelu {
-            Gelu::Exact => parts[1].gelu_erf()?,
-            #[cfg(test)]
-            Gelu::Tanh => parts[1].gelu()?,
-        };
-        let gated = (&parts[0] * gate)?;
+        let gated = ops::geglu(path, &proj, self.gelu == Gelu::Exact)?;
         self.ff_out.forward(&gated)? + xs
     }
 }
@@ -308,33 +286,38 @@ impl Transformer2D {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: group_norm(c.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(vb.pp("norm"), c.norm_num_groups, channels, 1e-6)?,
             proj_in,
             blocks,
             proj_out,
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let normed = self.norm.forward(xs)?;
-        let to_tokens =
-            |t: Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+    fn forward(&self, path: Path, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = ops::dims(path, xs)?;
+        let normed = self.norm.forward(path, xs, false)?;
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(normed)?)?,
+            Projection::Conv(conv) => ops::to_tokens(
+                path,
+                &ops::conv(path, conv, &normed, ConvExtras::default())?,
+            )?,
+            Projection::Linear(lin) => lin.forward(&ops::to_tokens(path, &normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(path, &tokens, context)?;
         }
-        let to_image = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
-        };
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,
-            Projection::Linear(lin) => to_image(lin.forward(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            Projection::Conv(conv) => ops::conv(
+                path,
+                conv,
+                &ops::from_tokens(path, &tokens, h, w)?,
+                ConvExtras {
+                    residual: Some(xs),
+                    ..Default::default()
+                },
+            ),
+            Projection::Linear(lin) => ops::from_tokens(path, &lin.forward(&tokens)?, h, w)? + xs,
+        }
     }
 }
 
@@ -360,6 +343,7 @@ pub struct UNet {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     config: UNetConfig,
+    path: Path,
 }
 
 /// What SDXL's UNet needs besides the per-token conditioning.
@@ -568,15 +552,27 @@ impl UNet {
             mid_resnets,
             mid_attentions,
             up,
-            conv_norm_out: group_norm(
+            conv_norm_out: GroupNorm::new(
+                vb.pp("conv_norm_out"),
                 c.norm_num_groups,
                 ch[0],
                 c.norm_eps,
-                vb.pp("conv_norm_out"),
             )?,
             conv_out: conv3(vb.pp("conv_out"), ch[0], c.out_channels)?,
             config: c.clone(),
+            path: Path::for_device(vb.device(), vb.dtype()),
         })
+    }
+
+    /// Which implementation of the layers `forward` runs.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// Runs candle's layers instead of our kernels (or back): for benchmarks and tests
+    /// that compare the two on the same weights.
+    pub fn set_path(&mut self, path: Path) {
+        self.path = path;
     }
 
     /// Whether this UNet needs [`AddedConditions`] (SDXL).
@@ -622,44 +618,47 @@ impl UNet {
         } else {
             latents.clone()
         };
-        let mut xs = self.conv_in.forward(&xs)?;
+        let path = self.path;
+        let none = ConvExtras::default();
+        let mut xs = ops::conv(path, &self.conv_in, &ops::enter(path, &xs)?, none)?;
         let mut skips = vec![xs.clone()];
         for level in &self.down {
             for (j, resnet) in level.resnets.iter().enumerate() {
-                xs = resnet.forward(&xs, &emb)?;
+                xs = resnet.forward(path, &xs, &emb)?;
                 if let Some(attn) = level.attentions.get(j) {
-                    xs = attn.forward(&xs, context)?;
+                    xs = attn.forward(path, &xs, context)?;
                 }
                 skips.push(xs.clone());
             }
             if let Some(conv) = &level.resample {
-                xs = conv.forward(&xs)?;
+                xs = ops::conv(path, conv, &xs, none)?;
                 skips.push(xs.clone());
             }
         }
 
-        xs = self.mid_resnets[0].forward(&xs, &emb)?;
+        xs = self.mid_resnets[0].forward(path, &xs, &emb)?;
         for (attn, resnet) in self.mid_attentions.iter().zip(&self.mid_resnets[1..]) {
-            xs = attn.forward(&xs, context)?;
-            xs = resnet.forward(&xs, &emb)?;
+            xs = attn.forward(path, &xs, context)?;
+            xs = resnet.forward(path, &xs, &emb)?;
         }
 
         for level in &self.up {
             for (j, resnet) in level.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, &emb)?;
+                xs = resnet.forward(path, &ops::cat_channels(path, &xs, &skip)?, &emb)?;
                 if let Some(attn) = level.attentions.get(j) {
-                    xs = attn.forward(&xs, context)?;
+                    xs = attn.forward(path, &xs, context)?;
                 }
             }
             if let Some(conv) = &level.resample {
                 // Upsample to the size of the next skip, so odd latent sizes round-trip.
-                let (_, _, h, w) = skips.last().expect("skips remain").dims4()?;
-                xs = conv.forward(&xs.upsample_nearest2d(h, w)?)?;
+                let (_, _, h, w) = ops::dims(path, skips.last().expect("skips remain"))?;
+                xs = ops::conv(path, conv, &ops::upsample_nearest(path, &xs, h, w)?, none)?;
             }
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.conv_norm_out.forward(path, &xs, true)?;
+        let out = ops::conv(path, &self.conv_out, &xs, none)?;
+        ops::leave(path, &out)?.to_dtype(dtype)
     }
 }
 

@@ -1,0 +1,87 @@
+//! One VAE decode (a single image) by our decoder and by candle-transformers'.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{interleaved, Row};
+use crate::inference::model_config::{read_json, VaeConfig};
+use crate::inference::rng::TorchRng;
+use crate::inference::vae_decoder::AutoEncoderKL;
+use crate::inference::InferenceError;
+
+/// Times `iterations` decodes of a `width × height` image on each side; `baseline`
+/// false times ours alone (for runs beside another process).
+pub fn vae_decode(
+    folder: &Path,
+    (width, height): (usize, usize),
+    iterations: usize,
+    device: &Device,
+    baseline: bool,
+) -> Result<Row, InferenceError> {
+    let config: VaeConfig = read_json(&folder.join("vae/config.json"))?;
+    let weights = folder.join("vae/diffusion_pytorch_model.safetensors");
+    // SAFETY: read-only mapping of a model file that is not rewritten while we run.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+        .map_err(|e| InferenceError::invalid_model(&weights, e))?;
+    let blocks = crate::inference::load::vae_blocks(&config);
+    let ours = AutoEncoderKL::new(
+        vb.clone(),
+        config.in_channels,
+        config.out_channels,
+        blocks.clone(),
+    )?;
+    let theirs = if baseline {
+        Some(
+            candle_transformers::models::stable_diffusion::vae::AutoEncoderKL::new(
+                vb,
+                config.in_channels,
+                config.out_channels,
+                blocks,
+            )?,
+        )
+    } else {
+        None
+    };
+    let mut rng = TorchRng::new(0);
+    let (lh, lw, ch) = (height / 8, width / 8, config.latent_channels);
+    let z = Tensor::from_vec(rng.randn(ch * lh * lw), (1, ch, lh, lw), device)?;
+    let sync = |t: Tensor| -> Result<(), InferenceError> {
+        t.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    let mut run_theirs = |_: usize| -> Result<(), InferenceError> {
+        sync(theirs.as_ref().expect("baseline built").decode(&z)?)
+    };
+    let (a, b) = interleaved(
+        iterations,
+        |_| sync(ours.decode(&z)?),
+        theirs
+            .is_some()
+            .then_some(&mut run_theirs as &mut dyn FnMut(usize) -> _),
+    )?;
+    let case = format!("decode {width}x{height}");
+    Ok(Row::new(
+        "vae",
+        case,
+        &a,
+        (!b.is_empty()).then_some(("candle-transformers", &b[..])),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_once_at_a_tiny_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("tiny");
+        crate::inference::tiny::ensure(&folder, 0).unwrap();
+        let row = vae_decode(&folder, (64, 64), 1, &Device::Cpu, true).unwrap();
+        assert_eq!(row.baseline.as_deref(), Some("candle-transformers"));
+        let alone = vae_decode(&folder, (64, 64), 1, &Device::Cpu, false).unwrap();
+        assert!(alone.speedup.is_none());
+    }
+}
