@@ -167,6 +167,13 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             max_attempts: serve.max_attempts,
             public_hosts: serve.public_hosts.clone(),
             cors_origins: serve.cors_origins.clone(),
+            models_dir: {
+                let dir = config.models_dir();
+                if let Err(e) = crate::inference::catalogue::create_folders(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create the models directory");
+                }
+                tokio::task::spawn_blocking(move || api::ModelsDir::scan(dir)).await?
+            },
         }),
     };
     if !api {

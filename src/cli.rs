@@ -14,7 +14,7 @@ use crate::inference::tokenizer::LongPrompt;
 use crate::inference::{
     hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
 };
-use crate::queue::JobSpec;
+use crate::queue::{JobSpec, LoraRef};
 use crate::storage::png::encode;
 use crate::worker::png_metadata;
 
@@ -67,6 +67,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The models directory: list it, pull into it, export a single-file checkpoint.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Write a small random-initialised model in diffusers layout (offline tests and demos).
     TinyModel {
         /// Folder to write (must not exist yet).
@@ -150,6 +153,55 @@ pub enum BenchKind {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Switching a job's LoRA set against loading the model it patches.
+    LoraSwitch {
+        /// On a random model of SD 1.5's full size (written to a temporary folder, about
+        /// 4 GB) instead of --model.
+        #[arg(long)]
+        full_size: bool,
+        /// With --full-size: divide every width by this (2: a quarter of the weights).
+        #[arg(long, default_value_t = 1)]
+        shrink: usize,
+    },
+}
+
+pub enum ModelsCommand {
+    /// List checkpoints, LoRAs, embeddings and VAEs with family, size and SHA-256.
+    List,
+    /// Fetch a hub repo (diffusers layout) into the Hugging Face cache, or download a
+    /// `.safetensors` URL into the models directory.
+    Pull {
+        /// `owner/name` or an http(s) URL of a .safetensors file.
+        source: String,
+        /// For a URL: the folder it goes to.
+        #[arg(long, value_enum, default_value = "checkpoint")]
+        kind: PullKind,
+    },
+    /// Write a diffusers folder as one .safetensors in the original (A1111) layout.
+    Export {
+        /// The diffusers folder.
+        folder: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Store half-precision weights.
+        #[arg(long)]
+        half: bool,
+        /// Also write a decoy EMA copy of the UNet (tests use it to show EMA is ignored).
+        #[arg(long)]
+        ema: bool,
+        /// Write only the VAE (a standalone VAE file).
+        #[arg(long)]
+        vae_only: bool,
+    },
+}
+
+/// Where `models pull URL` puts the file.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PullKind {
+    Checkpoint,
+    Lora,
+    Embedding,
+    Vae,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +245,16 @@ pub struct GenerateArgs {
     /// img2img and inpainting: how much to repaint, 0 to 1 (default 0.8, inpainting 1).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// A LoRA at a weight, `NAME[:WEIGHT]` (a file of the models directory's loras/, or a
+    /// path); repeatable. `<lora:NAME:WEIGHT>` in the prompt works too.
+    #[arg(long = "lora")]
+    pub loras: Vec<String>,
+    /// Decode with this VAE (a name in the models directory's vae/, or a path).
+    #[arg(long)]
+    pub vae: Option<String>,
+    /// A1111's clip skip: 1 = last layer (default), 2 = penultimate, ...
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -211,6 +273,7 @@ pub struct GenerateArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let default_level = match cli.command {
         Command::Generate(_)
+        | Command::Models(_)
         | Command::TinyModel { .. }
         | Command::Migrate
         | Command::Gc { .. }
@@ -260,6 +323,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate(&cli.config, *args),
         Command::Keys { command } => runtime()?.block_on(keys(&cli.config, command)),
         Command::Bench(args) => bench(&cli.config, args),
+        Command::Models(command) => models(&cli.config, command),
         Command::TinyModel { out, seed, kind } => {
             if out.exists() {
                 bail!("{} already exists", out.display());
@@ -381,6 +445,23 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Kernels { latent, only } => {
             rows = bench::kernels::kernels(latent, args.iterations, only.as_deref())?
         }
+        BenchKind::LoraSwitch { full_size, shrink } => {
+            let scratch = std::env::temp_dir().join(format!("sdq-bench-{}", std::process::id()));
+            let folder = if full_size {
+                let folder = scratch.join("sd15-sized");
+                eprintln!(
+                    "writing a random SD 1.5-shaped model (widths / {shrink}) to {}",
+                    folder.display()
+                );
+                tiny::write_sd15_sized(&folder, shrink)?;
+                folder
+            } else {
+                folder()?
+            };
+            let row = bench::lora_switch::lora_switch(&folder, args.iterations, &device, dtype);
+            let _ = std::fs::remove_dir_all(&scratch);
+            rows.push(row?);
+        }
     }
     print!("{}", bench::format_report(&rows));
     Ok(())
@@ -487,6 +568,88 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     base.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
+fn models(config: &Config, command: ModelsCommand) -> anyhow::Result<()> {
+    use crate::inference::catalogue::{self, Kind};
+    let dir = config.models_dir();
+    match command {
+        ModelsCommand::List => {
+            catalogue::create_folders(&dir)?;
+            let c = catalogue::scan(&dir);
+            println!("models directory {}", dir.display());
+            for kind in Kind::ALL {
+                for e in c.of(kind) {
+                    println!(
+                        "{:<10} {:<28} {:<12} {:>12} {}{}",
+                        kind.folder(),
+                        e.name,
+                        e.family.as_deref().unwrap_or("-"),
+                        e.size,
+                        e.sha256.as_deref().map_or("-", |h| &h[..16.min(h.len())]),
+                        e.error
+                            .as_deref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Pull { source, kind } => {
+            if source.starts_with("http://") || source.starts_with("https://") {
+                let kind = match kind {
+                    PullKind::Checkpoint => Kind::Checkpoint,
+                    PullKind::Lora => Kind::Lora,
+                    PullKind::Embedding => Kind::Embedding,
+                    PullKind::Vae => Kind::Vae,
+                };
+                let path = crate::models_pull::download_url(&source, &dir.join(kind.folder()))?;
+                println!("saved {}", path.display());
+            } else {
+                let path = hub::pull(&source)?;
+                println!("{source} is in {}", path.display());
+            }
+            Ok(())
+        }
+        ModelsCommand::Export {
+            folder,
+            out,
+            half,
+            ema,
+            vae_only,
+        } => {
+            if out.exists() {
+                bail!("{} already exists", out.display());
+            }
+            crate::inference::single_file::export(
+                &folder,
+                &out,
+                crate::inference::single_file::ExportOptions {
+                    half,
+                    ema,
+                    vae_only,
+                },
+            )?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// `NAME` or `NAME:WEIGHT` of `--lora`.
+fn parse_lora_arg(arg: &str) -> anyhow::Result<LoraRef> {
+    let (name, weight) = match arg.rsplit_once(':') {
+        Some((name, w)) if w.trim().parse::<f64>().is_ok() => (name, w.trim().parse::<f64>()?),
+        _ => (arg, 1.0),
+    };
+    if name.is_empty() || !weight.is_finite() {
+        bail!("--lora takes NAME or NAME:WEIGHT, got '{arg}'");
+    }
+    Ok(LoraRef {
+        name: name.to_string(),
+        weight,
+    })
+}
+
 /// Reads an img2img start image (and inpainting mask) from files.
 fn load_init_image(
     path: &Path,
@@ -566,6 +729,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         scheduler,
         num_images: args.num_images,
         long_prompt: args.long_prompt,
+        clip_skip: args.clip_skip,
         latents: args
             .latents
             .as_deref()
@@ -579,10 +743,31 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         init_image,
     };
 
+    if args.clip_skip == Some(0) {
+        bail!("--clip-skip counts from 1 (the last layer)");
+    }
+    let (_, tags) = crate::inference::extra_networks::split_lora_tags(&args.prompt)?;
+    let mut loras = args
+        .loras
+        .iter()
+        .map(|arg| parse_lora_arg(arg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    loras.extend(tags.into_iter().map(|t| LoraRef {
+        name: t.name,
+        weight: t.weight,
+    }));
+
     let t_load = Instant::now();
-    let folder = hub::resolve(&config.model, &config.models_dir())?;
-    let sd = StableDiffusion::load(&folder, &device, dtype)?;
+    let models_dir = config.models_dir();
+    let folder = hub::resolve(&config.model, &models_dir)?;
+    let base = StableDiffusion::load(&folder, &device, dtype)?;
     let load = t_load.elapsed();
+    let extras = JobSpec {
+        loras: loras.clone(),
+        vae: args.vae.clone(),
+        ..Default::default()
+    };
+    let sd = crate::worker::build_variant(&base, &extras, &models_dir)?;
 
     let bar = ProgressBar::new(request.steps as u64);
     bar.set_style(
@@ -621,6 +806,9 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         mask_image: args.mask.as_ref().map(|p| p.display().to_string()),
         strength: request.init_image.as_ref().map(|i| i.strength),
         user: None,
+        loras,
+        vae: args.vae.clone(),
+        clip_skip: args.clip_skip.map(|c| c as u32),
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

@@ -28,7 +28,12 @@ pub struct Config {
     /// Image store: file:///path or a directory (default: DATA_DIR/images).
     #[arg(long, env = "SDQ_OBJECT_STORE", global = true)]
     pub object_store: Option<String>,
-    /// Default model: a known name (tiny, sd-turbo, v1-5, v2-1), a hub repo id or a folder.
+    /// Models directory: checkpoints/, loras/, embeddings/, vae/ and generated models
+    /// (default: DATA_DIR/models).
+    #[arg(long, env = "SDQ_MODELS_DIR", global = true)]
+    pub models_dir: Option<PathBuf>,
+    /// Default model: a known name (tiny, sd-turbo, v1-5, v2-1), a checkpoint of the models
+    /// directory, a hub repo id, a folder or a .safetensors file.
     #[arg(long, env = "SDQ_MODEL", default_value = "sd-turbo", global = true)]
     pub model: String,
     /// Redis for step events, cancel signals and wake-ups across processes
@@ -68,7 +73,9 @@ impl Config {
     }
 
     pub fn models_dir(&self) -> PathBuf {
-        self.data_dir.join("models")
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
     }
 
     pub fn s3(&self) -> crate::storage::S3Options {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod inference;
 pub mod maintenance;
+pub mod models_pull;
 pub mod queue;
 pub mod storage;
 pub mod worker;

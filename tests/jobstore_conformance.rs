@@ -97,6 +97,85 @@ async fn claim_order_is_priority_then_age(store: Store) {
     assert_eq!(store.queue_position(low).await.unwrap(), None);
 }
 
+async fn claim_prefers_the_loaded_model_then_its_loras(store: Store) {
+    use sdq::queue::LoraRef;
+    let with = |loras: &[(&str, f64)]| JobSpec {
+        loras: loras
+            .iter()
+            .map(|(n, w)| LoraRef {
+                name: n.to_string(),
+                weight: *w,
+            })
+            .collect(),
+        ..spec("model-a", "x")
+    };
+    let mut ids = Vec::new();
+    for (model, loras) in [
+        ("model-a", vec![]),
+        ("model-b", vec![("film", 0.8)]),
+        ("model-a", vec![("film", 0.5)]),
+        ("model-a", vec![("pixel", 1.0), ("film", 0.8)]),
+    ] {
+        let spec = JobSpec {
+            model: model.into(),
+            ..with(&loras)
+        };
+        let (job, _) = store
+            .enqueue(NewJob {
+                spec,
+                priority: 0,
+                max_attempts: 3,
+            })
+            .await
+            .unwrap();
+        ids.push(job.id);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // The key does not depend on the order the LoRAs were listed in.
+    let held = sdq::queue::adapters_key(
+        &[
+            LoraRef {
+                name: "film".into(),
+                weight: 0.8,
+            },
+            LoraRef {
+                name: "pixel".into(),
+                weight: 1.0,
+            },
+        ],
+        None,
+    );
+    let claim = |adapters: Option<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_preferring("w", Some("model-a"), adapters.as_deref(), LEASE)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .job
+                .id
+        }
+    };
+    assert_eq!(
+        claim(Some(held)).await,
+        ids[3],
+        "same model and LoRA set first"
+    );
+    assert_eq!(
+        claim(Some(String::new())).await,
+        ids[0],
+        "then same model, no LoRAs"
+    );
+    assert_eq!(
+        claim(None).await,
+        ids[2],
+        "then the loaded model, oldest first"
+    );
+    assert_eq!(claim(None).await, ids[1]);
+}
+
 async fn claim_prefers_the_loaded_model_within_a_priority(store: Store) {
     let a = enqueue(&store, "model-a", "a", 0, 3).await;
     tokio::time::sleep(Duration::from_millis(3)).await;
@@ -560,6 +639,8 @@ async fn owner_default_models_are_per_owner(store: Store) {
     store.set_owner_default_model("a", None).await.unwrap();
     assert_eq!(store.owner_default_model("a").await.unwrap(), None);
     assert_eq!(store.owner_default_model("nobody").await.unwrap(), None);
+}
+
 /// Claims the next job and completes it with one image; returns its object key.
 async fn run_to_success(store: &Store, id: Uuid) -> String {
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
@@ -1134,6 +1215,7 @@ macro_rules! backend {
             }
             check!(claim_order_is_priority_then_age);
             check!(claim_prefers_the_loaded_model_within_a_priority);
+            check!(claim_prefers_the_loaded_model_then_its_loras);
             check!(claim_sets_lease_attempt_and_started_event);
             check!(concurrent_claims_never_share_a_job);
             check!(writes_are_fenced_by_the_lease_token);

@@ -61,6 +61,38 @@ struct Case {
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     noise: Option<String>,
     image: String,
+    /// A1111's clip skip (diffusers got `clip_skip - 1`).
+    #[serde(default)]
+    clip_skip: Option<usize>,
+    /// Load sdq's single-file export of the tiny folder instead of the folder.
+    #[serde(default)]
+    single_file: Option<SingleFile>,
+    #[serde(default)]
+    loras: Vec<LoraCase>,
+    /// Embedding files; each is called by its file name.
+    #[serde(default)]
+    embeddings: Vec<String>,
+    /// Decode with the VAE of a tiny model of this seed.
+    #[serde(default)]
+    vae: Option<VaeCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SingleFile {
+    half: bool,
+    ema: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoraCase {
+    file: String,
+    weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct VaeCase {
+    seed: u64,
+    single_file: bool,
 }
 
 fn fixtures() -> PathBuf {
@@ -141,6 +173,64 @@ fn run(sd: &StableDiffusion, req: &GenerateRequest) -> Tensor {
     Tensor::stack(&per_image, 0).unwrap()
 }
 
+/// The case's model: the tiny folder or its single-file export, with the case's LoRAs,
+/// embeddings and VAE.
+fn load_case(case: &Case, folder: &Path, scratch: &Path) -> StableDiffusion {
+    use sdq::inference::embeddings::{Embedding, EmbeddingLibrary};
+    use sdq::inference::lora::Lora;
+    use sdq::inference::single_file::{export, ExportOptions};
+    let sd = match &case.single_file {
+        None => StableDiffusion::load(folder, &Device::Cpu, DType::F32).unwrap(),
+        Some(opts) => {
+            let file = scratch.join(format!("{}.safetensors", case.name));
+            let options = ExportOptions {
+                half: opts.half,
+                ema: opts.ema,
+                vae_only: false,
+            };
+            export(folder, &file, options).unwrap();
+            StableDiffusion::load(&file, &Device::Cpu, DType::F32).unwrap()
+        }
+    };
+    let loras: Vec<(Lora, f64)> = case
+        .loras
+        .iter()
+        .map(|l| {
+            (
+                Lora::read(&fixtures().join(&l.file), &l.file).unwrap(),
+                l.weight,
+            )
+        })
+        .collect();
+    let refs: Vec<(&Lora, f64)> = loras.iter().map(|(l, w)| (l, *w)).collect();
+    let mut sd = sd.with_loras(&refs).unwrap();
+    if !case.embeddings.is_empty() {
+        let library = EmbeddingLibrary::new(case.embeddings.iter().map(|file| {
+            let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
+            Embedding::read(&fixtures().join(file), stem).unwrap()
+        }));
+        sd = sd.with_embeddings(std::sync::Arc::new(library));
+    }
+    if let Some(vae) = &case.vae {
+        let kind = manifest().tiny_models[&case.model].kind;
+        let other = scratch.join(format!("vae-seed-{}", vae.seed));
+        sdq::inference::tiny::write_kind(&other, vae.seed, kind).unwrap();
+        let path = if vae.single_file {
+            let file = scratch.join("vae.safetensors");
+            let options = ExportOptions {
+                vae_only: true,
+                ..Default::default()
+            };
+            export(&other, &file, options).unwrap();
+            file
+        } else {
+            other.join("vae")
+        };
+        sd = sd.with_vae(&path).unwrap();
+    }
+    sd
+}
+
 fn check(name: &str) {
     let m = manifest();
     let case = m
@@ -158,7 +248,7 @@ fn check(name: &str) {
             &case.scheduler_config,
         )
     };
-    let sd = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
+    let sd = load_case(case, &folder, patched.path());
     let scheduler = SchedulerKind::parse(&case.scheduler)
         .unwrap_or_else(|| panic!("unknown scheduler '{}'", case.scheduler));
     let noise = match &case.noise {
@@ -181,6 +271,7 @@ fn check(name: &str) {
         scheduler,
         num_images: case.num_images,
         long_prompt: case.long_prompt,
+        clip_skip: case.clip_skip,
         latents: case
             .latents
             .as_deref()
@@ -234,6 +325,27 @@ macro_rules! cases {
 }
 
 cases! {
+    single_file_sd15 => "single-file-sd15",
+    single_file_sd15_half_with_ema_keys => "single-file-sd15-fp16-ema",
+    single_file_sd2 => "single-file-sd2",
+    single_file_inpaint => "single-file-inpaint",
+    single_file_sdxl => "single-file-sdxl",
+    single_file_sdxl_inpaint => "single-file-sdxl-inpaint",
+    lora_kohya_with_locon_and_alpha => "lora-kohya",
+    lora_kohya_negative_weight => "lora-kohya-negative-weight",
+    lora_peft => "lora-peft",
+    two_loras_at_once => "lora-two-at-once",
+    lora_sdxl_kohya_two_encoders => "lora-sdxl-kohya",
+    lora_sdxl_kohya_other_weight => "lora-sdxl-kohya-half",
+    textual_inversion => "embedding",
+    textual_inversion_in_negative_prompt => "embedding-negative",
+    sdxl_textual_inversion => "sdxl-embedding",
+    clip_skip_2 => "clip-skip-2",
+    sdxl_clip_skip_2 => "sdxl-clip-skip-2",
+    vae_override_folder => "vae-folder",
+    vae_override_single_file => "vae-single-file",
+    inpaint_unet_with_given_latents => "inpaint-latents",
+    inpaint_blending_with_given_latents => "inpaint-blend-latents",
     ddim => "ddim",
     euler => "euler",
     euler_ancestral => "euler-a",

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 
 import numpy as np
 import PIL.Image
@@ -126,6 +127,13 @@ def case(name, scheduler, **kw):
         "strength": None,
         "mask": None,
         "scheduler_config": {},
+        # Models-directory features (issue 16).
+        "clip_skip": None,
+        "single_file": None,
+        "loras": [],
+        "embeddings": [],
+        "vae": None,
+        "given_latents": False,
     }
     c.update(kw)
     return c
@@ -201,6 +209,43 @@ CASES = [
         steps=6,
         negative_prompt="blurry",
     ),
+    # Single-file checkpoints: sdq's export of each tiny folder, loaded by diffusers'
+    # from_single_file with the folder as config (the tiny families are not on the hub).
+    case("single-file-sd15", "euler", single_file={"half": False, "ema": False}),
+    case("single-file-sd15-fp16-ema", "euler", single_file={"half": True, "ema": True}, seed=5),
+    case("single-file-sd2", "euler-a", model="sd2", single_file={"half": False, "ema": False}, seed=8),
+    case("single-file-inpaint", "ddim", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0,
+         single_file={"half": False, "ema": False}),
+    case("single-file-sdxl", "euler", model="sdxl", single_file={"half": False, "ema": False}),
+    case("single-file-sdxl-inpaint", "ddim", model="sdxl-inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0,
+         single_file={"half": False, "ema": False}),
+    # LoRAs written here with random weights, loaded by load_lora_weights + set_adapters.
+    case("lora-kohya", "euler", loras=[{"file": "lora-kohya.safetensors", "weight": 0.8}]),
+    case("lora-kohya-negative-weight", "euler", loras=[{"file": "lora-kohya.safetensors", "weight": -0.5}], seed=3),
+    case("lora-peft", "euler", loras=[{"file": "lora-peft.safetensors", "weight": 1.0}], seed=4),
+    case(
+        "lora-two-at-once",
+        "euler",
+        loras=[{"file": "lora-kohya.safetensors", "weight": 0.6}, {"file": "lora-peft.safetensors", "weight": 0.7}],
+        seed=6,
+    ),
+    case("lora-sdxl-kohya", "euler", model="sdxl", loras=[{"file": "lora-sdxl-kohya.safetensors", "weight": 0.9}]),
+    case("lora-sdxl-kohya-half", "euler", model="sdxl", loras=[{"file": "lora-sdxl-kohya.safetensors", "weight": 0.4}], seed=2),
+    # Textual inversion: a random two-vector embedding, in the prompt and the negative prompt.
+    case("embedding", "euler", prompt="a photo of tinyemb sitting on a red chair", embeddings=["tinyemb.safetensors"]),
+    case("embedding-negative", "euler", negative_prompt="tinyemb, blurry", embeddings=["tinyemb.safetensors"], seed=9),
+    case("sdxl-embedding", "euler", model="sdxl", prompt="a photo of tinyembxl on a chair", embeddings=["tinyembxl.safetensors"]),
+    # Clip skip 2 (A1111's count) is diffusers' clip_skip=1.
+    # Without guidance: diffusers applies clip_skip to the prompt only, A1111 (and sdq) to
+    # the negative prompt too, so the unconditional pass is left out of the comparison.
+    case("clip-skip-2", "euler", clip_skip=2, guidance_scale=1.0),
+    case("sdxl-clip-skip-2", "euler", model="sdxl", clip_skip=2),
+    # Another VAE (a tiny model of another seed), as a diffusers folder and as one file.
+    case("vae-folder", "euler", vae={"seed": 1, "single_file": False}),
+    case("vae-single-file", "euler-a", vae={"seed": 1, "single_file": True}, seed=12),
+    # Inpainting with caller-supplied latents (diffusers' latents=).
+    case("inpaint-latents", "ddim", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, given_latents=True),
+    case("inpaint-blend-latents", "euler-a", init_image=INIT_IMAGE, mask=MASK, strength=0.75, given_latents=True),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -280,12 +325,219 @@ def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array, dtype=np.float32))
 
 
-def write_pipeline_cases(pipes: dict) -> list:
+
+def lora_pair(rng, out_features, in_features, kernel, rank, scale):
+    """A random LoRA pair for a layer: down [r, in(, k, k)], up [out, r(, 1, 1)], sized so
+    that the change it makes is visible but not overwhelming."""
+    fan_in = in_features * kernel * kernel
+    down = rng.standard_normal((rank, in_features, kernel, kernel) if kernel > 1 or kernel == -1 else (rank, in_features))
+    down = down / np.sqrt(fan_in)
+    up = rng.standard_normal((out_features, rank)) * (0.6 / np.sqrt(rank) / scale)
+    return down.astype(np.float32), up.astype(np.float32)
+
+
+def linear_and_conv_layers(module, wanted):
+    """(name, out, in, kernel) of the Linear / Conv2d layers whose names match `wanted`."""
+    found = []
+    for name, m in module.named_modules():
+        if not any(w(name) for w in wanted):
+            continue
+        if isinstance(m, torch.nn.Linear):
+            found.append((name, m.out_features, m.in_features, 1, False))
+        elif isinstance(m, torch.nn.Conv2d):
+            found.append((name, m.out_channels, m.in_channels, m.kernel_size[0], True))
+    return found
+
+
+ATTENTION = lambda n: any(n.endswith(x) for x in ("to_q", "to_k", "to_v", "to_out.0"))
+TRANSFORMER_LINEARS = lambda n: any(n.endswith(x) for x in ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"))
+RESNET_CONVS = lambda n: "resnets" in n and (n.endswith("conv1") or n.endswith("conv2"))
+TEXT_LINEARS = lambda n: any(n.endswith(x) for x in ("q_proj", "k_proj", "v_proj", "out_proj", "mlp.fc1", "mlp.fc2"))
+
+
+def kohya_text_name(name):
+    """transformers 5 names CLIP's layers without `text_model.`; kohya's names keep it."""
+    name = name if name.startswith("text_model.") else "text_model." + name
+    return name.replace(".", "_")
+
+
+def sgm_name(name, layers_per_block):
+    """kohya's SDXL names follow the original UNet's block numbering."""
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        i, j = int(parts[1]), int(parts[3])
+        return "_".join([f"input_blocks_{1 + i * (layers_per_block + 1) + j}_1"] + parts[4:])
+    if parts[0] == "up_blocks":
+        i, j = int(parts[1]), int(parts[3])
+        return "_".join([f"output_blocks_{i * (layers_per_block + 1) + j}_1"] + parts[4:])
+    if parts[0] == "mid_block":
+        return "_".join(["middle_block_1"] + parts[3:])
+    raise ValueError(name)
+
+
+def write_loras(pipes: dict) -> None:
+    """Random LoRAs in kohya (with alpha and LoCon convolutions), PEFT and kohya SDXL
+    (original block names, two text encoders) formats."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(16)
+    sd = pipes["sd15"]
+    rank, alpha = 4, 2.0
+    kohya = {}
+    for name, out_f, in_f, k, conv in linear_and_conv_layers(sd.unet, [ATTENTION, TRANSFORMER_LINEARS, RESNET_CONVS]):
+        down, up = lora_pair(rng, out_f, in_f, k if conv else 1, rank, alpha / rank)
+        if conv:
+            up = up.reshape(out_f, rank, 1, 1)
+            if k == 1:
+                down = down.reshape(rank, in_f, 1, 1)
+        key = "lora_unet_" + name.replace(".", "_")
+        kohya[f"{key}.lora_down.weight"], kohya[f"{key}.lora_up.weight"] = down, up
+        kohya[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+    for name, out_f, in_f, k, _ in linear_and_conv_layers(sd.text_encoder, [TEXT_LINEARS]):
+        down, up = lora_pair(rng, out_f, in_f, 1, rank, alpha / rank)
+        key = "lora_te_" + kohya_text_name(name)
+        kohya[f"{key}.lora_down.weight"], kohya[f"{key}.lora_up.weight"] = down, up
+        kohya[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+    save_file(kohya, str(OUT / "lora-kohya.safetensors"))
+
+    peft = {}
+    for name, out_f, in_f, k, conv in linear_and_conv_layers(sd.unet, [ATTENTION]):
+        down, up = lora_pair(rng, out_f, in_f, 1, rank, 1.0)
+        peft[f"unet.{name}.lora_A.weight"], peft[f"unet.{name}.lora_B.weight"] = down, up
+    for name, out_f, in_f, k, _ in linear_and_conv_layers(sd.text_encoder, [TEXT_LINEARS]):
+        down, up = lora_pair(rng, out_f, in_f, 1, rank, 1.0)
+        peft[f"text_encoder.{name}.lora_A.weight"], peft[f"text_encoder.{name}.lora_B.weight"] = down, up
+    save_file(peft, str(OUT / "lora-peft.safetensors"))
+
+    xl = pipes["sdxl"]
+    lpb = xl.unet.config.layers_per_block
+    sdxl = {}
+    for name, out_f, in_f, k, conv in linear_and_conv_layers(xl.unet, [ATTENTION, TRANSFORMER_LINEARS]):
+        down, up = lora_pair(rng, out_f, in_f, 1, rank, alpha / rank)
+        key = "lora_unet_" + sgm_name(name, lpb)
+        sdxl[f"{key}.lora_down.weight"], sdxl[f"{key}.lora_up.weight"] = down, up
+        sdxl[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+    for prefix, encoder in (("lora_te1_", xl.text_encoder), ("lora_te2_", xl.text_encoder_2)):
+        for name, out_f, in_f, k, _ in linear_and_conv_layers(encoder, [TEXT_LINEARS]):
+            down, up = lora_pair(rng, out_f, in_f, 1, rank, alpha / rank)
+            key = prefix + kohya_text_name(name)
+            sdxl[f"{key}.lora_down.weight"], sdxl[f"{key}.lora_up.weight"] = down, up
+            sdxl[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+    save_file(sdxl, str(OUT / "lora-sdxl-kohya.safetensors"))
+
+
+def write_embeddings(pipes: dict) -> None:
+    """Random two-vector textual-inversion embeddings: A1111's `emb_params` for SD 1.5,
+    SDXL's `clip_l` / `clip_g` pair."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(17)
+    width = pipes["sd15"].text_encoder.config.hidden_size
+    save_file({"emb_params": rng.standard_normal((2, width)).astype(np.float32)}, str(OUT / "tinyemb.safetensors"))
+    xl = pipes["sdxl"]
+    save_file(
+        {
+            "clip_l": rng.standard_normal((2, xl.text_encoder.config.hidden_size)).astype(np.float32),
+            "clip_g": rng.standard_normal((2, xl.text_encoder_2.config.hidden_size)).astype(np.float32),
+        },
+        str(OUT / "tinyembxl.safetensors"),
+    )
+
+
+class Extras:
+    """Applies a case's models-directory features to a pipeline for one run and undoes
+    them afterwards."""
+
+    def __init__(self, c, pipe, sdq, tmp, folders):
+        self.c, self.pipe, self.sdq, self.tmp, self.folders = c, pipe, sdq, pathlib.Path(tmp), folders
+        self.old_vae = None
+        self.shimmed = False
+
+    def __enter__(self):
+        c, pipe = self.c, self.pipe
+        names, weights = [], []
+        for i, lora in enumerate(c["loras"]):
+            name = f"lora{i}"
+            pipe.load_lora_weights(str(OUT / lora["file"]), adapter_name=name)
+            names.append(name)
+            weights.append(lora["weight"])
+        if names:
+            pipe.set_adapters(names, adapter_weights=weights)
+        for file in c["embeddings"]:
+            token = pathlib.Path(file).stem
+            if isinstance(pipe, StableDiffusionXLPipeline):
+                from safetensors.torch import load_file as load_torch
+
+                state = load_torch(str(OUT / file))
+                pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+                pipe.load_textual_inversion(
+                    state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+                )
+            else:
+                pipe.load_textual_inversion(str(OUT / file), token=token)
+        if c["clip_skip"] and not hasattr(pipe.text_encoder, "text_model"):
+            # diffusers' SD 1.x clip_skip normalises through `text_encoder.text_model`,
+            # which transformers 5's CLIPTextModel no longer has; point it at the norm.
+            object.__setattr__(
+                pipe.text_encoder, "text_model", types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
+            )
+            self.shimmed = True
+        if c["vae"]:
+            other = self.tmp / f"vae-seed-{c['vae']['seed']}"
+            if not other.exists():
+                subprocess.run(
+                    [str(self.sdq), "tiny-model", "--out", str(other), "--seed", str(c["vae"]["seed"]), "--kind", c["model"]],
+                    check=True,
+                )
+            if c["vae"]["single_file"]:
+                file = self.tmp / f"vae-seed-{c['vae']['seed']}.safetensors"
+                if not file.exists():
+                    subprocess.run([str(self.sdq), "models", "export", str(other), "--out", str(file), "--vae-only"], check=True)
+                vae = diffusers.AutoencoderKL.from_single_file(str(file), config=str(other / "vae"), torch_dtype=torch.float32)
+            else:
+                vae = diffusers.AutoencoderKL.from_pretrained(str(other / "vae"), torch_dtype=torch.float32)
+            self.old_vae = pipe.vae
+            pipe.vae = vae
+        return self
+
+    def __exit__(self, *exc):
+        pipe = self.pipe
+        if self.c["loras"]:
+            pipe.unload_lora_weights()
+        if self.c["embeddings"]:
+            pipe.unload_textual_inversion()
+            if isinstance(pipe, StableDiffusionXLPipeline):
+                pipe.unload_textual_inversion(tokens=None, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+        if self.old_vae is not None:
+            pipe.vae = self.old_vae
+        if self.shimmed:
+            object.__delattr__(pipe.text_encoder, "text_model")
+
+
+def single_file_pipe(c, sdq, tmp, folders):
+    """diffusers' from_single_file on sdq's export of the case's tiny folder."""
+    folder = folders[c["model"]]
+    opts = c["single_file"]
+    file = pathlib.Path(tmp) / f"{c['name']}.safetensors"
+    cmd = [str(sdq), "models", "export", str(folder), "--out", str(file)]
+    if opts["half"]:
+        cmd.append("--half")
+    if opts["ema"]:
+        cmd.append("--ema")
+    subprocess.run(cmd, check=True)
+    cls = StableDiffusionXLPipeline if c["model"].startswith("sdxl") else StableDiffusionPipeline
+    kwargs = {} if cls is StableDiffusionXLPipeline else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = cls.from_single_file(str(file), config=str(folder), torch_dtype=torch.float32, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_pipeline_cases(pipes: dict, sdq=None, tmp=None, folders=None) -> list:
     manifest = []
     # Every case starts from the model's own scheduler config, never from a previous case's.
     bases = {name: pipe.scheduler.config for name, pipe in pipes.items()}
     for c in CASES:
-        pipe = pipes[c["model"]]
+        pipe = single_file_pipe(c, sdq, tmp, folders) if c["single_file"] else pipes[c["model"]]
         base = bases[c["model"]]
         cls, overrides = SCHEDULERS[c["scheduler"]]
         pipe.scheduler = cls.from_config(base, **{**overrides, **c["scheduler_config"]})
@@ -300,7 +552,15 @@ def write_pipeline_cases(pipes: dict) -> list:
             generator=generators,
             output_type="np",
         )
-        with DrawRecorder() as rec:
+        if c["clip_skip"]:
+            # A1111 counts the last layer as 1; diffusers counts layers skipped.
+            common["clip_skip"] = c["clip_skip"] - 1
+        given = None
+        if c["given_latents"]:
+            shape = (n, 4, c["height"] // 8, c["width"] // 8)
+            given = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(c["seed"] + 1000))
+            common["latents"] = given
+        with Extras(c, pipe, sdq, tmp, folders), DrawRecorder() as rec:
             if c["mask"]:
                 assert n == 1, "posterior draws of a batch would need merging"
                 if isinstance(pipe, StableDiffusionXLPipeline):
@@ -337,6 +597,9 @@ def write_pipeline_cases(pipes: dict) -> list:
         entry["noise"] = None
         if c["mask"]:
             noise = rec.draws
+            if given is not None:
+                save_npy(OUT / f"{stem}.latents.npy", given.numpy())
+                entry["latents"] = f"{stem}.latents.npy"
         elif c["init_image"]:
             # The posterior is sampled image by image; as one draw it is their batch.
             noise = [np.concatenate(rec.draws[:n])] + rec.draws[n:]
@@ -400,12 +663,19 @@ def write_rng() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdq", type=pathlib.Path, default=ROOT / "target" / "debug" / "sdq")
+    parser.add_argument("--only", nargs="*", help="regenerate these cases and keep the other fixtures")
     args = parser.parse_args()
+    global CASES
+    keep = None
+    if args.only:
+        keep = json.loads((OUT / "manifest.json").read_text())
+        CASES = [c for c in CASES if c["name"] in args.only]
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    if keep is None:
+        if OUT.exists():
+            shutil.rmtree(OUT)
+        OUT.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         pipes, models = {}, {}
         for model in MODELS:
@@ -425,8 +695,18 @@ def main() -> None:
                 write_tokenizer_ids(pipe.tokenizer_2, folder / "tokenizer_2", f"{model}.tokenizer_2")
             pipes[model] = pipe
             models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
-        write_init_image()
-        cases = write_pipeline_cases(pipes)
+        if keep is None:
+            write_init_image()
+            write_loras(pipes)
+            write_embeddings(pipes)
+        folders = {model: pathlib.Path(tmp) / model for model in MODELS}
+        cases = write_pipeline_cases(pipes, args.sdq, tmp, folders)
+        if keep is not None:
+            fresh = {c["name"]: c for c in cases}
+            keep["cases"] = [fresh.get(c["name"], c) for c in keep["cases"]]
+            (OUT / "manifest.json").write_text(json.dumps(keep, indent=1) + "\n")
+            print(f"rewrote {len(cases)} cases in {OUT.relative_to(ROOT)}")
+            return
         write_rng()
         manifest = {
             "generated_by": "scripts/parity/generate_fixtures.py",

@@ -74,8 +74,72 @@ pub async fn workers(
 }
 
 /// `GET /v1/models`: every model sdq knows, with its defaults and whether a request may
-/// name it on this server.
+/// name it on this server, then the models directory's checkpoints, and its LoRAs,
+/// embeddings and VAEs in lists of their own.
 pub async fn models(State(state): State<AppState>, _caller: Caller) -> impl IntoResponse {
+    let catalogue = state.settings.models_dir.catalogue();
+    Json(listing(&state, &catalogue))
+}
+
+/// `POST /v1/models/refresh`: scans the models directory again and lists the result.
+pub async fn refresh_models(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, super::ApiError> {
+    caller.require_admin()?;
+    let catalogue = state.settings.models_dir.refresh().await;
+    Ok(Json(listing(&state, &catalogue)))
+}
+
+/// One models-directory file as the API shows it.
+fn file_entry(e: &crate::inference::catalogue::Entry) -> serde_json::Value {
+    json!({
+        "id": e.name,
+        "file": e.file,
+        "format": e.format,
+        "family": e.family,
+        "size": e.size,
+        "sha256": e.sha256,
+        "vectors": e.vectors,
+        "available": e.error.is_none(),
+        "error": e.error,
+    })
+}
+
+fn listing(
+    state: &AppState,
+    catalogue: &crate::inference::catalogue::Catalogue,
+) -> serde_json::Value {
+    let mut listed = known_models(state);
+    if let Some(models) = listed["models"].as_array_mut() {
+        for e in &catalogue.checkpoints {
+            let mut entry = file_entry(e);
+            entry["source"] = json!("models_dir");
+            entry["default"] = json!(e.name == state.settings.default_model);
+            models.push(entry);
+        }
+    }
+    if let Some(data) = listed["data"].as_array_mut() {
+        data.extend(
+            catalogue
+                .checkpoints
+                .iter()
+                .filter(|e| e.error.is_none())
+                .map(|e| openai_model(&e.name)),
+        );
+    }
+    listed["loras"] = catalogue.loras.iter().map(file_entry).collect();
+    listed["embeddings"] = catalogue.embeddings.iter().map(file_entry).collect();
+    listed["vae"] = catalogue.vae.iter().map(file_entry).collect();
+    listed
+}
+
+/// A model in OpenAI's list shape.
+fn openai_model(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "sdq"})
+}
+
+fn known_models(state: &AppState) -> serde_json::Value {
     // What this server accepts first, then every other name sdq knows, marked as not
     // enabled here (an operator adds them with --allow-model).
     let enabled = super::validate::available(&state.settings);
@@ -94,6 +158,9 @@ pub async fn models(State(state): State<AppState>, _caller: Caller) -> impl Into
                 "available": available,
                 "default": name == state.settings.default_model,
             });
+            if let Some(family) = hub::family(&name) {
+                entry["family"] = json!(family);
+            }
             if let Some(k) = hub::known(&name) {
                 entry["repo"] = json!((!k.repo.is_empty()).then_some(k.repo));
                 entry["description"] = json!(k.description);
@@ -111,7 +178,7 @@ pub async fn models(State(state): State<AppState>, _caller: Caller) -> impl Into
     // request may name.
     let data: Vec<_> = enabled
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "sdq"}))
+        .map(|id| openai_model(id))
         .collect();
-    Json(json!({ "models": models, "object": "list", "data": data }))
+    json!({ "models": models, "object": "list", "data": data })
 }

@@ -61,6 +61,46 @@ pub struct ApiSettings {
     pub public_hosts: Vec<String>,
     /// Origins browsers may call the API from (`*` for any).
     pub cors_origins: Vec<String>,
+    /// The models directory and what its last scan found (checkpoints, LoRAs,
+    /// embeddings, VAEs); `POST /v1/models/refresh` scans again.
+    pub models_dir: ModelsDir,
+}
+
+/// The models directory as the API sees it: requests name its files, and the listing
+/// routes (ours and the dialects') read [`ModelsDir::catalogue`].
+#[derive(Debug, Clone, Default)]
+pub struct ModelsDir {
+    /// `None`: no models directory on this host (nothing can be named from one).
+    pub path: Option<std::path::PathBuf>,
+    pub catalogue: Arc<std::sync::RwLock<crate::inference::catalogue::Catalogue>>,
+}
+
+impl ModelsDir {
+    /// Scans `path` now (blocking) and keeps the result.
+    pub fn scan(path: std::path::PathBuf) -> Self {
+        let catalogue = crate::inference::catalogue::scan(&path);
+        Self {
+            path: Some(path),
+            catalogue: Arc::new(std::sync::RwLock::new(catalogue)),
+        }
+    }
+
+    /// The last scan's result.
+    pub fn catalogue(&self) -> crate::inference::catalogue::Catalogue {
+        self.catalogue.read().expect("catalogue lock").clone()
+    }
+
+    /// Scans again on a blocking thread and keeps the result.
+    pub async fn refresh(&self) -> crate::inference::catalogue::Catalogue {
+        let Some(path) = self.path.clone() else {
+            return Default::default();
+        };
+        let fresh = tokio::task::spawn_blocking(move || crate::inference::catalogue::scan(&path))
+            .await
+            .unwrap_or_default();
+        *self.catalogue.write().expect("catalogue lock") = fresh.clone();
+        fresh
+    }
 }
 
 impl ApiSettings {
@@ -74,6 +114,7 @@ impl ApiSettings {
             max_attempts: 3,
             public_hosts: Vec::new(),
             cors_origins: Vec::new(),
+            models_dir: ModelsDir::default(),
         }
     }
 }
@@ -163,6 +204,12 @@ pub fn routes() -> Routes {
             get(images::thumbnail),
         )
         .add(M::GET, "/v1/models", Key, get(health::models))
+        .add(
+            M::POST,
+            "/v1/models/refresh",
+            Admin,
+            post(health::refresh_models),
+        )
         .add(M::GET, "/v1/workers", Admin, get(health::workers))
         .add(M::GET, "/v1/me", Key, get(keys::me))
         .add(M::GET, "/v1/keys", Admin, get(keys::list))

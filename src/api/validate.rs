@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiSettings};
 use crate::inference::{hub, SchedulerKind};
-use crate::queue::JobSpec;
+use crate::queue::{JobSpec, LoraRef};
 
 /// Bodies larger than this are refused with 413 before parsing (room for a base64 start
 /// image and mask).
@@ -92,6 +92,166 @@ pub struct SubmitRequest {
     /// Re-run the recipe of this gallery image; the other fields given override it.
     #[serde(default)]
     pub from_image: Option<String>,
+    // Models directory extras (issue 16): LoRAs, VAE override, clip skip.
+    /// LoRAs of the models directory at weights; `<lora:name:w>` in the prompt adds more.
+    #[serde(default)]
+    pub loras: Option<Vec<LoraRequest>>,
+    /// A VAE of the models directory to decode with instead of the model's own.
+    #[serde(default)]
+    pub vae: Option<String>,
+    /// A1111's clip skip: 1 (last layer, the default) to 12.
+    #[serde(default)]
+    pub clip_skip: Option<u32>,
+}
+
+/// One entry of `loras`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRequest {
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// How many LoRAs one job may apply.
+pub const MAX_LORAS: usize = 8;
+
+/// A request's validated LoRAs, VAE and clip skip.
+type Extras = (Vec<LoraRef>, Option<String>, Option<u32>);
+
+/// Checks the models-directory extras of a request: every LoRA (from `loras` and the
+/// prompt's tags) and the VAE must be in the catalogue, usable, and of the model's
+/// family when both families are known.
+fn check_extras(
+    settings: &ApiSettings,
+    model: &str,
+    prompt: &str,
+    loras: Option<Vec<LoraRequest>>,
+    vae: Option<String>,
+    clip_skip: Option<u32>,
+) -> Result<Extras, ApiError> {
+    use crate::inference::catalogue::Kind;
+    let (_, tags) = crate::inference::extra_networks::split_lora_tags(prompt)
+        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    let mut all: Vec<LoraRef> = loras
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| LoraRef {
+            name: l.name,
+            weight: l.weight,
+        })
+        .collect();
+    all.extend(tags.into_iter().map(|t| LoraRef {
+        name: t.name,
+        weight: t.weight,
+    }));
+    if all.len() > MAX_LORAS {
+        return Err(ApiError::invalid(
+            "loras",
+            format!("at most {MAX_LORAS} LoRAs per job"),
+        ));
+    }
+    if let Some(clip_skip) = clip_skip {
+        if !(1..=12).contains(&clip_skip) {
+            return Err(ApiError::invalid(
+                "clip_skip",
+                "clip_skip must be between 1 (last layer) and 12",
+            ));
+        }
+    }
+    if all.is_empty() && vae.is_none() {
+        return Ok((all, vae, clip_skip));
+    }
+    let catalogue = settings.models_dir.catalogue();
+    let model_family = model_family(settings, model);
+    for (i, lora) in all.iter().enumerate() {
+        if !lora.weight.is_finite() || lora.weight.abs() > 10.0 {
+            return Err(ApiError::invalid(
+                "loras",
+                format!("LoRA '{}': weight must be between -10 and 10", lora.name),
+            ));
+        }
+        if all[..i].iter().any(|other| other.name == lora.name) {
+            return Err(ApiError::invalid(
+                "loras",
+                format!("LoRA '{}' is given twice", lora.name),
+            ));
+        }
+        let Some(entry) = catalogue.find(Kind::Lora, &lora.name) else {
+            let names: Vec<_> = catalogue.loras.iter().map(|e| e.name.as_str()).collect();
+            return Err(ApiError::invalid(
+                "loras",
+                format!(
+                    "no LoRA named '{}' in the models directory; available: {}",
+                    lora.name,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        };
+        if let Some(error) = &entry.error {
+            return Err(ApiError::invalid(
+                "loras",
+                format!("LoRA '{}' cannot be used: {error}", lora.name),
+            ));
+        }
+        if let (Some(theirs), Some(ours)) = (entry.family.as_deref(), model_family.as_deref()) {
+            if base_family(theirs) != base_family(ours) {
+                return Err(ApiError::invalid(
+                    "loras",
+                    format!(
+                        "LoRA '{}' is for {theirs} models but '{model}' is {ours}",
+                        lora.name
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(name) = &vae {
+        match catalogue.find(Kind::Vae, name) {
+            None => {
+                return Err(ApiError::invalid(
+                    "vae",
+                    format!("no VAE named '{name}' in the models directory"),
+                ))
+            }
+            Some(e) if e.error.is_some() => {
+                return Err(ApiError::invalid(
+                    "vae",
+                    format!(
+                        "VAE '{name}' cannot be used: {}",
+                        e.error.as_deref().unwrap_or_default()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((all, vae, clip_skip))
+}
+
+/// `sd1`, `sd2` or `sdxl` without the `-inpaint` mark.
+fn base_family(family: &str) -> &str {
+    family.strip_suffix("-inpaint").unwrap_or(family)
+}
+
+/// The family of a model a request names, when it is known.
+fn model_family(settings: &ApiSettings, model: &str) -> Option<String> {
+    if let Some(f) = hub::family(model) {
+        return Some(f.to_string());
+    }
+    settings
+        .models_dir
+        .catalogue()
+        .find(crate::inference::catalogue::Kind::Checkpoint, model)
+        .and_then(|e| e.family.clone())
 }
 
 /// Start image and mask bytes that did not come as base64 fields: multipart file parts,
@@ -261,7 +421,21 @@ impl SubmitRequest {
             ));
         }
         let model = self.model.unwrap_or_else(|| settings.default_model.clone());
-        if model != settings.default_model && !settings.models.contains(&model) {
+        let checkpoint = settings
+            .models_dir
+            .catalogue()
+            .find(crate::inference::catalogue::Kind::Checkpoint, &model)
+            .cloned();
+        if let Some(error) = checkpoint.as_ref().and_then(|c| c.error.clone()) {
+            return Err(ApiError::invalid(
+                "model",
+                format!("checkpoint '{model}' cannot be used: {error}"),
+            ));
+        }
+        if model != settings.default_model
+            && !settings.models.contains(&model)
+            && checkpoint.is_none()
+        {
             return Err(ApiError::invalid(
                 "model",
                 format!(
@@ -407,6 +581,14 @@ impl SubmitRequest {
                 ));
             }
         }
+        let (loras, vae, clip_skip) = check_extras(
+            settings,
+            &model,
+            &prompt,
+            self.loras,
+            self.vae,
+            self.clip_skip,
+        )?;
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -431,6 +613,9 @@ impl SubmitRequest {
                         .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 })
                 }),
                 user: self.user,
+                loras,
+                vae,
+                clip_skip,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),

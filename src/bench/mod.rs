@@ -8,6 +8,7 @@
 
 pub mod e2e;
 pub mod kernels;
+pub mod lora_switch;
 pub mod unet;
 pub mod vae;
 

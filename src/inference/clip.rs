@@ -165,13 +165,37 @@ impl ClipTextModel {
 
     /// Encodes token ids of shape `[batch, seq]` (seq ≤ max_position_embeddings).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<TextEncoding> {
-        let (_, seq) = ids.dims2()?;
+        self.forward_embeds(&self.token_embeddings(ids)?)
+    }
+
+    /// The input vectors of token ids `[batch, seq]`: `[batch, seq, hidden]`.
+    pub fn token_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.token_embedding.forward(ids)
+    }
+
+    /// How many rows the token embedding has (ids at or above are not tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.token_embedding.embeddings().dim(0).unwrap_or(0)
+    }
+
+    /// Width of the token vectors.
+    pub fn hidden_size(&self) -> usize {
+        self.token_embedding.embeddings().dim(1).unwrap_or(0)
+    }
+
+    /// The final layer norm, which SD 1.x/2.x apply after a skipped layer too (clip skip).
+    pub fn final_norm(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.final_layer_norm.forward(xs)
+    }
+
+    /// Encodes token vectors `[batch, seq, hidden]` (textual inversion replaces some).
+    pub fn forward_embeds(&self, tokens: &Tensor) -> candle_core::Result<TextEncoding> {
+        let (_, seq, _) = tokens.dims3()?;
         if seq > self.max_positions {
             candle_core::bail!("{seq} tokens exceed the {} positions", self.max_positions);
         }
-        let device = ids.device();
+        let device = tokens.device();
         let positions = Tensor::arange(0u32, seq as u32, device)?.unsqueeze(0)?;
-        let tokens = self.token_embedding.forward(ids)?;
         let mut xs = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(seq, xs.dtype(), device)?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
@@ -229,7 +253,18 @@ impl ClipTextModelWithProjection {
     pub fn forward(&self, ids: &[u32]) -> candle_core::Result<(TextEncoding, Tensor)> {
         let device = self.text_projection.weight().device();
         let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-        let encoding = self.text_model.forward(&input)?;
+        self.forward_embeds(ids, &self.text_model.token_embeddings(&input)?)
+    }
+
+    /// Like [`Self::forward`] from token vectors `[1, seq, hidden]`; `ids` still decide
+    /// the pooled position (textual-inversion positions carry ids past the vocabulary,
+    /// as transformers gives tokens added to a tokenizer).
+    pub fn forward_embeds(
+        &self,
+        ids: &[u32],
+        tokens: &Tensor,
+    ) -> candle_core::Result<(TextEncoding, Tensor)> {
+        let encoding = self.text_model.forward_embeds(tokens)?;
         let at = pooled_position(ids, self.eos_token_id);
         let pooled = encoding.last_hidden_state.narrow(1, at, 1)?.squeeze(1)?;
         let projected = self.text_projection.forward(&pooled)?;

@@ -90,7 +90,9 @@ impl StableDiffusion {
                 (0, (initial * scheduler.init_noise_sigma())?, None)
             }
             Some(init) => {
-                if req.latents.is_some() {
+                // Inpainting takes given latents as its starting noise, as diffusers'
+                // inpainting pipelines do; img2img starts from its image alone.
+                if req.latents.is_some() && init.mask.is_none() {
                     return Err(InferenceError::InvalidRequest(
                         "img2img starts from its image: latents cannot be given too".into(),
                     ));
@@ -116,6 +118,11 @@ impl StableDiffusion {
                         (start, scheduler.add_noise(&clean, &fresh, start)?, None)
                     }
                     Some(mask) => {
+                        let given = req
+                            .latents
+                            .as_ref()
+                            .map(|l| l.to_tensor("latents", &shape, &like))
+                            .transpose()?;
                         let (latents, inpaint) = self.start_inpaint(
                             init,
                             mask,
@@ -124,6 +131,7 @@ impl StableDiffusion {
                             &mut noise,
                             scheduler.as_ref(),
                             start,
+                            given,
                         )?;
                         (start, latents, Some(inpaint))
                     }

@@ -160,6 +160,19 @@ fn tiny_kind(model: &str) -> Option<super::tiny::TinyKind> {
     }
 }
 
+/// The family of a known model: `sd1`, `sd2` or `sdxl` (`-inpaint` for 9-channel UNets).
+pub fn family(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "tiny" | "v1-5" => "sd1",
+        "tiny-inpaint" | "v1-5-inpaint" => "sd1-inpaint",
+        "tiny-sd2" | "sd-turbo" | "v2-1" => "sd2",
+        "v2-inpaint" => "sd2-inpaint",
+        "tiny-sdxl" | "xl" | "xl-turbo" => "sdxl",
+        "tiny-sdxl-inpaint" | "xl-inpaint" => "sdxl-inpaint",
+        _ => return None,
+    })
+}
+
 /// Looks a short name up.
 pub fn known(name: &str) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name)
@@ -168,7 +181,8 @@ pub fn known(name: &str) -> Option<&'static KnownModel> {
 /// Turns a model id into a local folder, generating or downloading it if needed.
 ///
 /// `tiny` is written under `models_dir` on first use; a known name or `owner/repo` comes
-/// from the Hugging Face cache or the hub; anything else must be an existing folder.
+/// from the Hugging Face cache or the hub; a checkpoint of the models directory by name;
+/// anything else must be an existing folder or `.safetensors` file.
 pub fn resolve(model: &str, models_dir: &Path) -> Result<PathBuf, InferenceError> {
     if let Some(kind) = tiny_kind(model) {
         let dir = models_dir.join(model);
@@ -178,8 +192,16 @@ pub fn resolve(model: &str, models_dir: &Path) -> Result<PathBuf, InferenceError
     if let Some(known) = known(model) {
         return download(model, known.repo);
     }
+    if let Some(entry) = checkpoint(models_dir, model) {
+        return Ok(entry);
+    }
     let path = Path::new(model);
     if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_file() {
+        // Single-file checkpoints; pickles are refused with a reason.
+        super::weights::refuse_pickle(path)?;
         return Ok(path.to_path_buf());
     }
     let looks_like_repo = model.split('/').count() == 2
@@ -190,6 +212,23 @@ pub fn resolve(model: &str, models_dir: &Path) -> Result<PathBuf, InferenceError
         return download(model, model);
     }
     Err(InferenceError::UnknownModel(model.to_string()))
+}
+
+/// A checkpoint of the models directory called `name`: `checkpoints/NAME.safetensors`
+/// or a diffusers folder `checkpoints/NAME/`.
+pub fn checkpoint(models_dir: &Path, name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return None;
+    }
+    let folder = models_dir.join("checkpoints");
+    let file = folder.join(format!("{name}.safetensors"));
+    if file.is_file() {
+        return Some(file);
+    }
+    let named = folder.join(name);
+    (named.is_dir() && named.join("model_index.json").exists()
+        || named.is_file() && name.ends_with(".safetensors"))
+    .then_some(named)
 }
 
 /// The files of one pipeline component that loading needs, by its folder name in
@@ -231,6 +270,12 @@ pub fn pipeline_files(model_index: &serde_json::Value) -> Vec<String> {
         }
     }
     files
+}
+
+/// `sdq models pull REPO`: fetches a diffusers repo into the Hugging Face cache (with a
+/// progress bar) and returns its folder.
+pub fn pull(repo: &str) -> Result<PathBuf, InferenceError> {
+    download(repo, repo)
 }
 
 /// Fetches a repo's files, from the local cache when they are all there.

@@ -112,6 +112,10 @@ impl StableDiffusion {
     /// Sets up inpainting as diffusers' `StableDiffusionInpaintPipeline` does, drawing in
     /// its order: the image's posterior (unless an inpainting UNet starts from pure
     /// noise), the starting noise, then the masked image's posterior.
+    ///
+    /// `given` latents are diffusers' `latents=`: they are the starting noise (scaled by
+    /// the initial sigma, whatever the strength), no noise is drawn for them, and the
+    /// blending of ordinary UNets noises the known region with them.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn start_inpaint(
         &self,
@@ -122,6 +126,7 @@ impl StableDiffusion {
         noise: &mut Draws,
         scheduler: &dyn Scheduler,
         start: usize,
+        given: Option<Tensor>,
     ) -> Result<(Tensor, Inpaint), InferenceError> {
         if mask.len() != init.width * init.height {
             return Err(InferenceError::InvalidRequest(
@@ -132,15 +137,24 @@ impl StableDiffusion {
         let nine_channels = self.unet_in_channels == 9;
         // Strength 1 starts from pure noise rather than from the noised image.
         let from_noise = init.strength >= 1.0;
-        let image_latents = if !nine_channels || !from_noise {
+        let image_latents = if !nine_channels || (!from_noise && given.is_none()) {
             Some(self.sample_posterior(pixels, like, noise)?)
         } else {
             None
         };
-        let fresh = noise.randn_like(like)?;
-        let latents = match (&image_latents, from_noise) {
-            (Some(clean), false) => scheduler.add_noise(clean, &fresh, start)?,
-            _ => (&fresh * scheduler.init_noise_sigma())?,
+        let (fresh, latents) = match given {
+            Some(given) => {
+                let latents = (&given * scheduler.init_noise_sigma())?;
+                (given, latents)
+            }
+            None => {
+                let fresh = noise.randn_like(like)?;
+                let latents = match (&image_latents, from_noise) {
+                    (Some(clean), false) => scheduler.add_noise(clean, &fresh, start)?,
+                    _ => (&fresh * scheduler.init_noise_sigma())?,
+                };
+                (fresh, latents)
+            }
         };
         // White (>= 0.5) repaints; the masked image keeps only what is not repainted.
         let repaint: Vec<f32> = mask

@@ -3,29 +3,39 @@
 //! Nothing here knows about jobs, HTTP or storage, so it can be benchmarked and
 //! parity-tested on its own.
 
+pub mod catalogue;
 pub mod clip;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
 pub mod draws;
+pub mod embeddings;
 pub mod error;
+pub mod extra_networks;
 pub mod full_size;
 pub mod hub;
 pub mod img2img;
 pub mod init_image;
 pub mod kernels;
+pub mod ldm_keys;
 pub mod load;
+pub mod lora;
 pub mod model_config;
 pub mod ops;
 pub mod pipeline;
+pub mod prompt_plan;
+pub mod prompt_weights;
 pub mod request;
 pub mod rng;
 pub mod schedulers;
+pub mod single_file;
 pub mod tiny;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae_decoder;
 pub mod vae_encoder;
+pub mod variants;
+pub mod weights;
 
 pub use conditioning::add_time_ids;
 pub use decode::{FloatImage, GeneratedImage};

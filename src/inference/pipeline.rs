@@ -9,33 +9,40 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 
 use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::decode::{FloatImage, GeneratedImage};
-use super::model_config::VaeConfig;
+use super::embeddings::EmbeddingLibrary;
+use super::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
 use super::request::{GenerateRequest, StepProgress};
 use super::schedulers::SchedulerConfigFile;
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
 use super::vae_decoder::AutoEncoderKL;
 use super::vae_encoder::VaeEncoder;
+use super::weights::Weights;
 use super::InferenceError;
 
 /// A loaded Stable Diffusion model (SD 1.x, 2.x or XL layout) ready to generate.
+///
+/// Cloning is cheap: every module is shared. Per-job variants (LoRAs, another VAE,
+/// embeddings; see `variants.rs`) are clones with some modules rebuilt.
+#[derive(Clone)]
 pub struct StableDiffusion {
-    pub(super) tokenizer: PromptTokenizer,
-    pub(super) text_encoder: ClipTextModel,
+    pub(super) tokenizer: Arc<PromptTokenizer>,
+    pub(super) text_encoder: Arc<ClipTextModel>,
     /// SDXL only: the second tokenizer and text encoder.
     pub(super) xl: Option<XlText>,
-    pub(super) unet: UNet,
-    pub(super) vae: AutoEncoderKL,
+    pub(super) unet: Arc<UNet>,
+    pub(super) vae: Arc<AutoEncoderKL>,
     /// The VAE runs in f32 when its config sets `force_upcast` and the model runs in f16,
     /// as diffusers' SDXL pipelines do (SDXL's VAE overflows in f16).
     pub(super) vae_dtype: DType,
-    pub(super) vae_encoder: VaeEncoder,
+    pub(super) vae_encoder: Arc<VaeEncoder>,
     /// 9 for inpainting UNets (latents, mask, masked-image latents), else 4.
     pub(super) unet_in_channels: usize,
     pub(super) vae_config: VaeConfig,
@@ -43,12 +50,40 @@ pub struct StableDiffusion {
     pub(super) device: Device,
     pub(super) dtype: DType,
     pub(super) folder: PathBuf,
+    /// The base weights and configs, kept so that variants can rebuild modules.
+    pub(super) base: Arc<BaseModel>,
+    /// Textual-inversion embeddings prompts may call by name.
+    pub(super) embeddings: Arc<EmbeddingLibrary>,
+}
+
+/// What a variant rebuilds modules from: the base model's weights, never modified.
+pub(super) struct BaseModel {
+    pub(super) unet_config: UNetConfig,
+    pub(super) unet: Weights,
+    pub(super) text_config: ClipTextConfig,
+    pub(super) text_encoder: Weights,
+    /// SDXL: text_encoder_2's config and weights.
+    pub(super) text_encoder_2: Option<(ClipTextConfig, Weights)>,
+    /// The modules as loaded, which variants without a patch for them reuse.
+    pub(super) modules: BaseModules,
+}
+
+/// The modules built from [`BaseModel`]'s weights.
+pub(super) struct BaseModules {
+    pub(super) unet: Arc<UNet>,
+    pub(super) text_encoder: Arc<ClipTextModel>,
+    pub(super) text_encoder_2: Option<Arc<ClipTextModelWithProjection>>,
+    pub(super) vae: Arc<AutoEncoderKL>,
+    pub(super) vae_encoder: Arc<VaeEncoder>,
+    pub(super) vae_config: VaeConfig,
+    pub(super) vae_dtype: DType,
 }
 
 /// SDXL's second text encoder and the pipeline setting that goes with it.
+#[derive(Clone)]
 pub(super) struct XlText {
-    pub(super) tokenizer_2: PromptTokenizer,
-    pub(super) text_encoder_2: ClipTextModelWithProjection,
+    pub(super) tokenizer_2: Arc<PromptTokenizer>,
+    pub(super) text_encoder_2: Arc<ClipTextModelWithProjection>,
     /// An empty negative prompt is all-zero conditioning rather than encoded "".
     pub(super) force_zeros_for_empty_prompt: bool,
 }

@@ -21,6 +21,9 @@ pub struct GenerateRequest {
     pub num_images: usize,
     #[serde(default)]
     pub long_prompt: LongPrompt,
+    /// A1111's clip skip: 1 (or none) conditions on the last layer, 2 on the one before.
+    #[serde(default)]
+    pub clip_skip: Option<usize>,
     /// Starting latents instead of drawing them, exactly as diffusers' `latents=`
     /// (unit normals, `[num_images, channels, height / 8, width / 8]`).
     #[serde(skip)]
@@ -72,6 +75,7 @@ impl GenerateRequest {
             scheduler,
             num_images: 1,
             long_prompt: LongPrompt::Chunk,
+            clip_skip: None,
             latents: None,
             noise: Vec::new(),
             init_image: None,

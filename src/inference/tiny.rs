@@ -171,21 +171,35 @@ pub fn write(dir: &Path, seed: u64) -> Result<(), InferenceError> {
     write_kind(dir, seed, TinyKind::Sd15)
 }
 
-/// Writes a complete model folder of the given family to `dir`.
-pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+/// The configs of a tiny model, as `write_kind` writes them (single-file checkpoints of
+/// the tiny families take their architecture from here, as real ones take theirs from
+/// the family's published configs).
+#[derive(Debug, Clone)]
+pub struct TinyConfigs {
+    pub text: serde_json::Value,
+    /// SDXL: text_encoder_2's.
+    pub text_2: Option<serde_json::Value>,
+    pub unet: serde_json::Value,
+    pub vae: serde_json::Value,
+    pub scheduler: serde_json::Value,
+    pub model_index: serde_json::Value,
+    /// Pad tokens of `tokenizer` (and SDXL's `tokenizer_2`).
+    pub pads: Vec<&'static str>,
+}
+
+/// The configs of one tiny family.
+pub fn configs(kind: TinyKind) -> TinyConfigs {
     if matches!(
         kind,
         TinyKind::Sdxl | TinyKind::SdxlInpaint | TinyKind::SdxlFull
     ) {
-        return write_sdxl(dir, seed, kind);
+        return sdxl_configs(kind);
     }
     let sd2 = kind == TinyKind::Sd2;
     let unet_in = if kind == TinyKind::Inpaint { 9 } else { 4 };
-    let (vocab, merges) = train_bpe(CORPUS, MERGES);
+    let (vocab, _) = train_bpe(CORPUS, MERGES);
     // SD 2's tokenizer pads with "!" (id 0), not with the end marker.
     let pad = if sd2 { "!" } else { super::tokenizer::EOS };
-    write_tokenizer(&dir.join("tokenizer"), &vocab, &merges, pad)?;
-
     let mut text_config = json!({
         "_name_or_path": "sdq/tiny",
         "architectures": ["CLIPTextModel"],
@@ -228,13 +242,22 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         "use_linear_projection": sd2,
         "upcast_attention": sd2,
     });
-    let mut vae_config = vae_config(0.18215);
-    if kind == TinyKind::Sd15Full {
-        use super::full_size as full;
-        full::patch(&mut text_config, full::clip_l());
-        full::patch(&mut unet_config, full::sd15_unet());
-        full::patch(&mut vae_config, full::vae(512));
-    }
+    let mut vae_config = json!({
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.30.0",
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [32, 32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "scaling_factor": 0.18215,
+        "force_upcast": true,
+    });
     // Exactly Stable Diffusion 1.5's file (2.1's adds v-prediction): it leaves
     // `timestep_spacing` out, so each sampler falls back to its own diffusers default.
     let mut scheduler_config = json!({
@@ -271,6 +294,79 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     });
+    if kind == TinyKind::Sd15Full {
+        use super::full_size as full;
+        full::patch(&mut text_config, full::clip_l());
+        full::patch(&mut unet_config, full::sd15_unet());
+        full::patch(&mut vae_config, full::vae(512));
+    }
+    TinyConfigs {
+        text: text_config,
+        text_2: None,
+        unet: unet_config,
+        vae: vae_config,
+        scheduler: scheduler_config,
+        model_index,
+        pads: vec![pad],
+    }
+}
+
+/// Writes a tokenizer folder of the tiny vocabulary, padding with `pad`.
+pub fn write_tiny_tokenizer(dir: &Path, pad: &str) -> Result<(), InferenceError> {
+    let (vocab, merges) = train_bpe(CORPUS, MERGES);
+    write_tokenizer(dir, &vocab, &merges, pad)
+}
+
+/// Writes a complete model folder of the given family to `dir`.
+pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+    if matches!(
+        kind,
+        TinyKind::Sdxl | TinyKind::SdxlInpaint | TinyKind::SdxlFull
+    ) {
+        return write_sdxl(dir, seed, kind);
+    }
+    write_sd(dir, Filler::new(kind, seed), configs(kind))
+}
+
+/// A random model with Stable Diffusion 1.5's real architecture (860M-parameter UNet,
+/// CLIP-L-sized text encoder, the full VAE) and the tiny vocabulary: what `sdq bench
+/// --lora-switch --full-size` loads and patches, so timings are those of a real model.
+///
+/// `shrink` divides every width (2: a quarter of the parameters), for machines without
+/// room for the real size.
+pub fn write_sd15_sized(dir: &Path, shrink: usize) -> Result<(), InferenceError> {
+    let mut c = configs(TinyKind::Sd15);
+    let w = |n: usize| n / shrink.max(1);
+    let real = json!({
+        "block_out_channels": [w(320), w(640), w(1280), w(1280)],
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 2,
+        "attention_head_dim": 8,
+        "cross_attention_dim": w(768),
+        "sample_size": 64,
+    });
+    for (k, v) in real.as_object().expect("object") {
+        c.unet[k] = v.clone();
+    }
+    for (k, v) in [
+        ("hidden_size", w(768)),
+        ("intermediate_size", w(3072)),
+        ("num_hidden_layers", 12),
+        ("num_attention_heads", 12),
+    ] {
+        c.text[k] = json!(v);
+    }
+    c.vae["block_out_channels"] = json!([w(128), w(256), w(512), w(512)]);
+    c.vae["layers_per_block"] = json!(2);
+    // Uniform draws streamed to disk: a billion torch-compatible draws would take minutes.
+    write_sd(dir, Filler::new(TinyKind::Sd15Full, DEFAULT_SEED), c)
+}
+
+fn write_sd(dir: &Path, mut filler: Filler, c: TinyConfigs) -> Result<(), InferenceError> {
+    write_tiny_tokenizer(&dir.join("tokenizer"), c.pads[0])?;
+    let (text_config, unet_config, vae_config, scheduler_config, model_index) =
+        (c.text, c.unet, c.vae, c.scheduler, c.model_index);
     write_json(&dir.join("text_encoder/config.json"), &text_config)?;
     write_json(&dir.join("unet/config.json"), &unet_config)?;
     write_json(&dir.join("vae/config.json"), &vae_config)?;
@@ -278,8 +374,6 @@ pub fn write_kind(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), Inference
         &dir.join("scheduler/scheduler_config.json"),
         &scheduler_config,
     )?;
-
-    let mut filler = Filler::new(kind, seed);
 
     let text: ClipTextConfig = parse(text_config);
     filler.save(
@@ -369,16 +463,9 @@ fn text_config(
 /// selects transformers' argmax pooling), their widths (32 + 64) summing to the UNet's
 /// cross_attention_dim; a UNet whose first block has no attention, later blocks use
 /// linear projections and deeper transformers; Euler with leading spacing.
-fn write_sdxl(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+fn sdxl_configs(kind: TinyKind) -> TinyConfigs {
     let inpaint = kind == TinyKind::SdxlInpaint;
-    let (vocab, merges) = train_bpe(CORPUS, MERGES);
-    write_tokenizer(
-        &dir.join("tokenizer"),
-        &vocab,
-        &merges,
-        super::tokenizer::EOS,
-    )?;
-    write_tokenizer(&dir.join("tokenizer_2"), &vocab, &merges, "!")?;
+    let (vocab, _) = train_bpe(CORPUS, MERGES);
     let mut text_1 = text_config(vocab.len(), 32, "quick_gelu", vocab.len() - 1, false);
     let mut text_2 = text_config(vocab.len(), 64, "gelu", 2, true);
     let time_dim = 8;
@@ -455,6 +542,24 @@ fn write_sdxl(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceErro
         // As in diffusers/stable-diffusion-xl-1.0-inpainting-0.1: no aesthetic score ids.
         model_index["requires_aesthetics_score"] = json!(false);
     }
+    TinyConfigs {
+        text: text_1,
+        text_2: Some(text_2),
+        unet: unet_config,
+        vae: vae_config,
+        scheduler: scheduler_config,
+        model_index,
+        pads: vec![super::tokenizer::EOS, "!"],
+    }
+}
+
+fn write_sdxl(dir: &Path, seed: u64, kind: TinyKind) -> Result<(), InferenceError> {
+    let c = sdxl_configs(kind);
+    write_tiny_tokenizer(&dir.join("tokenizer"), c.pads[0])?;
+    write_tiny_tokenizer(&dir.join("tokenizer_2"), c.pads[1])?;
+    let text_2 = c.text_2.expect("SDXL has two text encoders");
+    let (text_1, unet_config, vae_config, scheduler_config, model_index) =
+        (c.text, c.unet, c.vae, c.scheduler, c.model_index);
     write_json(&dir.join("text_encoder/config.json"), &text_1)?;
     write_json(&dir.join("text_encoder_2/config.json"), &text_2)?;
     write_json(&dir.join("unet/config.json"), &unet_config)?;

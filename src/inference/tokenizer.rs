@@ -34,11 +34,18 @@ pub enum LongPrompt {
 
 /// The tokenizer plus the ids that frame and pad every window.
 pub struct PromptTokenizer {
-    inner: Tokenizer,
+    inner: Backend,
     bos: u32,
     eos: u32,
     pad: u32,
     window: usize,
+}
+
+/// Where ids come from: a model folder's tokenizer, or CLIP's own vocabulary (bundled,
+/// for single-file checkpoints, which carry no tokenizer).
+enum Backend {
+    Folder(Box<Tokenizer>),
+    Bundled(Box<instant_clip_tokenizer::Tokenizer>),
 }
 
 #[derive(Deserialize)]
@@ -96,7 +103,34 @@ impl PromptTokenizer {
             .map(|m| m as usize)
             .unwrap_or(window);
         Ok(Self {
-            inner,
+            inner: Backend::Folder(Box::new(inner)),
+            bos,
+            eos,
+            pad,
+            window,
+        })
+    }
+
+    /// CLIP's tokenizer (the vocabulary every published SD text encoder uses), padding
+    /// with the end marker (SD 1.x, SDXL's first encoder) or "!" (OpenCLIP encoders).
+    /// The vocabulary ships inside the `instant-clip-tokenizer` crate, so nothing is
+    /// downloaded.
+    pub fn bundled_clip(pad: &str, window: usize) -> Result<Self, InferenceError> {
+        let inner = instant_clip_tokenizer::Tokenizer::new();
+        let bos = inner.start_of_text().to_u16() as u32;
+        let eos = inner.end_of_text().to_u16() as u32;
+        let pad = match pad {
+            EOS => eos,
+            // "!" is the first byte token of CLIP's vocabulary.
+            "!" => 0,
+            other => {
+                return Err(InferenceError::InvalidRequest(format!(
+                    "the bundled CLIP tokenizer cannot pad with '{other}'"
+                )))
+            }
+        };
+        Ok(Self {
+            inner: Backend::Bundled(Box::new(inner)),
             bos,
             eos,
             pad,
@@ -106,11 +140,19 @@ impl PromptTokenizer {
 
     /// The token ids of `text` without the start/end markers.
     pub fn content_ids(&self, text: &str) -> Result<Vec<u32>, InferenceError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| InferenceError::InvalidRequest(format!("cannot tokenize prompt: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.inner {
+            Backend::Folder(inner) => {
+                let enc = inner.encode(text, false).map_err(|e| {
+                    InferenceError::InvalidRequest(format!("cannot tokenize prompt: {e}"))
+                })?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Backend::Bundled(inner) => {
+                let mut out = Vec::new();
+                inner.encode(text, &mut out);
+                Ok(out.iter().map(|t| t.to_u16() as u32).collect())
+            }
+        }
     }
 
     /// Splits `text` into framed, padded windows of exactly `window` ids each.
@@ -154,6 +196,21 @@ impl PromptTokenizer {
     /// Ids per window, markers included.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// The start-of-text id that opens every window.
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    /// The end-of-text id that closes every window's content.
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    /// The id that fills a window after its end marker.
+    pub fn pad(&self) -> u32 {
+        self.pad
     }
 }
 

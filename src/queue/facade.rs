@@ -66,7 +66,23 @@ impl Queue {
         loaded_model: Option<&str>,
         lease: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        let Some((lease, event)) = self.store.claim(worker, loaded_model, lease).await? else {
+        self.claim_preferring(worker, loaded_model, None, lease)
+            .await
+    }
+
+    /// Claims preferring the loaded model, then the loaded LoRA set and VAE.
+    pub async fn claim_preferring(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        loaded_adapters: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let Some((lease, event)) = self
+            .store
+            .claim_preferring(worker, loaded_model, loaded_adapters, lease)
+            .await?
+        else {
             return Ok(None);
         };
         self.publish(&[event]).await;

@@ -33,6 +33,45 @@ pub struct JobSpec {
     /// The caller's own label for whoever asked (OpenAI's `user`), kept with the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    // Models directory extras (issue 16): LoRAs, VAE override, clip skip.
+    /// LoRAs to apply, from the body's `loras` and the prompt's `<lora:…>` tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRef>,
+    /// A VAE of the models directory to decode with instead of the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    /// A1111's clip skip (1 = last layer, 2 = penultimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<u32>,
+}
+
+/// A LoRA of the models directory at a weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraRef {
+    pub name: String,
+    pub weight: f64,
+}
+
+impl JobSpec {
+    /// What a worker must hold besides the model to run this job without rebuilding
+    /// layers: its LoRA set (sorted, so the order of a request does not matter) and VAE.
+    /// Empty for a job that needs neither. Workers prefer jobs whose key matches theirs.
+    pub fn adapters_key(&self) -> String {
+        adapters_key(&self.loras, self.vae.as_deref())
+    }
+}
+
+/// The key of [`JobSpec::adapters_key`] for a LoRA set and VAE.
+pub fn adapters_key(loras: &[LoraRef], vae: Option<&str>) -> String {
+    let mut parts: Vec<String> = loras
+        .iter()
+        .map(|l| format!("{}:{}", l.name, l.weight))
+        .collect();
+    parts.sort();
+    if let Some(vae) = vae {
+        parts.push(format!("vae={vae}"));
+    }
+    parts.join(",")
 }
 
 /// What `enqueue` needs.

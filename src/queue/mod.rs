@@ -22,8 +22,8 @@ pub use bus::{BusError, BusMessage, EventBus};
 pub use events::{Event, EventKind, ImageSummary};
 pub use facade::Queue;
 pub use job::{
-    Cursor, Enqueued, Idempotency, ImageQuery, ImageRecord, Job, JobSpec, Lease, ListQuery,
-    NewImage, NewJob, WorkerInfo,
+    adapters_key, Cursor, Enqueued, Idempotency, ImageQuery, ImageRecord, Job, JobSpec, Lease,
+    ListQuery, LoraRef, NewImage, NewJob, WorkerInfo,
 };
 pub use keys::{ApiKey, NewApiKey};
 pub use scope::Scope;

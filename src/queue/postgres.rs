@@ -207,8 +207,8 @@ impl JobStore for PgStore {
             }
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
         .bind(&new.owner)
@@ -216,6 +216,7 @@ impl JobStore for PgStore {
         .bind(Json(&new.spec))
         .bind(new.priority)
         .bind(new.max_attempts.max(1))
+        .bind(new.spec.adapters_key())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -272,22 +273,24 @@ impl JobStore for PgStore {
         position(&mut conn, id).await
     }
 
-    async fn claim(
+    async fn claim_preferring(
         &self,
         worker: &str,
         loaded_model: Option<&str>,
+        loaded_adapters: Option<&str>,
         lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError> {
         let token = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
-        // The claim query: best priority, then the model this worker has loaded, then
-        // the oldest; rows other workers are claiming right now are skipped, not waited on.
+        // The claim query: best priority, then the model this worker has loaded (and its
+        // LoRA set and VAE), then the oldest; rows other workers are claiming right now are skipped, not waited on.
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
                     lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
                     progress_step = 0, progress_total = 0, last_seq = last_seq + 1 \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
-                         ORDER BY priority DESC, (model = $4) IS TRUE DESC, created_at, id \
+                         ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, \
+                                  created_at, id \
                          LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING {JOB_COLUMNS}"
         ))
@@ -295,6 +298,7 @@ impl JobStore for PgStore {
         .bind(ms(lease))
         .bind(worker)
         .bind(loaded_model)
+        .bind(loaded_adapters)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -704,6 +708,8 @@ impl JobStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
     async fn purge_finished(
         &self,
         older_than: Duration,

@@ -281,8 +281,8 @@ impl JobStore for SqliteStore {
             }
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id.to_string())
         .bind(&new.owner)
@@ -292,6 +292,7 @@ impl JobStore for SqliteStore {
         .bind(new.max_attempts.max(1))
         .bind(now)
         .bind(now)
+        .bind(new.spec.adapters_key())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -349,23 +350,24 @@ impl JobStore for SqliteStore {
         position(&mut conn, id).await
     }
 
-    async fn claim(
+    async fn claim_preferring(
         &self,
         worker: &str,
         loaded_model: Option<&str>,
+        loaded_adapters: Option<&str>,
         lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError> {
         let now = now_ms();
         let token = Uuid::new_v4();
         let mut tx = self.write_tx().await?;
         // The claim query: best priority first, then the model this worker already has
-        // loaded (no thrash between models), then the oldest.
+        // loaded (no thrash between models) and its LoRA set and VAE, then the oldest.
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = ?1, \
                     lease_expires_at = ?2, worker = ?3, started_at = ?4, progress_step = 0, \
                     progress_total = 0, last_seq = last_seq + 1 \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
-                         ORDER BY priority DESC, (model = ?5) DESC, created_at, id LIMIT 1) \
+                         ORDER BY priority DESC, (model = ?5) DESC, (adapters = ?6) DESC, created_at, id LIMIT 1) \
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(token.to_string())
@@ -373,6 +375,7 @@ impl JobStore for SqliteStore {
         .bind(worker)
         .bind(now)
         .bind(loaded_model)
+        .bind(loaded_adapters)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -813,6 +816,9 @@ impl JobStore for SqliteStore {
         .bind(now_ms())
         .execute(&self.writer)
         .await?;
+        Ok(())
+    }
+
     async fn purge_finished(
         &self,
         older_than: Duration,

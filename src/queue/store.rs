@@ -109,6 +109,18 @@ pub trait JobStore: Send + Sync {
         worker: &str,
         loaded_model: Option<&str>,
         lease: Duration,
+    ) -> Result<Option<(Lease, Event)>, StoreError> {
+        self.claim_preferring(worker, loaded_model, None, lease)
+            .await
+    }
+    /// Like `claim`, preferring next the jobs whose LoRA set and VAE
+    /// (`JobSpec::adapters_key`) equal `loaded_adapters`.
+    async fn claim_preferring(
+        &self,
+        worker: &str,
+        loaded_model: Option<&str>,
+        loaded_adapters: Option<&str>,
+        lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError>;
     /// Extends the lease; returns whether a cancel was requested.
     async fn heartbeat(&self, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, StoreError>;
