@@ -89,6 +89,7 @@ pub fn open_images(config: &Config) -> anyhow::Result<ImageStore> {
 
 /// Starts the parts `role` asks for and returns once the API (if any) is listening.
 pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::Result<Running> {
+    crate::observability::install();
     let api = role != Role::Worker;
     let auth_mode = serve.auth_mode();
     if api && auth_mode == AuthMode::Off && !serve.bind.ip().is_loopback() {

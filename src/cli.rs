@@ -282,13 +282,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Bench(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.config.log_format {
+        crate::config::LogFormat::Text => logs.init(),
+        // One object per line; the fields of every enclosing span (a job's `job_id`) are
+        // on each line, not only the innermost span's.
+        crate::config::LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
+    }
     match cli.command {
         Command::Serve(serve) => {
             runtime()?.block_on(run_until_signal(cli.config, serve, Role::All))

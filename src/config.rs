@@ -57,6 +57,23 @@ pub struct Config {
         global = true
     )]
     pub s3_timeout_secs: f64,
+    /// Log lines as human-readable text or as one JSON object per line (for log
+    /// collectors); a job's lines carry its `job_id` either way.
+    #[arg(
+        long,
+        env = "SDQ_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {

@@ -24,6 +24,7 @@ use crate::inference::lora::Lora;
 use crate::inference::{
     self, catalogue, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion,
 };
+use crate::observability;
 use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError, WorkerInfo};
 use crate::storage::png::{encode, PngMetadata};
 use crate::storage::thumbnail::thumbnail_jpeg;
@@ -348,7 +349,9 @@ impl Worker {
             {
                 Ok(Some(lease)) => {
                     let span = tracing::info_span!("job", job_id = %lease.job.id, attempt = lease.job.attempt);
-                    self.process(lease, shutdown.clone()).instrument(span).await;
+                    let started = Instant::now();
+                    let outcome = self.process(lease, shutdown.clone()).instrument(span).await;
+                    observability::job_finished(outcome, started.elapsed());
                     continue;
                 }
                 Ok(None) => {}
@@ -426,7 +429,8 @@ impl Worker {
         });
     }
 
-    async fn process(&self, lease: Lease, mut shutdown: watch::Receiver<bool>) {
+    /// Runs one claimed job to an outcome, which it returns for the metrics.
+    async fn process(&self, lease: Lease, mut shutdown: watch::Receiver<bool>) -> &'static str {
         let started = Instant::now();
         let job = lease.job.clone();
         tracing::info!(model = %job.spec.model, steps = job.spec.steps, "job claimed");
@@ -446,19 +450,29 @@ impl Worker {
         flags.cancel.store(job.cancel_requested, Ordering::Relaxed);
         *self.current.lock().expect("current lock") = Some((job.id, flags.clone()));
 
-        let heartbeat = tokio::spawn(heartbeat_loop(
-            self.queue.clone(),
-            lease.clone(),
-            self.config.lease,
-            flags.clone(),
-        ));
+        // Spawned tasks and the blocking thread do not inherit the job's span by
+        // themselves; each is given it, so every line of the job's work carries its id.
+        let heartbeat = tokio::spawn(
+            heartbeat_loop(
+                self.queue.clone(),
+                lease.clone(),
+                self.config.lease,
+                flags.clone(),
+            )
+            .in_current_span(),
+        );
         let (steps_tx, mut steps_rx) = mpsc::unbounded_channel::<inference::StepProgress>();
         let reporter = {
             let queue = self.queue.clone();
             let lease = lease.clone();
             let flags = flags.clone();
             tokio::spawn(async move {
+                let mut last_elapsed_ms = 0;
                 while let Some(p) = steps_rx.recv().await {
+                    observability::step(Duration::from_millis(
+                        p.elapsed_ms.saturating_sub(last_elapsed_ms),
+                    ));
+                    last_elapsed_ms = p.elapsed_ms;
                     let per_step = p.elapsed_ms / p.step.max(1) as u64;
                     let kind = EventKind::Progress {
                         step: p.step as i64,
@@ -474,15 +488,16 @@ impl Worker {
                         Err(e) => tracing::warn!(error = %e, "progress not recorded"),
                     }
                 }
-            })
+            }.in_current_span())
         };
 
         let blocking = {
             let engine = self.engine.clone();
             let flags = flags.clone();
             let spec = job.spec.clone();
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
-                render(&engine, &spec, request, inputs, &flags, steps_tx)
+                span.in_scope(|| render(&engine, &spec, request, inputs, &flags, steps_tx))
             })
         };
         tokio::pin!(blocking);
@@ -507,10 +522,13 @@ impl Worker {
 
         if flags.lease_lost.load(Ordering::Relaxed) {
             tracing::warn!("lease lost; dropping this attempt's results");
-            return;
+            return "lease_lost";
         }
         match outcome {
-            Ok(Ok(rendered)) => self.finish_succeeded(&lease, rendered, started).await,
+            Ok(Ok(rendered)) => {
+                observability::model_load(Duration::from_millis(rendered.load_ms));
+                self.finish_succeeded(&lease, rendered, started).await
+            }
             Ok(Err(InferenceError::Canceled)) if flags.release.load(Ordering::Relaxed) => {
                 match self.queue.release(&lease).await {
                     Ok(()) => tracing::info!("job released back to the queue"),
@@ -518,11 +536,15 @@ impl Worker {
                         tracing::warn!(error = %e, "release failed; the rescuer will requeue it")
                     }
                 }
+                "released"
             }
-            Ok(Err(InferenceError::Canceled)) => match self.queue.cancel_running(&lease).await {
-                Ok(()) => tracing::info!("job canceled"),
-                Err(e) => tracing::warn!(error = %e, "could not record cancel"),
-            },
+            Ok(Err(InferenceError::Canceled)) => {
+                match self.queue.cancel_running(&lease).await {
+                    Ok(()) => tracing::info!("job canceled"),
+                    Err(e) => tracing::warn!(error = %e, "could not record cancel"),
+                }
+                "canceled"
+            }
             Ok(Err(e)) => {
                 let retry = (!e.is_permanent())
                     .then(|| crate::queue::retry::backoff(job.attempt, self.config.retry_base));
@@ -562,16 +584,33 @@ impl Worker {
         Ok(Some((image, mask)))
     }
 
-    async fn finish_failed(&self, lease: &Lease, error: &str, retry: Option<Duration>) {
+    /// Records a failed attempt; `retrying` or `failed` (for good).
+    async fn finish_failed(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry: Option<Duration>,
+    ) -> &'static str {
         tracing::warn!(error, retrying = retry.is_some(), "job attempt failed");
+        let retrying = retry.is_some();
         if let Err(e) = self.queue.fail(lease, error, retry).await {
             tracing::warn!(error = %e, "could not record failure");
+        }
+        if retrying {
+            "retrying"
+        } else {
+            "failed"
         }
     }
 
     /// Uploads first, then commits the job and its image rows in one fenced transaction;
     /// if that commit loses, the uploads are orphans and are deleted.
-    async fn finish_succeeded(&self, lease: &Lease, rendered: Rendered, started: Instant) {
+    async fn finish_succeeded(
+        &self,
+        lease: &Lease,
+        rendered: Rendered,
+        started: Instant,
+    ) -> &'static str {
         let job_id = lease.job.id;
         let upload_started = Instant::now();
         let mut uploaded: Vec<NewImage> = Vec::with_capacity(rendered.images.len());
@@ -623,14 +662,18 @@ impl Worker {
             "total_ms": started.elapsed().as_millis() as u64,
         });
         match self.queue.complete(lease, uploaded.clone(), timings).await {
-            Ok(()) => tracing::info!(
-                images = uploaded.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "job succeeded"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    images = uploaded.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "job succeeded"
+                );
+                "succeeded"
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "completion not recorded; deleting this attempt's images");
                 self.delete_objects(&uploaded).await;
+                "lease_lost"
             }
         }
     }

@@ -76,6 +76,12 @@ fn expectations() -> HashMap<(Method, &'static str), [u16; 6]> {
         ((Method::GET, "/v1/keys"), admin_only(200)),
         ((Method::POST, "/v1/keys"), admin_only(201)),
         ((Method::DELETE, "/v1/keys/{id}"), admin_only(200)),
+        ((Method::POST, "/v1/models/refresh"), admin_only(200)),
+        // Metrics count every tenant's jobs and name the workers: admins only.
+        ((Method::GET, "/metrics"), admin_only(200)),
+        // The description of the API is public, like health.
+        ((Method::GET, "/openapi.json"), public),
+        ((Method::GET, "/docs"), public),
         // The dialects, with the matrix's `{}` bodies: no prompt (or start image) is a 422.
         ((Method::POST, "/sdapi/v1/txt2img"), row(422, 422, 422)),
         ((Method::POST, "/sdapi/v1/img2img"), row(422, 422, 422)),

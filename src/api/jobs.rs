@@ -27,7 +27,8 @@ pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> 
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what))
 }
 
-#[derive(Serialize)]
+/// An image as listings show it.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ImageView {
     pub id: Uuid,
     pub job_id: Uuid,
@@ -40,6 +41,7 @@ pub struct ImageView {
     pub width: i64,
     pub height: i64,
     pub bytes: i64,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Value,
 }
 

@@ -48,9 +48,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     ))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/keys`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+pub(crate) struct CreateKey {
     name: String,
     #[serde(default)]
     admin: bool,

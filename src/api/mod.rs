@@ -14,7 +14,9 @@ mod health;
 mod images;
 pub(crate) mod jobs;
 mod keys;
+mod metrics;
 mod multipart;
+pub mod openapi;
 mod png_info;
 mod server;
 pub mod submit;
@@ -214,7 +216,10 @@ pub fn routes() -> Routes {
         .add(M::GET, "/v1/me", Key, get(keys::me))
         .add(M::GET, "/v1/keys", Admin, get(keys::list))
         .add(M::POST, "/v1/keys", Admin, post(keys::create))
-        .add(M::DELETE, "/v1/keys/{id}", Admin, delete(keys::revoke));
+        .add(M::DELETE, "/v1/keys/{id}", Admin, delete(keys::revoke))
+        .add(M::GET, "/metrics", Admin, get(metrics::scrape))
+        .add(M::GET, "/openapi.json", Public, get(openapi::serve_spec))
+        .add(M::GET, "/docs", Public, get(openapi::docs_page));
     compat::routes(native)
 }
 
@@ -236,6 +241,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             validate::MAX_BODY_BYTES,
         ))
+        // Last, so it wraps the layers above and counts their refusals too; `layer` (unlike
+        // `route_layer`) also covers the fallback, and both run after routing, so the
+        // matched path is known.
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -44,7 +44,7 @@ impl Default for Limits {
 
 /// The body of `POST /v1/jobs`. Everything but `prompt` has a default (and with
 /// `from_image`, the prompt does too).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     #[serde(default)]
@@ -105,7 +105,7 @@ pub struct SubmitRequest {
 }
 
 /// One entry of `loras`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoraRequest {
     pub name: String,

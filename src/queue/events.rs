@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An image as the events and the job view list it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageSummary {
     pub index: i64,
     pub id: Uuid,
@@ -12,8 +12,9 @@ pub struct ImageSummary {
     pub seed: i64,
 }
 
-/// What happened. The serde tag is the SSE event name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What happened. The serde tag is the SSE event name: `event: progress` carries
+/// `data: {"type": "progress", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Queued {
@@ -66,7 +67,7 @@ impl EventKind {
 }
 
 /// One event of one job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub job_id: Uuid,
     pub seq: i64,

@@ -8,7 +8,7 @@ use super::JobStatus;
 /// A validated generation request, stored with the job as JSON.
 ///
 /// Plain values only: the queue does not know the inference types; the worker converts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSpec {
     pub prompt: String,
     pub negative_prompt: String,
@@ -46,7 +46,7 @@ pub struct JobSpec {
 }
 
 /// A LoRA of the models directory at a weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoraRef {
     pub name: String,
     pub weight: f64,

@@ -638,6 +638,17 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| JobStatus::parse(&s).map(|s| (s, n)))
+            .collect())
+    }
+
     async fn upsert_worker(&self, w: &WorkerInfo) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO workers (name, host, device, model, current_job, started_at, last_seen_at) \

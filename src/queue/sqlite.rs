@@ -744,6 +744,17 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| JobStatus::parse(&s).map(|s| (s, n)))
+            .collect())
+    }
+
     async fn upsert_worker(&self, w: &WorkerInfo) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO workers (name, host, device, model, current_job, started_at, last_seen_at) \

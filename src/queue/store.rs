@@ -178,6 +178,8 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Option<(Job, Vec<ImageRecord>)>, StoreError>;
     /// A cheap round trip for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// How many jobs the store holds in each status (statuses with none are left out).
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError>;
 
     /// Records a worker (or refreshes it) with `last_seen_at` = now.
     async fn upsert_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError>;

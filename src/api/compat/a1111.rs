@@ -36,7 +36,7 @@ const DEFAULT_MASK_BLUR: f64 = 4.0;
 /// Everything else A1111 clients send is accepted and ignored: those fields either do not
 /// exist in sdq's world (file naming, saving grids) or only matter when a field checked
 /// here enables them (the `hr_*` fields without `enable_hr`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct A1111Request {
     pub prompt: Option<String>,
@@ -65,8 +65,10 @@ pub struct A1111Request {
     pub s_churn: Option<f64>,
     pub s_noise: Option<f64>,
     pub s_min_uncond: Option<f64>,
+    #[schema(value_type = Option<Object>)]
     pub override_settings: Option<Map<String, Value>>,
     pub script_name: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub alwayson_scripts: Option<Map<String, Value>>,
     pub refiner_checkpoint: Option<String>,
     pub infotext: Option<String>,

@@ -13,6 +13,9 @@ mod openai;
 mod openai_routes;
 mod wait;
 
+pub(crate) use a1111::A1111Request;
+pub(crate) use openai::GenerateParams;
+
 use axum::http::Method as M;
 use axum::routing::{get, post};
 

@@ -16,7 +16,7 @@ pub fn is_openai_model(name: &str) -> bool {
 }
 
 /// The JSON body of `POST /v1/images/generations`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
     pub prompt: String,
