@@ -5,7 +5,9 @@
 
 use utoipa::openapi::path::{Operation, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Ref, Schema, SchemaFormat, Type};
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, SchemaFormat, Type,
+};
 use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::{Content, Header, KnownFormat, RefOr, Required, ResponseBuilder};
 
@@ -332,7 +334,7 @@ fn lookup(method: &str, path: &str) -> Option<Op> {
             "a1111RefreshCheckpoints",
             "Accepted; sdq rescans with `POST /v1/models/refresh`",
             Ignored,
-            vec![(200, "Done", Object)],
+            vec![(200, "Done", Null)],
         ),
         ("POST", "/sdapi/v1/png-info") => op(
             "a1111PngInfo",
@@ -429,14 +431,21 @@ fn errors(path: &str, access: Access) -> Vec<(u16, &'static str)> {
     codes
 }
 
-fn error_schema(path: &str) -> &'static str {
-    if path.starts_with("/sdapi/") {
+/// The error body of a route's dialect. The dialects' routes answer in their own shape,
+/// except for what the cross-site guard refuses before any handler runs (403, 415), which
+/// is in sdq's.
+fn error_schema(path: &str) -> RefOr<Schema> {
+    let dialect = if path.starts_with("/sdapi/") {
         "A1111Error"
     } else if path == "/v1/images/generations" || path == "/v1/images/edits" {
         "OpenAiError"
     } else {
-        "ErrorBody"
-    }
+        return schema_ref("ErrorBody");
+    };
+    AnyOfBuilder::new()
+        .item(schema_ref(dialect))
+        .item(schema_ref("ErrorBody"))
+        .into()
 }
 
 /// The OpenAPI operation for a route of the table.
@@ -506,13 +515,15 @@ pub fn describe(route: &RouteInfo) -> Option<Operation> {
         }
         b = b.response(status.to_string(), response.build());
     }
-    let error = error_schema(route.path);
     for (status, description) in errors(route.path, route.access) {
         b = b.response(
             status.to_string(),
             ResponseBuilder::new()
                 .description(description)
-                .content("application/json", Content::new(Some(schema_ref(error))))
+                .content(
+                    "application/json",
+                    Content::new(Some(error_schema(route.path))),
+                )
                 .build(),
         );
     }
