@@ -77,7 +77,6 @@ fn expectations() -> HashMap<(Method, &'static str), [u16; 6]> {
         ((Method::GET, "/v1/keys"), admin_only(200)),
         ((Method::POST, "/v1/keys"), admin_only(201)),
         ((Method::DELETE, "/v1/keys/{id}"), admin_only(200)),
-        ((Method::POST, "/v1/models/refresh"), admin_only(200)),
         // Metrics count every tenant's jobs and name the workers: admins only.
         ((Method::GET, "/metrics"), admin_only(200)),
         // The description of the API is public, like health.

@@ -17,7 +17,7 @@ use crate::api::{Access, RouteInfo};
 enum Body {
     None,
     /// JSON of the named schema.
-    Json(&'static str),
+    JsonOf(&'static str),
     /// JSON of the first schema, or multipart of the second.
     JsonOrMultipart(&'static str, &'static str),
     /// Multipart of the named schema.
@@ -234,7 +234,7 @@ fn lookup(method: &str, path: &str) -> Option<Op> {
         ("POST", "/v1/keys") => op(
             "createKey",
             "Issue a key (admin); its token is in this response only",
-            Json("CreateKey"),
+            JsonOf("CreateKey"),
             vec![(201, "The key, with `token` and `webhook_secret`", Json("KeyView"))],
         ),
         ("DELETE", "/v1/keys/{id}") => op(
@@ -264,13 +264,13 @@ fn lookup(method: &str, path: &str) -> Option<Op> {
         ("POST", "/sdapi/v1/txt2img") => op(
             "a1111Txt2img",
             "A1111 txt2img: queues a job and answers when it has finished",
-            Json("A1111Request"),
+            JsonOf("A1111Request"),
             vec![(200, "The images", Json("A1111Images"))],
         ),
         ("POST", "/sdapi/v1/img2img") => op(
             "a1111Img2img",
             "A1111 img2img / inpaint: queues a job and answers when it has finished",
-            Json("A1111Request"),
+            JsonOf("A1111Request"),
             vec![(200, "The images", Json("A1111Images"))],
         ),
         ("GET", "/sdapi/v1/progress") => Op {
@@ -339,7 +339,7 @@ fn lookup(method: &str, path: &str) -> Option<Op> {
         ("POST", "/sdapi/v1/png-info") => op(
             "a1111PngInfo",
             "The `parameters` text of a PNG, parsed as A1111 does",
-            Json("PngInfoBody"),
+            JsonOf("PngInfoBody"),
             vec![(200, "The info", Json("A1111PngInfo"))],
         ),
         ("GET", "/sdapi/v1/loras") => a1111_list("LoRAs as A1111 lists them"),
@@ -356,7 +356,7 @@ fn lookup(method: &str, path: &str) -> Option<Op> {
         ("POST", "/v1/images/generations") => op(
             "openaiGenerations",
             "OpenAI image generation: queues a job and answers when it has finished (`stream: true`: SSE)",
-            Json("GenerateParams"),
+            JsonOf("GenerateParams"),
             vec![(200, "The images (or an event stream with `stream: true`)", Json("OpenAiImages"))],
         ),
         ("POST", "/v1/images/edits") => op(
@@ -541,7 +541,7 @@ fn request_body(body: &Body) -> Option<utoipa::openapi::request_body::RequestBod
     let b = RequestBodyBuilder::new();
     let b = match body {
         Body::None | Body::Ignored => return None,
-        Body::Json(name) => b.content("application/json", json(name)),
+        Body::JsonOf(name) => b.content("application/json", json(name)),
         Body::JsonOrMultipart(name, multipart) => b
             .content("application/json", json(name))
             .content("multipart/form-data", json(multipart)),

@@ -222,6 +222,8 @@ pub struct KeyView {
     prefix: String,
     admin: bool,
     max_queued: Option<i64>,
+    /// Days this key's finished jobs are kept (overrides `--retain-days`).
+    retain_days: Option<f64>,
     rate_per_min: Option<i64>,
     #[schema(format = DateTime)]
     created_at: String,
