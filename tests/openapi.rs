@@ -12,15 +12,20 @@ use std::time::Duration;
 use common::{create_key, ServeProcess};
 use serde_json::Value;
 
-/// Operations that wait for their job to finish before answering. The fuzzing server runs
-/// no worker (generated jobs up to the limits would take minutes each on a CPU), so these
-/// would never answer; their validation is covered by tests/compat_dialects.rs and
-/// tests/robust_parsing.rs, and their answers by tests/compat_clients.rs.
-const WAITING_OPERATIONS: [&str; 4] = [
+/// Operations left out of the fuzzing run, and why:
+/// - the four that wait for their job to finish before answering: the fuzzing server runs
+///   no worker (generated jobs up to the limits would take minutes each on a CPU), so they
+///   would never answer; their validation is covered by tests/compat_dialects.rs and
+///   tests/robust_parsing.rs, and their answers by tests/compat_clients.rs;
+/// - revoking a key: schemathesis' stateful phase follows `GET /v1/keys` to
+///   `DELETE /v1/keys/{id}` and revokes the very key it fuzzes with, after which every
+///   request is a 401 (tests/auth.rs covers the route).
+const LEFT_OUT: [&str; 5] = [
     "a1111Txt2img",
     "a1111Img2img",
     "openaiGenerations",
     "openaiEdits",
+    "revokeKey",
 ];
 
 async fn fetch(client: &reqwest::Client, url: &str) -> (u16, String, String) {
@@ -172,7 +177,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         "--report-junit-path".into(),
         report.display().to_string(),
     ];
-    for id in WAITING_OPERATIONS {
+    for id in LEFT_OUT {
         args.extend(["--exclude-operation-id".into(), id.into()]);
     }
     let started = std::time::Instant::now();
@@ -201,13 +206,13 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// The number in schemathesis' summary line `Test cases: N generated, ...`.
+/// The number in schemathesis' summary: `Test cases:` then `N generated, N passed`.
 fn generated_cases(stdout: &str) -> usize {
-    stdout
-        .lines()
+    let mut lines = stdout.lines().skip_while(|l| l.trim() != "Test cases:");
+    lines
         .find_map(|line| {
-            let rest = line.trim().strip_prefix("Test cases:")?;
-            rest.trim().split_whitespace().next()?.parse().ok()
+            let (n, rest) = line.trim().split_once(' ')?;
+            rest.starts_with("generated").then(|| n.parse().ok())?
         })
-        .unwrap_or_else(|| panic!("no `Test cases:` line in schemathesis' output:\n{stdout}"))
+        .unwrap_or_else(|| panic!("no `Test cases: N generated` in schemathesis' output:\n{stdout}"))
 }
