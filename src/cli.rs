@@ -295,7 +295,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         crate::config::LogFormat::Text => logs.init(),
         // One object per line; the fields of every enclosing span (a job's `job_id`) are
         // on each line, not only the innermost span's.
-        crate::config::LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
+        crate::config::LogFormat::Json => {
+            logs.json().flatten_event(true).with_span_list(true).init()
+        }
     }
     match cli.command {
         Command::Serve(serve) => {

@@ -70,7 +70,10 @@ pub fn render() -> String {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(HTTP_REQUESTS, "HTTP requests served, by route template and status");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by route template and status"
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
@@ -79,7 +82,10 @@ fn describe() {
     describe_gauge!(JOBS, "Jobs in the job store, by status");
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting to be claimed");
     describe_gauge!(WORKERS, "Workers seen in the last 30 seconds");
-    describe_counter!(JOBS_FINISHED, "Job attempts ended by this process's workers");
+    describe_counter!(
+        JOBS_FINISHED,
+        "Job attempts ended by this process's workers"
+    );
     describe_histogram!(JOB_DURATION, Unit::Seconds, "Job attempt duration");
     describe_histogram!(STEP_DURATION, Unit::Seconds, "Denoising step duration");
     describe_histogram!(

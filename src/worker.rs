@@ -466,29 +466,32 @@ impl Worker {
             let queue = self.queue.clone();
             let lease = lease.clone();
             let flags = flags.clone();
-            tokio::spawn(async move {
-                let mut last_elapsed_ms = 0;
-                while let Some(p) = steps_rx.recv().await {
-                    observability::step(Duration::from_millis(
-                        p.elapsed_ms.saturating_sub(last_elapsed_ms),
-                    ));
-                    last_elapsed_ms = p.elapsed_ms;
-                    let per_step = p.elapsed_ms / p.step.max(1) as u64;
-                    let kind = EventKind::Progress {
-                        step: p.step as i64,
-                        total: p.total as i64,
-                        elapsed_ms: p.elapsed_ms as i64,
-                        eta_ms: (per_step * (p.total - p.step) as u64) as i64,
-                    };
-                    match queue.record(&lease, kind).await {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost(_)) => {
-                            flags.lease_lost.store(true, Ordering::Relaxed)
+            tokio::spawn(
+                async move {
+                    let mut last_elapsed_ms = 0;
+                    while let Some(p) = steps_rx.recv().await {
+                        observability::step(Duration::from_millis(
+                            p.elapsed_ms.saturating_sub(last_elapsed_ms),
+                        ));
+                        last_elapsed_ms = p.elapsed_ms;
+                        let per_step = p.elapsed_ms / p.step.max(1) as u64;
+                        let kind = EventKind::Progress {
+                            step: p.step as i64,
+                            total: p.total as i64,
+                            elapsed_ms: p.elapsed_ms as i64,
+                            eta_ms: (per_step * (p.total - p.step) as u64) as i64,
+                        };
+                        match queue.record(&lease, kind).await {
+                            Ok(()) => {}
+                            Err(StoreError::LeaseLost(_)) => {
+                                flags.lease_lost.store(true, Ordering::Relaxed)
+                            }
+                            Err(e) => tracing::warn!(error = %e, "progress not recorded"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "progress not recorded"),
                     }
                 }
-            }.in_current_span())
+                .in_current_span(),
+            )
         };
 
         let blocking = {

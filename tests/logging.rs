@@ -46,7 +46,10 @@ async fn json_log_lines_of_a_job_carry_its_id() {
     let client = reqwest::Client::new();
     let start = std::time::Instant::now();
     while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "sdq did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sdq did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let created: Value = client

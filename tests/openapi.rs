@@ -81,7 +81,10 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
             route.path
         );
     }
-    assert!(missing.is_empty(), "routes missing from /openapi.json: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from /openapi.json: {missing:?}"
+    );
     let ids: Vec<&str> = doc["paths"]
         .as_object()
         .unwrap()
@@ -107,7 +110,10 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
     // The error body, as src/api/error.rs writes it.
     let detail = &schemas["ErrorDetail"];
     for field in ["code", "message", "field"] {
-        assert!(detail["properties"][field].is_object(), "ErrorDetail.{field}");
+        assert!(
+            detail["properties"][field].is_object(),
+            "ErrorDetail.{field}"
+        );
     }
     // Every event type of the SSE stream is a variant of EventKind.
     let kinds = schemas["EventKind"].to_string();
@@ -120,7 +126,10 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
         "failed",
         "canceled",
     ] {
-        assert!(kinds.contains(&format!("\"{kind}\"")), "event {kind} missing");
+        assert!(
+            kinds.contains(&format!("\"{kind}\"")),
+            "event {kind} missing"
+        );
     }
     let events = &doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["content"];
     assert!(events["text/event-stream"].is_object(), "{events}");
@@ -134,7 +143,10 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
     let (status, ctype, page) = fetch(&client, &format!("{}/docs", server.base)).await;
     assert_eq!(status, 200);
     assert!(ctype.starts_with("text/html"), "{ctype}");
-    assert!(page.contains("/openapi.json"), "the page reads the document");
+    assert!(
+        page.contains("/openapi.json"),
+        "the page reads the document"
+    );
     for external in ["http://", "https://", "//cdn", "unpkg", "jsdelivr"] {
         assert!(!page.contains(external), "/docs refers to {external}");
     }
@@ -214,5 +226,7 @@ fn generated_cases(stdout: &str) -> usize {
             let (n, rest) = line.trim().split_once(' ')?;
             rest.starts_with("generated").then(|| n.parse().ok())?
         })
-        .unwrap_or_else(|| panic!("no `Test cases: N generated` in schemathesis' output:\n{stdout}"))
+        .unwrap_or_else(|| {
+            panic!("no `Test cases: N generated` in schemathesis' output:\n{stdout}")
+        })
 }

@@ -57,7 +57,12 @@ struct Op {
     query: &'static [Query],
 }
 
-fn op(id: &'static str, summary: &'static str, body: Body, ok: Vec<(u16, &'static str, Out)>) -> Op {
+fn op(
+    id: &'static str,
+    summary: &'static str,
+    body: Body,
+    ok: Vec<(u16, &'static str, Out)>,
+) -> Op {
     Op {
         id,
         summary,
@@ -69,11 +74,19 @@ fn op(id: &'static str, summary: &'static str, body: Body, ok: Vec<(u16, &'stati
 
 const JOBS_QUERY: &[Query] = &[
     ("status", Type::String, "Only jobs in this status"),
-    ("cursor", Type::String, "The `next_cursor` of the previous page"),
+    (
+        "cursor",
+        Type::String,
+        "The `next_cursor` of the previous page",
+    ),
     ("limit", Type::Integer, "1 to 100 (default 20)"),
 ];
 const IMAGES_QUERY: &[Query] = &[
-    ("cursor", Type::String, "The `next_cursor` of the previous page"),
+    (
+        "cursor",
+        Type::String,
+        "The `next_cursor` of the previous page",
+    ),
     ("limit", Type::Integer, "1 to 200 (default 50)"),
     ("job_id", Type::String, "Only this job's images"),
     ("model", Type::String, "Only images of this model"),
@@ -387,7 +400,9 @@ fn json_content(out: Out) -> Option<(&'static str, Content)> {
         Out::Json(name) => ("application/json", Content::new(Some(schema_ref(name)))),
         Out::Array("") => (
             "application/json",
-            Content::new(Some(ArrayBuilder::new().items(ObjectBuilder::new()).build())),
+            Content::new(Some(
+                ArrayBuilder::new().items(ObjectBuilder::new()).build(),
+            )),
         ),
         Out::Array(name) => (
             "application/json",
@@ -415,9 +430,15 @@ fn errors(path: &str, access: Access) -> Vec<(u16, &'static str)> {
     let mut codes = vec![
         (400, "Malformed JSON or multipart body"),
         (401, "No key, or an unknown or revoked one"),
-        (403, "A key that may not do this, or a refused cross-site request"),
+        (
+            403,
+            "A key that may not do this, or a refused cross-site request",
+        ),
         (404, "Not found (also: owned by another key)"),
-        (409, "Conflict: the job's state, or an Idempotency-Key reused with another body"),
+        (
+            409,
+            "Conflict: the job's state, or an Idempotency-Key reused with another body",
+        ),
         (413, "Body too large"),
         (415, "Unsupported media type"),
         (422, "A field is invalid; `field` names it"),
