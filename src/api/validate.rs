@@ -53,21 +53,30 @@ pub struct SubmitRequest {
     pub negative_prompt: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
+    // The bounds in `schema(...)` are those of `Limits::default()`, for the OpenAPI
+    // document; the checks below are what enforces them.
     #[serde(default)]
+    #[schema(minimum = 64, maximum = 2048, multiple_of = 8)]
     pub width: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 64, maximum = 2048, multiple_of = 8)]
     pub height: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 150)]
     pub steps: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 30)]
     pub guidance_scale: Option<f64>,
     #[serde(default)]
     pub seed: Option<u64>,
     #[serde(default)]
     pub scheduler: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
     pub num_images: Option<u32>,
+    /// Above 10 needs an admin key.
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i32>,
     #[serde(default)]
     pub long_prompt: Option<String>,
@@ -79,6 +88,7 @@ pub struct SubmitRequest {
     pub mask_image: Option<String>,
     /// img2img / inpaint: 0 < strength ≤ 1 (default 0.8, inpaint 1.0).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub strength: Option<f64>,
     /// A label of the caller's own for whoever asked (an end-user id), stored with the job.
     #[serde(default)]
@@ -101,6 +111,7 @@ pub struct SubmitRequest {
     pub vae: Option<String>,
     /// A1111's clip skip: 1 (last layer, the default) to 12.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 12)]
     pub clip_skip: Option<u32>,
 }
 

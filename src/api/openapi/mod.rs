@@ -44,6 +44,7 @@ use super::route_table;
         crate::queue::JobSpec,
         crate::queue::LoraRef,
         crate::queue::JobStatus,
+        schemas::SseMessage,
         crate::queue::Event,
         crate::queue::EventKind,
         crate::queue::ImageSummary,
@@ -131,10 +132,47 @@ fn http_method(m: &axum::http::Method) -> HttpMethod {
     }
 }
 
+/// The document as JSON, as `GET /openapi.json` serves it.
+pub fn spec_json() -> serde_json::Value {
+    let mut doc = serde_json::to_value(spec()).expect("the document serialises");
+    fix_link_field_names(&mut doc);
+    doc
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI spells
+/// them in camel case, and tools ignore links spelled otherwise.
+fn fix_link_field_names(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+            continue;
+        };
+        for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(v) = link.remove(snake) {
+                    link.insert(camel.to_string(), v);
+                }
+            }
+        }
+    }
+}
+
 /// `GET /openapi.json`
 pub async fn serve_spec() -> impl IntoResponse {
     static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let body = JSON.get_or_init(|| spec().to_json().expect("the document serialises"));
+    let body = JSON.get_or_init(|| spec_json().to_string());
     ([(header::CONTENT_TYPE, "application/json")], body.as_str())
 }
 
@@ -160,7 +198,7 @@ mod tests {
 
     #[test]
     fn every_route_of_the_table_is_documented_with_its_method() {
-        let doc = serde_json::to_value(spec()).unwrap();
+        let doc = spec_json();
         assert_eq!(doc["openapi"], "3.1.0");
         let mut missing = Vec::new();
         for route in route_table() {
@@ -173,6 +211,30 @@ mod tests {
             assert!(op["responses"].is_object(), "{method} {}", route.path);
         }
         assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+    }
+
+    #[test]
+    fn links_name_operations_that_exist() {
+        let doc = spec_json();
+        let text = doc.to_string();
+        assert!(!text.contains("\"operation_id\""), "snake-case link fields");
+        let ids: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str().map(str::to_string))
+            .collect();
+        let mut links = 0;
+        for piece in text.split("\"operationId\":\"").skip(1) {
+            let id = &piece[..piece.find('"').unwrap()];
+            assert!(
+                ids.iter().any(|i| i == id),
+                "link to unknown operation {id}"
+            );
+            links += 1;
+        }
+        assert!(links > ids.len(), "links are there");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! One entry per `(method, path)`; [`describe`] turns it into an OpenAPI operation with
 //! its parameters, bodies, the error responses of its dialect and its security.
 
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{
@@ -12,6 +13,7 @@ use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::{Content, Header, KnownFormat, RefOr, Required, ResponseBuilder};
 
 use crate::api::{Access, RouteInfo};
+use crate::queue::JobStatus;
 
 /// A request body.
 enum Body {
@@ -415,11 +417,39 @@ fn json_content(out: Out) -> Option<(&'static str, Content)> {
         ),
         Out::Png => ("image/png", Content::new(Some(binary()))),
         Out::Jpeg => ("image/jpeg", Content::new(Some(binary()))),
-        Out::Sse => ("text/event-stream", Content::new(Some(schema_ref("Event")))),
+        Out::Sse => (
+            "text/event-stream",
+            Content::new(Some(schema_ref("SseMessage"))),
+        ),
         Out::Prometheus => ("text/plain", Content::new(Some(text()))),
         Out::Html => ("text/html", Content::new(Some(text()))),
         Out::Empty | Out::Redirect => return None,
     })
+}
+
+/// Where a response's ids lead: `(link name, operation id, JSON pointer to the id)`. They
+/// let clients (and schemathesis' stateful phase) follow a new job to its other routes.
+/// The event stream is left out: a queued job's stream stays open until the job ends.
+fn links(op: &str, status: u16) -> Vec<(&'static str, &'static str, &'static str)> {
+    let job = |pointer| {
+        vec![
+            ("get", "getJob", pointer),
+            ("cancel", "cancelJob", pointer),
+            ("images", "jobImages", pointer),
+            ("delete", "deleteJob", pointer),
+        ]
+    };
+    match (op, status) {
+        ("submitJob", 200 | 202) => job("/id"),
+        ("cancelJob", 200 | 202) | ("getJob", 200) => job("/id"),
+        ("listJobs", 200) => job("/jobs/0/id"),
+        ("listImages", 200) => vec![
+            ("image", "getImage", "/images/0/id"),
+            ("thumbnail", "getThumbnail", "/images/0/id"),
+            ("metadata", "getImageMetadata", "/images/0/id"),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// The error responses a route may give, in its dialect's shape.
@@ -493,13 +523,17 @@ pub fn describe(route: &RouteInfo) -> Option<Operation> {
         );
     }
     for (name, ty, description) in doc.query {
+        let mut schema = ObjectBuilder::new().schema_type(ty.clone());
+        if *name == "status" {
+            schema = schema.enum_values(Some(JobStatus::ALL.map(JobStatus::as_str)));
+        }
         b = b.parameter(
             ParameterBuilder::new()
                 .name(*name)
                 .parameter_in(ParameterIn::Query)
                 .required(Required::False)
                 .description(Some(*description))
-                .schema(Some(ObjectBuilder::new().schema_type(ty.clone()))),
+                .schema(Some(schema)),
         );
     }
     let header = |name: &str, description: &str| {
@@ -527,6 +561,15 @@ pub fn describe(route: &RouteInfo) -> Option<Operation> {
         let mut response = ResponseBuilder::new().description(*description);
         if let Some((media, content)) = json_content(*out) {
             response = response.content(media, content);
+        }
+        for (name, target, pointer) in links(doc.id, *status) {
+            response = response.link(
+                name,
+                LinkBuilder::new()
+                    .operation_id(target)
+                    .parameter("id", format!("$response.body#{pointer}"))
+                    .build(),
+            );
         }
         if *status == 302 {
             response = response.header(

@@ -86,6 +86,19 @@ pub struct JobView {
     links: JobLinks,
 }
 
+/// One message of a job's event stream (`text/event-stream`).
+#[derive(ToSchema)]
+pub struct SseMessage {
+    /// The event's type, the same as `type` in `data`: `queued`, `started`, `progress`,
+    /// `image`, `succeeded`, `failed`, `canceled`.
+    event: String,
+    /// The event's `seq`: send it back as `Last-Event-ID` to resume after it.
+    id: String,
+    /// The event as JSON: an `Event` (`job_id`, `seq` and the fields of its `EventKind`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 #[derive(ToSchema)]
 pub struct JobList {
     jobs: Vec<JobView>,
