@@ -566,6 +566,27 @@ async fn release_returns_a_job_without_counting_the_attempt(store: Store) {
     assert_eq!(again.job.attempt, 1);
 }
 
+/// What `/metrics` reports as `sdq_jobs{status}`.
+async fn counts_by_status_follow_the_jobs(store: Store) {
+    assert!(store.count_by_status().await.unwrap().is_empty());
+    let a = enqueue(&store, "m", "a", 0, 3).await;
+    enqueue(&store, "m", "b", 0, 3).await;
+    let c = enqueue(&store, "m", "c", 0, 3).await;
+    store.request_cancel(c, &Scope::All).await.unwrap();
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.job.id, a);
+    let mut counts = store.count_by_status().await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            (JobStatus::Canceled, 1),
+            (JobStatus::Queued, 1),
+            (JobStatus::Running, 1)
+        ]
+    );
+}
+
 async fn listing_is_newest_first_with_a_cursor(store: Store) {
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -1268,6 +1289,7 @@ macro_rules! backend {
             check!(cancel_semantics);
             check!(release_returns_a_job_without_counting_the_attempt);
             check!(listing_is_newest_first_with_a_cursor);
+            check!(counts_by_status_follow_the_jobs);
             check!(owner_default_models_are_per_owner);
             check!(retention_purges_only_old_finished_jobs);
             check!(retention_follows_each_keys_own_limit);
