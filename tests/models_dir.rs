@@ -168,10 +168,18 @@ async fn the_models_directory_is_listed_and_used_by_jobs() {
         let changed = pixels(&server, &run(&server, job(extra.clone())).await).await;
         assert_ne!(changed, plain, "{extra}");
     }
-    // A single-file checkpoint by name runs. (Its pixels are not yet compared with the
-    // folder's over REST: they differ there while the parity test shows the same file
-    // matching diffusers; see the branch report.)
-    run(&server, job(json!({"model": "mine"}))).await;
+    // A single-file checkpoint by name gives the pixels of the folder it was exported
+    // from, at the same size (its defaults are its family's, e.g. 512², not the tiny
+    // model's, so the size is given).
+    let size = json!({"width": 64, "height": 64});
+    let folder = pixels(&server, &run(&server, job(size.clone())).await).await;
+    let single = run(
+        &server,
+        job(json!({"model": "mine", "width": 64, "height": 64})),
+    )
+    .await;
+    assert_eq!(single["request"]["model"], "mine");
+    assert_eq!(pixels(&server, &single).await, folder);
 
     // Bad names and families are 422s naming the field.
     for (body, field, words) in [
