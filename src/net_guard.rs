@@ -32,7 +32,7 @@ pub struct Allowlist {
 
 impl Allowlist {
     /// Parses entries such as `127.0.0.1`, `10.0.0.0/8`, `::1`, `hooks.internal`.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Result<Self, String> {
         let mut list = Self::default();
         for entry in entries {
             let entry = entry.as_ref().trim();
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_allowlist_takes_hosts_addresses_and_ranges() {
-        let allow = Allowlist::parse(&["127.0.0.1", "10.0.0.0/8", "Hooks.Internal.", "[::1]"])
+        let allow = Allowlist::parse(["127.0.0.1", "10.0.0.0/8", "Hooks.Internal.", "[::1]"])
             .unwrap();
         assert!(vet("x", ip("127.0.0.1"), &allow).is_ok());
         assert!(vet("x", ip("127.0.0.2"), &allow).is_err());
@@ -305,7 +305,7 @@ mod tests {
         assert!(vet("x", ip("::1"), &allow).is_ok());
         assert!(vet("hooks.internal", ip("192.168.0.9"), &allow).is_ok());
         assert!(vet("other.internal", ip("192.168.0.9"), &allow).is_err());
-        assert!(Allowlist::parse(&["not a host!"]).is_err());
+        assert!(Allowlist::parse(["not a host!"]).is_err());
     }
 
     #[test]
@@ -327,7 +327,7 @@ mod tests {
         }
         let url = parse_url("https://hooks.example.com/sdq").unwrap();
         assert!(check_literal(&url, &none).is_ok());
-        let allowed = Allowlist::parse(&["127.0.0.1"]).unwrap();
+        let allowed = Allowlist::parse(["127.0.0.1"]).unwrap();
         let url = parse_url("http://127.0.0.1:9000/hook").unwrap();
         assert!(check_literal(&url, &allowed).is_ok());
     }
@@ -341,7 +341,7 @@ mod tests {
             "{refused:?}"
         );
         assert!(refused.to_string().contains("loopback"), "{refused}");
-        let allowed = Allowlist::parse(&["localhost"]).unwrap();
+        let allowed = Allowlist::parse(["localhost"]).unwrap();
         let target = resolve(&url, &allowed).await.unwrap();
         assert!(target.addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
     }

@@ -278,7 +278,7 @@ fn describe(e: &reqwest::Error) -> String {
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
-        source = cause.source();
+        source = std::error::Error::source(cause);
     }
     text
 }
