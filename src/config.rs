@@ -166,7 +166,11 @@ pub struct ServeConfig {
     /// Webhook targets allowed although they are loopback, private, link-local or
     /// otherwise inward (repeatable): a host name, an address or a CIDR, e.g.
     /// `127.0.0.1`, `10.0.0.0/8`, `hooks.internal`.
-    #[arg(long = "webhook-allow", env = "SDQ_WEBHOOK_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-allow",
+        env = "SDQ_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
     pub webhook_allow: Vec<String>,
     /// Seconds between looks for due webhook deliveries.
     #[arg(long, env = "SDQ_WEBHOOK_INTERVAL_SECS", default_value_t = 1.0)]
@@ -240,8 +244,8 @@ impl ServeConfig {
     }
     /// The webhook deliverer's settings; a malformed `--webhook-allow` is an error.
     pub fn webhooks(&self) -> anyhow::Result<crate::maintenance::webhooks::DeliverySettings> {
-        let allow = crate::net_guard::Allowlist::parse(&self.webhook_allow)
-            .map_err(anyhow::Error::msg)?;
+        let allow =
+            crate::net_guard::Allowlist::parse(&self.webhook_allow).map_err(anyhow::Error::msg)?;
         Ok(crate::maintenance::webhooks::DeliverySettings {
             interval: secs(self.webhook_interval_secs),
             retry_base: secs(self.webhook_retry_base_secs),

@@ -118,9 +118,7 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
         ));
     }
     Some(match () {
-        _ if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => {
-            "a cloud metadata address"
-        }
+        _ if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => "a cloud metadata address",
         _ if ip.is_unspecified() => "an unspecified address",
         _ if ip.is_loopback() => "a loopback address",
         // Deprecated IPv4-compatible addresses (::a.b.c.d).
@@ -297,8 +295,8 @@ mod tests {
 
     #[test]
     fn the_allowlist_takes_hosts_addresses_and_ranges() {
-        let allow = Allowlist::parse(["127.0.0.1", "10.0.0.0/8", "Hooks.Internal.", "[::1]"])
-            .unwrap();
+        let allow =
+            Allowlist::parse(["127.0.0.1", "10.0.0.0/8", "Hooks.Internal.", "[::1]"]).unwrap();
         assert!(vet("x", ip("127.0.0.1"), &allow).is_ok());
         assert!(vet("x", ip("127.0.0.2"), &allow).is_err());
         assert!(vet("x", ip("10.9.8.7"), &allow).is_ok());
@@ -311,7 +309,12 @@ mod tests {
     #[test]
     fn urls_are_checked_before_any_request() {
         let none = Allowlist::default();
-        for bad in ["ftp://example.com/", "example.com/hook", "http://", "mailto:a@b"] {
+        for bad in [
+            "ftp://example.com/",
+            "example.com/hook",
+            "http://",
+            "mailto:a@b",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         for literal in [
@@ -336,13 +339,13 @@ mod tests {
     async fn names_are_vetted_by_what_they_resolve_to() {
         let url = parse_url("http://localhost:9/hook").unwrap();
         let refused = resolve(&url, &Allowlist::default()).await.unwrap_err();
-        assert!(
-            matches!(refused, Refused::Resolved { .. }),
-            "{refused:?}"
-        );
+        assert!(matches!(refused, Refused::Resolved { .. }), "{refused:?}");
         assert!(refused.to_string().contains("loopback"), "{refused}");
         let allowed = Allowlist::parse(["localhost"]).unwrap();
         let target = resolve(&url, &allowed).await.unwrap();
-        assert!(target.addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
+        assert!(target
+            .addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 9));
     }
 }

@@ -699,7 +699,11 @@ async fn retention_purges_only_old_finished_jobs(store: Store) {
 
     // Nothing is old enough yet.
     let hour = Duration::from_secs(3600);
-    assert!(store.purge_finished(Some(hour), 100).await.unwrap().is_empty());
+    assert!(store
+        .purge_finished(Some(hour), 100)
+        .await
+        .unwrap()
+        .is_empty());
     tokio::time::sleep(Duration::from_millis(20)).await;
     let first = store
         .purge_finished(Some(Duration::from_millis(1)), 2)
@@ -763,9 +767,8 @@ async fn retention_follows_each_keys_own_limit(store: Store) {
         ids.push(job.id);
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let ids_of = |purged: Vec<sdq::queue::PurgedJob>| -> Vec<Uuid> {
-        purged.iter().map(|p| p.id).collect()
-    };
+    let ids_of =
+        |purged: Vec<sdq::queue::PurgedJob>| -> Vec<Uuid> { purged.iter().map(|p| p.id).collect() };
     // No server-wide limit: only the key with a limit of its own loses its job.
     let purged = ids_of(store.purge_finished(None, 100).await.unwrap());
     assert_eq!(purged, [ids[0]]);

@@ -77,7 +77,12 @@ impl Receiver {
     }
 
     /// Waits until `done` holds for the log.
-    async fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let start = Instant::now();
         loop {
             let log = self.log().await;
@@ -135,7 +140,11 @@ async fn wait_webhooks(
     }
 }
 
-fn getter(base: &str, token: &str, id: &str) -> impl Fn() -> futures::future::BoxFuture<'static, Value> {
+fn getter(
+    base: &str,
+    token: &str,
+    id: &str,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Value> {
     let url = format!("{base}/v1/jobs/{id}");
     let token = token.to_string();
     move || {
@@ -182,11 +191,16 @@ async fn deliveries_are_signed_retried_and_carry_the_job(global: &[&str]) {
     let job = me.run_job(body).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let id = job["id"].as_str().unwrap().to_string();
-    assert_eq!(job["request"]["webhook_events"], json!(["started", "completed"]));
+    assert_eq!(
+        job["request"]["webhook_events"],
+        json!(["started", "completed"])
+    );
 
-    let done = wait_webhooks(getter(&server.base, &key.token, &id), Duration::from_secs(30), |list| {
-        list.len() == 2 && list.iter().all(|w| w["status"] == "delivered")
-    })
+    let done = wait_webhooks(
+        getter(&server.base, &key.token, &id),
+        Duration::from_secs(30),
+        |list| list.len() == 2 && list.iter().all(|w| w["status"] == "delivered"),
+    )
     .await;
     let log = receiver.log().await;
     assert!(
@@ -200,14 +214,20 @@ async fn deliveries_are_signed_retried_and_carry_the_job(global: &[&str]) {
         let wid = hook["id"].as_str().unwrap();
         assert!(wid.starts_with("msg_"), "{hook}");
         assert_eq!(hook["attempts"], 2, "{hook}");
-        assert!(hook["last_error"].as_str().unwrap().starts_with("HTTP 500"), "{hook}");
+        assert!(
+            hook["last_error"].as_str().unwrap().starts_with("HTTP 500"),
+            "{hook}"
+        );
         assert!(hook["delivered_at"].is_string(), "{hook}");
         // One refusal, one success, under the same id with the same body.
         let attempts: Vec<&Value> = log.iter().filter(|e| e["id"] == wid).collect();
         assert_eq!(attempts.len(), 2, "{attempts:#?}");
         assert_eq!(answered(&log, wid, 500), 1);
         assert_eq!(answered(&log, wid, 200), 1);
-        assert_eq!(attempts[0]["body"], attempts[1]["body"], "a retry sends the same body");
+        assert_eq!(
+            attempts[0]["body"], attempts[1]["body"],
+            "a retry sends the same body"
+        );
         assert_eq!(attempts[0]["path"], "/hooks/sdq");
         assert_eq!(attempts[0]["content_type"], "application/json");
     }
@@ -216,12 +236,58 @@ async fn deliveries_are_signed_retried_and_carry_the_job(global: &[&str]) {
         serde_json::from_str(entry["body"].as_str().unwrap()).unwrap()
     };
     let completed = body_of(hooks[1]["id"].as_str().unwrap());
-    assert_eq!(completed, without_webhooks(done.clone()), "the body is GET /v1/jobs/{{id}}");
+    assert_eq!(
+        completed,
+        without_webhooks(done.clone()),
+        "the body is GET /v1/jobs/{{id}}"
+    );
     assert_eq!(completed["status"], "succeeded");
     assert_eq!(completed["images"].as_array().unwrap().len(), 1);
     let started = body_of(hooks[0]["id"].as_str().unwrap());
     assert_eq!(started["id"], id);
     assert_ne!(started["status"], "queued", "{started}");
+
+    // Multipart takes the events as a comma-separated string; a redirect is an answer
+    // like any other non-2xx: not followed, retried.
+    let form = reqwest::multipart::Form::new()
+        .text("prompt", "a redirect")
+        .text("width", "64")
+        .text("height", "64")
+        .text("steps", "2")
+        .text("webhook_url", receiver.url("/redirect"))
+        .text("webhook_events", "completed, started");
+    let resp = server
+        .client
+        .post(server.url("/v1/jobs"))
+        .bearer_auth(&key.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id: Value = resp.json().await.unwrap();
+    let id = id["id"].as_str().unwrap().to_string();
+    let redirected = wait_webhooks(
+        getter(&server.base, &key.token, &id),
+        Duration::from_secs(30),
+        |list| list.len() == 2 && list.iter().all(|w| w["attempts"].as_i64() >= Some(2)),
+    )
+    .await;
+    assert_eq!(
+        redirected["request"]["webhook_events"],
+        json!(["completed", "started"])
+    );
+    for hook in redirected["webhooks"].as_array().unwrap() {
+        assert_eq!(hook["status"], "pending", "{hook}");
+        assert_eq!(hook["response_status"], 302, "{hook}");
+        let error = hook["last_error"].as_str().unwrap();
+        assert!(error.contains("redirects are not followed"), "{error}");
+    }
+    let log = receiver.log().await;
+    assert!(
+        log.iter().all(|e| e["path"] != "/hook"),
+        "a redirect was followed: {log:#?}"
+    );
     server.stop().await;
 }
 
@@ -270,9 +336,11 @@ async fn a_restart_mid_retry_delivers_exactly_once() {
         .unwrap();
     let id = created["id"].as_str().expect("job id").to_string();
     // The first attempt was refused and its outcome recorded: the retry is pending.
-    let pending = wait_webhooks(getter(&first.base, &key.token, &id), Duration::from_secs(60), |list| {
-        list.len() == 1 && list[0]["attempts"] == 1 && list[0]["last_error"].is_string()
-    })
+    let pending = wait_webhooks(
+        getter(&first.base, &key.token, &id),
+        Duration::from_secs(60),
+        |list| list.len() == 1 && list[0]["attempts"] == 1 && list[0]["last_error"].is_string(),
+    )
     .await;
     let hook = &pending["webhooks"][0];
     assert_eq!(hook["status"], "pending", "{hook}");
@@ -284,13 +352,17 @@ async fn a_restart_mid_retry_delivers_exactly_once() {
     let second = ServeProcess::spawn(data.path(), &flags);
     second.wait_healthy(&client).await;
     receiver
-        .wait_for("the retry after the restart", Duration::from_secs(30), |log| {
-            answered(log, &wid, 200) == 1
-        })
+        .wait_for(
+            "the retry after the restart",
+            Duration::from_secs(30),
+            |log| answered(log, &wid, 200) == 1,
+        )
         .await;
-    let delivered = wait_webhooks(getter(&second.base, &key.token, &id), Duration::from_secs(10), |list| {
-        list.len() == 1 && list[0]["status"] == "delivered"
-    })
+    let delivered = wait_webhooks(
+        getter(&second.base, &key.token, &id),
+        Duration::from_secs(10),
+        |list| list.len() == 1 && list[0]["status"] == "delivered",
+    )
     .await;
     assert_eq!(delivered["webhooks"][0]["id"], wid.as_str());
     assert_eq!(delivered["webhooks"][0]["attempts"], 2);
@@ -298,7 +370,11 @@ async fn a_restart_mid_retry_delivers_exactly_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = receiver.log().await;
     assert_eq!(answered(&log, &wid, 200), 1, "{log:#?}");
-    assert_eq!(log.iter().filter(|e| e["id"] == wid.as_str()).count(), 2, "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|e| e["id"] == wid.as_str()).count(),
+        2,
+        "{log:#?}"
+    );
     assert_eq!(log.len(), 2, "only the one job's webhook: {log:#?}");
     assert!(log.iter().all(|e| e["verified"] == true), "{log:#?}");
 }
@@ -310,8 +386,16 @@ async fn ssrf_targets_are_refused() {
     let key = create_key(&["--data-dir", &data_dir], "hooks", &[]);
     let receiver = Receiver::start(&key.webhook_secret);
     // Auth off (a loopback bind), no --webhook-allow: nothing inward is reachable.
-    let mut server =
-        Server::start_in(data.path(), &["--webhook-interval-secs", "0.1", "--webhook-retry-base-secs", "0.2"]).await;
+    let mut server = Server::start_in(
+        data.path(),
+        &[
+            "--webhook-interval-secs",
+            "0.1",
+            "--webhook-retry-base-secs",
+            "0.2",
+        ],
+    )
+    .await;
     let me = server.with(Some(&key.token));
     let submit = |url: &str, events: Option<Value>| {
         let mut body = common::small_job("ssrf");
@@ -340,9 +424,18 @@ async fn ssrf_targets_are_refused() {
     for (body, field) in [
         (submit("ftp://example.com/x", None), "webhook_url"),
         (submit("not a url", None), "webhook_url"),
-        (submit("https://hooks.example.com/", Some(json!(["finished"]))), "webhook_events"),
-        (submit("https://hooks.example.com/", Some(json!([]))), "webhook_events"),
-        (submit("https://hooks.example.com/", Some(json!(7))), "webhook_events"),
+        (
+            submit("https://hooks.example.com/", Some(json!(["finished"]))),
+            "webhook_events",
+        ),
+        (
+            submit("https://hooks.example.com/", Some(json!([]))),
+            "webhook_events",
+        ),
+        (
+            submit("https://hooks.example.com/", Some(json!(7))),
+            "webhook_events",
+        ),
         (
             json!({"prompt": "x", "webhook_events": ["completed"]}),
             "webhook_events",
@@ -365,16 +458,24 @@ async fn ssrf_targets_are_refused() {
         .run_job(submit(&format!("http://localhost:{port}/hook"), None))
         .await;
     let id = job["id"].as_str().unwrap().to_string();
-    let failed = wait_webhooks(getter(&server.base, &key.token, &id), Duration::from_secs(20), |list| {
-        list.len() == 1 && list[0]["status"] == "failed"
-    })
+    let failed = wait_webhooks(
+        getter(&server.base, &key.token, &id),
+        Duration::from_secs(20),
+        |list| list.len() == 1 && list[0]["status"] == "failed",
+    )
     .await;
     let hook = &failed["webhooks"][0];
     assert_eq!(hook["attempts"], 1, "refusals are not retried: {hook}");
     let error = hook["last_error"].as_str().unwrap();
-    assert!(error.contains("SSRF") && error.contains("loopback"), "{error}");
+    assert!(
+        error.contains("SSRF") && error.contains("loopback"),
+        "{error}"
+    );
     assert!(error.contains("localhost"), "{error}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(receiver.log().await.is_empty(), "a refused target got a request");
+    assert!(
+        receiver.log().await.is_empty(),
+        "a refused target got a request"
+    );
     server.stop().await;
 }

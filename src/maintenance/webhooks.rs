@@ -171,11 +171,17 @@ async fn body(store: &dyn JobStore, d: &Delivery) -> Result<Option<String>, Main
         return Ok(None);
     };
     let view = crate::view::job_view(store, &job, &Scope::All).await?;
-    Ok(Some(store.set_delivery_payload(d.id, &view.to_string()).await?))
+    Ok(Some(
+        store.set_delivery_payload(d.id, &view.to_string()).await?,
+    ))
 }
 
 /// One attempt, start to end.
-async fn attempt(store: &dyn JobStore, settings: &DeliverySettings, d: &Delivery) -> AttemptOutcome {
+async fn attempt(
+    store: &dyn JobStore,
+    settings: &DeliverySettings,
+    d: &Delivery,
+) -> AttemptOutcome {
     let failed = |error: String| AttemptOutcome::Failed {
         error,
         status: None,
@@ -190,7 +196,9 @@ async fn attempt(store: &dyn JobStore, settings: &DeliverySettings, d: &Delivery
             Ok(key) => key,
             Err(e) => return failed(e),
         },
-        Ok(None) => return failed("the job's API key no longer exists; nothing to sign with".into()),
+        Ok(None) => {
+            return failed("the job's API key no longer exists; nothing to sign with".into())
+        }
         Err(e) => return retry_or_fail(settings, d, format!("cannot read the secret: {e}"), None),
     };
     let url = match net_guard::parse_url(&d.url) {

@@ -235,8 +235,11 @@ pub trait JobStore: Send + Sync {
     // Webhook deliveries (rows are made with the events they report; see `webhooks.rs`).
     /// Claims up to `limit` due deliveries: each starts one more attempt and stays hidden
     /// from other deliverers for `lease` (after which a crashed attempt is retried).
-    async fn claim_deliveries(&self, limit: i64, lease: Duration)
-        -> Result<Vec<Delivery>, StoreError>;
+    async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError>;
     /// Fixes a delivery's body at its first attempt and returns the body to send: an
     /// earlier one if it was already fixed, so every retry sends the same bytes.
     async fn set_delivery_payload(&self, id: Uuid, payload: &str) -> Result<String, StoreError>;

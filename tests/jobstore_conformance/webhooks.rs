@@ -78,12 +78,18 @@ pub async fn webhook_deliveries_are_made_with_their_events(store: Store) {
     let owner = store.get(id, &Scope::All).await.unwrap().unwrap().owner;
     assert_eq!(store.webhook_secret(&owner).await.unwrap(), Some(secret));
     assert_eq!(store.webhook_secret("local").await.unwrap(), None);
-    assert!(store.job_deliveries(id).await.unwrap().is_empty(), "queued is not reported");
+    assert!(
+        store.job_deliveries(id).await.unwrap().is_empty(),
+        "queued is not reported"
+    );
 
     let (lease, started) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(lease.job.id, id);
     let deliveries = store.job_deliveries(id).await.unwrap();
-    assert_eq!(events_of(&deliveries), [(WebhookEvent::Started, started.seq)]);
+    assert_eq!(
+        events_of(&deliveries),
+        [(WebhookEvent::Started, started.seq)]
+    );
     let d = &deliveries[0];
     assert_eq!((d.status, d.attempts), (DeliveryStatus::Pending, 0));
     assert_eq!(d.url, "https://hooks.example.com/sdq");
@@ -125,9 +131,15 @@ pub async fn completed_means_every_end_but_a_retried_failure(store: Store) {
         .unwrap();
     assert!(store.job_deliveries(id).await.unwrap().is_empty());
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
-    let failed = store.fail(id, lease.token, "bad input", None).await.unwrap();
+    let failed = store
+        .fail(id, lease.token, "bad input", None)
+        .await
+        .unwrap();
     let deliveries = store.job_deliveries(id).await.unwrap();
-    assert_eq!(events_of(&deliveries), [(WebhookEvent::Completed, failed.seq)]);
+    assert_eq!(
+        events_of(&deliveries),
+        [(WebhookEvent::Completed, failed.seq)]
+    );
 
     // Canceled while queued.
     let (queued, _) = hooked_job(&store, &[WebhookEvent::Completed]).await;
@@ -149,7 +161,11 @@ pub async fn progress_deliveries_are_coalesced(store: Store) {
         store.record(id, lease.token, progress(step)).await.unwrap();
     }
     let deliveries = store.job_deliveries(id).await.unwrap();
-    assert_eq!(deliveries.len(), 1, "one unsent progress delivery at a time");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "one unsent progress delivery at a time"
+    );
     let first = store.claim_deliveries(10, LEASE).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempts, 1);
@@ -183,8 +199,14 @@ pub async fn deliveries_are_claimed_once_and_finished_by_their_attempt(store: St
     assert_eq!((d.job_id, d.attempts, d.payload.clone()), (id, 1, None));
 
     // The body is fixed by the first attempt.
-    assert_eq!(store.set_delivery_payload(d.id, "{\"a\":1}").await.unwrap(), "{\"a\":1}");
-    assert_eq!(store.set_delivery_payload(d.id, "{\"b\":2}").await.unwrap(), "{\"a\":1}");
+    assert_eq!(
+        store.set_delivery_payload(d.id, "{\"a\":1}").await.unwrap(),
+        "{\"a\":1}"
+    );
+    assert_eq!(
+        store.set_delivery_payload(d.id, "{\"b\":2}").await.unwrap(),
+        "{\"a\":1}"
+    );
 
     // A deliverer that died: the claim runs out and the next attempt begins.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -202,7 +224,10 @@ pub async fn deliveries_are_claimed_once_and_finished_by_their_attempt(store: St
         after: Duration::from_millis(300),
     };
     assert!(store.finish_delivery(d.id, 2, &retry).await.unwrap());
-    assert!(store.claim_deliveries(10, LEASE).await.unwrap().is_empty(), "not due yet");
+    assert!(
+        store.claim_deliveries(10, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
     let pending = &store.job_deliveries(id).await.unwrap()[0];
     assert_eq!(pending.status, DeliveryStatus::Pending);
     assert_eq!(pending.last_error.as_deref(), Some("HTTP 500"));
@@ -219,11 +244,18 @@ pub async fn deliveries_are_claimed_once_and_finished_by_their_attempt(store: St
     assert_eq!(done.status, DeliveryStatus::Delivered);
     assert_eq!(done.response_status, Some(204));
     assert!(done.delivered_at.is_some());
-    assert_eq!(done.last_error.as_deref(), Some("HTTP 500"), "earlier failures stay visible");
-    assert!(!store
-        .finish_delivery(d.id, 3, &AttemptOutcome::Delivered { status: 200 })
-        .await
-        .unwrap(), "a finished delivery is not finished twice");
+    assert_eq!(
+        done.last_error.as_deref(),
+        Some("HTTP 500"),
+        "earlier failures stay visible"
+    );
+    assert!(
+        !store
+            .finish_delivery(d.id, 3, &AttemptOutcome::Delivered { status: 200 })
+            .await
+            .unwrap(),
+        "a finished delivery is not finished twice"
+    );
 
     // Giving up: failed, and never claimed again.
     let (other, _) = hooked_job(&store, &[WebhookEvent::Started]).await;
