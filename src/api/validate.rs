@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiSettings};
 use crate::inference::{hub, SchedulerKind};
-use crate::queue::{JobSpec, LoraRef};
+use crate::queue::{JobSpec, LoraRef, WebhookEvent};
 
 /// Bodies larger than this are refused with 413 before parsing (room for a base64 start
 /// image and mask).
@@ -102,6 +102,13 @@ pub struct SubmitRequest {
     /// A1111's clip skip: 1 (last layer, the default) to 12.
     #[serde(default)]
     pub clip_skip: Option<u32>,
+    /// An http(s) URL to post the job to as it changes (signed; see the README).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Which changes to post: a list (or, in multipart, a comma-separated string) of
+    /// `started`, `progress`, `completed`; default `["completed"]`.
+    #[serde(default)]
+    pub webhook_events: Option<serde_json::Value>,
 }
 
 /// One entry of `loras`.
@@ -616,6 +623,8 @@ impl SubmitRequest {
             self.vae,
             self.clip_skip,
         )?;
+        let (webhook_url, webhook_events) =
+            check_webhook(settings, self.webhook_url, self.webhook_events)?;
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -643,12 +652,83 @@ impl SubmitRequest {
                 loras,
                 vae,
                 clip_skip,
+                webhook_url,
+                webhook_events,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),
             mask_image: mask.map(|(bytes, _)| bytes),
         })
     }
+}
+
+/// Checks `webhook_url` (an http(s) URL whose host, if it is an address, the SSRF guard
+/// lets through; names are vetted when they are resolved, at delivery) and
+/// `webhook_events`.
+fn check_webhook(
+    settings: &ApiSettings,
+    url: Option<String>,
+    events: Option<serde_json::Value>,
+) -> Result<(Option<String>, Vec<WebhookEvent>), ApiError> {
+    let Some(url) = url else {
+        if events.as_ref().is_some_and(|e| !e.is_null()) {
+            return Err(ApiError::invalid(
+                "webhook_events",
+                "webhook_events needs a webhook_url",
+            ));
+        }
+        return Ok((None, Vec::new()));
+    };
+    let parsed = crate::net_guard::parse_url(&url)
+        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url: {e}")))?;
+    crate::net_guard::check_literal(&parsed, &settings.webhook_allow)
+        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url: {e}")))?;
+    let names: Vec<String> = match events {
+        None | Some(serde_json::Value::Null) => {
+            return Ok((
+                Some(parsed.to_string()),
+                crate::queue::webhooks::DEFAULT_EVENTS.to_vec(),
+            ))
+        }
+        Some(serde_json::Value::String(csv)) => csv
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid("webhook_events", "webhook_events must hold strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "webhook_events",
+                "webhook_events must be a list of event names",
+            ))
+        }
+    };
+    let mut events = Vec::new();
+    for name in &names {
+        let event = WebhookEvent::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "webhook_events",
+                format!("unknown webhook event '{name}'; use started, progress, completed"),
+            )
+        })?;
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Err(ApiError::invalid(
+            "webhook_events",
+            "webhook_events must name at least one of started, progress, completed",
+        ));
+    }
+    Ok((Some(parsed.to_string()), events))
 }
 
 /// The start image or mask from exactly one source: a base64 field or `files`.
