@@ -1,5 +1,5 @@
 //! Wiring: builds the store, bus, image store, workers, maintenance services (rescuer,
-//! cleaner, orphan collector) and API from the config, and runs them under one shutdown
+//! cleaner, orphan collector, webhook deliverer) and API from the config, and runs them under one shutdown
 //! signal.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiSettings, AppState, Auth, AuthMode, Limits, Timeouts};
 use crate::config::{Config, ServeConfig};
-use crate::maintenance::{cleaner, gc};
+use crate::maintenance::{cleaner, gc, webhooks};
 use crate::queue::{
     local_bus::LocalBus, postgres::PgStore, redis_bus::RedisBus, rescuer, sqlite::SqliteStore,
     EventBus, JobStore, Queue,
@@ -112,6 +112,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         }
     }
     let images = open_images(config)?;
+    let webhook_settings = serve.webhooks()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -139,6 +140,13 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             shutdown_rx.clone(),
         )));
     }
+    // Every process delivers: claims keep them apart, and a worker-only fleet still
+    // reports its jobs.
+    tasks.push(tokio::spawn(webhooks::run(
+        queue.store.clone(),
+        webhook_settings.clone(),
+        shutdown_rx.clone(),
+    )));
     let workers = if role == Role::Api { 0 } else { serve.workers };
     for _ in 0..workers {
         let mut wc = WorkerConfig::new(config.models_dir());
@@ -168,6 +176,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
             max_attempts: serve.max_attempts,
             public_hosts: serve.public_hosts.clone(),
             cors_origins: serve.cors_origins.clone(),
+            webhook_allow: webhook_settings.allow.clone(),
             models_dir: {
                 let dir = config.models_dir();
                 if let Err(e) = crate::inference::catalogue::create_folders(&dir) {

@@ -822,6 +822,8 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         loras,
         vae: args.vae.clone(),
         clip_skip: args.clip_skip.map(|c| c as u32),
+        webhook_url: None,
+        webhook_events: Vec::new(),
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

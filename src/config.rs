@@ -180,6 +180,31 @@ pub struct ServeConfig {
     /// Seconds a client may take to send a request body.
     #[arg(long, env = "SDQ_BODY_TIMEOUT_SECS", default_value_t = 30.0)]
     pub body_timeout_secs: f64,
+    /// Webhook targets allowed although they are loopback, private, link-local or
+    /// otherwise inward (repeatable): a host name, an address or a CIDR, e.g.
+    /// `127.0.0.1`, `10.0.0.0/8`, `hooks.internal`.
+    #[arg(
+        long = "webhook-allow",
+        env = "SDQ_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    pub webhook_allow: Vec<String>,
+    /// Seconds between looks for due webhook deliveries.
+    #[arg(long, env = "SDQ_WEBHOOK_INTERVAL_SECS", default_value_t = 1.0)]
+    pub webhook_interval_secs: f64,
+    /// Seconds before the first retry of a failed webhook delivery (doubling after each
+    /// further failure, with jitter, at most 15 minutes apart).
+    #[arg(long, env = "SDQ_WEBHOOK_RETRY_BASE_SECS", default_value_t = 10.0)]
+    pub webhook_retry_base_secs: f64,
+    /// Seconds after its event a webhook delivery is retried before it is marked failed.
+    #[arg(long, env = "SDQ_WEBHOOK_RETRY_FOR_SECS", default_value_t = 3600.0)]
+    pub webhook_retry_for_secs: f64,
+    /// Seconds one webhook attempt may take (connect, send, answer).
+    #[arg(long, env = "SDQ_WEBHOOK_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub webhook_timeout_secs: f64,
+    /// Seconds a webhook attempt may take to connect.
+    #[arg(long, env = "SDQ_WEBHOOK_CONNECT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub webhook_connect_timeout_secs: f64,
 }
 
 impl ServeConfig {
@@ -233,6 +258,19 @@ impl ServeConfig {
     }
     pub fn body_timeout(&self) -> Duration {
         secs(self.body_timeout_secs)
+    }
+    /// The webhook deliverer's settings; a malformed `--webhook-allow` is an error.
+    pub fn webhooks(&self) -> anyhow::Result<crate::maintenance::webhooks::DeliverySettings> {
+        let allow =
+            crate::net_guard::Allowlist::parse(&self.webhook_allow).map_err(anyhow::Error::msg)?;
+        Ok(crate::maintenance::webhooks::DeliverySettings {
+            interval: secs(self.webhook_interval_secs),
+            retry_base: secs(self.webhook_retry_base_secs),
+            retry_for: secs(self.webhook_retry_for_secs),
+            connect_timeout: secs(self.webhook_connect_timeout_secs),
+            timeout: secs(self.webhook_timeout_secs),
+            allow: std::sync::Arc::new(allow),
+        })
     }
 }
 

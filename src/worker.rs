@@ -281,9 +281,12 @@ pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngM
         height: spec.height,
         model: spec.model.clone(),
         strength: spec.init_image.as_ref().and(spec.strength),
+        // Where the job reported to is no part of the recipe an image carries.
         spec: serde_json::to_value(JobSpec {
             seed,
             num_images: 1,
+            webhook_url: None,
+            webhook_events: Vec::new(),
             ..spec.clone()
         })
         .unwrap_or_default(),

@@ -4,6 +4,9 @@
 //! check against each implementation.
 
 mod common;
+#[path = "jobstore_conformance/webhooks.rs"]
+mod webhook_checks;
+use webhook_checks::*;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1302,6 +1305,10 @@ macro_rules! backend {
             check!(keys_are_stored_hashed_and_can_be_revoked);
             check!(rate_buckets_hold_across_concurrent_takers);
             check!(gallery_pages_stay_correct_across_deletes);
+            check!(webhook_deliveries_are_made_with_their_events);
+            check!(completed_means_every_end_but_a_retried_failure);
+            check!(progress_deliveries_are_coalesced);
+            check!(deliveries_are_claimed_once_and_finished_by_their_attempt);
         }
     };
 }

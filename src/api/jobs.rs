@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -13,107 +13,25 @@ use super::auth::Caller;
 use super::submit::{submit_job, Submitted};
 use super::validate::{parse_body, InputFiles, MAX_BODY_BYTES};
 use super::{ApiError, AppState};
-use crate::queue::{CancelOutcome, Cursor, ImageRecord, Job, JobStatus, ListQuery};
+use crate::queue::{CancelOutcome, Cursor, Job, JobStatus, ListQuery};
 
-/// Milliseconds since the epoch as RFC 3339.
-pub(crate) fn timestamp(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null)
-}
+pub(crate) use crate::view::{timestamp, ImageView};
 
 /// Parses a path id; anything that is not a UUID cannot name a job.
 pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what))
 }
 
-/// An image as listings show it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ImageView {
-    pub id: Uuid,
-    pub job_id: Uuid,
-    pub index: i64,
-    pub url: String,
-    pub thumbnail_url: String,
-    pub model: String,
-    pub prompt: String,
-    pub seed: i64,
-    pub width: i64,
-    pub height: i64,
-    pub bytes: i64,
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: Value,
-}
-
-impl From<&ImageRecord> for ImageView {
-    fn from(r: &ImageRecord) -> Self {
-        Self {
-            id: r.id,
-            job_id: r.job_id,
-            index: r.index,
-            url: format!("/v1/images/{}", r.id),
-            thumbnail_url: format!("/v1/images/{}/thumbnail", r.id),
-            model: r.model.clone(),
-            prompt: r.prompt.clone(),
-            seed: r.seed,
-            width: r.width,
-            height: r.height,
-            bytes: r.bytes,
-            created_at: timestamp(r.created_at),
-        }
-    }
-}
-
-/// Everything a client wants to know about a job in one object.
+/// Everything a client wants to know about a job in one object, with its webhook
+/// deliveries (a delivery's body is the same view without them).
 pub async fn job_view(state: &AppState, caller: &Caller, job: &Job) -> Result<Value, ApiError> {
-    let position = if job.status == JobStatus::Queued {
-        state.queue.store.queue_position(job.id).await?
-    } else {
-        None
-    };
-    let images: Vec<ImageView> = if job.status == JobStatus::Succeeded {
-        state
-            .queue
-            .store
-            .job_images(job.id, &caller.scope())
-            .await?
-            .iter()
-            .map(ImageView::from)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let id = job.id;
-    Ok(json!({
-        "id": id,
-        "owner": job.owner,
-        "status": job.status,
-        "model": job.spec.model,
-        "request": job.spec,
-        "priority": job.priority,
-        "progress": {"step": job.progress_step, "total": job.progress_total},
-        "queue_position": position,
-        "attempts": job.attempt,
-        "max_attempts": job.max_attempts,
-        "cancel_requested": job.cancel_requested,
-        "worker": job.worker,
-        "error": job.error,
-        "timings": job.timings,
-        "images": images,
-        "created_at": timestamp(job.created_at),
-        "started_at": job.started_at.map(timestamp),
-        "finished_at": job.finished_at.map(timestamp),
-        "links": links(id),
-    }))
+    let store = state.queue.store.as_ref();
+    let view = crate::view::job_view(store, job, &caller.scope()).await?;
+    Ok(crate::view::with_deliveries(store, job, view).await?)
 }
 
 fn links(id: Uuid) -> Value {
-    json!({
-        "self": format!("/v1/jobs/{id}"),
-        "events": format!("/v1/jobs/{id}/events"),
-        "images": format!("/v1/jobs/{id}/images"),
-        "cancel": format!("/v1/jobs/{id}/cancel"),
-    })
+    crate::view::job_links(id)
 }
 
 /// `POST /v1/jobs`: a JSON body, or multipart with the start image and mask as files.

@@ -63,6 +63,8 @@ pub struct ApiSettings {
     pub public_hosts: Vec<String>,
     /// Origins browsers may call the API from (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Inward webhook targets the operator allowed (`--webhook-allow`).
+    pub webhook_allow: Arc<crate::net_guard::Allowlist>,
     /// The models directory and what its last scan found (checkpoints, LoRAs,
     /// embeddings, VAEs); `POST /v1/models/refresh` scans again.
     pub models_dir: ModelsDir,
@@ -116,6 +118,7 @@ impl ApiSettings {
             max_attempts: 3,
             public_hosts: Vec::new(),
             cors_origins: Vec::new(),
+            webhook_allow: Arc::default(),
             models_dir: ModelsDir::default(),
         }
     }

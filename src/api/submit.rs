@@ -70,6 +70,13 @@ pub async fn submit_job(
             "priority above {USER_MAX_PRIORITY} needs an admin key"
         )));
     }
+    if submission.spec.webhook_url.is_some() && caller.key().is_none() {
+        // Deliveries are signed with the key's whsec_ secret; without a key there is none.
+        return Err(ApiError::invalid(
+            "webhook_url",
+            "webhook_url needs an API key: deliveries are signed with the key's whsec_ secret              (create one with `sdq keys create NAME` and send it as `Authorization: Bearer`,              also while auth is off)",
+        ));
+    }
     let mut spec = submission.spec;
     // Inputs are stored before the job exists, so a worker never sees a job whose inputs
     // are missing; if nothing new is queued, they are removed again.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiSettings};
 use crate::inference::{hub, SchedulerKind};
-use crate::queue::{JobSpec, LoraRef};
+use crate::queue::{JobSpec, LoraRef, WebhookEvent};
 
 /// Bodies larger than this are refused with 413 before parsing (room for a base64 start
 /// image and mask).
@@ -113,6 +113,14 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 12)]
     pub clip_skip: Option<u32>,
+    /// An http(s) URL to post the job to as it changes (signed; see the README).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Which changes to post: a list (or, in multipart, a comma-separated string) of
+    /// `started`, `progress`, `completed`; default `["completed"]`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub webhook_events: Option<serde_json::Value>,
 }
 
 /// One entry of `loras`.
@@ -174,11 +182,21 @@ fn check_extras(
             ));
         }
     }
+    let catalogue = settings.models_dir.catalogue();
+    let model_family = model_family(settings, model);
+    // A1111's "Automatic": a VAE named like the checkpoint goes with it unless the job
+    // names another, or "none" (the checkpoint's own).
+    let vae = match vae {
+        Some(v) if v.eq_ignore_ascii_case("none") => None,
+        Some(v) if v.eq_ignore_ascii_case("automatic") => {
+            paired_vae(&catalogue, model, model_family.as_deref())
+        }
+        None => paired_vae(&catalogue, model, model_family.as_deref()),
+        named => named,
+    };
     if all.is_empty() && vae.is_none() {
         return Ok((all, vae, clip_skip));
     }
-    let catalogue = settings.models_dir.catalogue();
-    let model_family = model_family(settings, model);
     for (i, lora) in all.iter().enumerate() {
         if !lora.weight.is_finite() || lora.weight.abs() > 10.0 {
             return Err(ApiError::invalid(
@@ -246,6 +264,23 @@ fn check_extras(
         }
     }
     Ok((all, vae, clip_skip))
+}
+
+/// The usable VAE of the models directory named like checkpoint `model`, if its family
+/// fits.
+fn paired_vae(
+    catalogue: &crate::inference::catalogue::Catalogue,
+    model: &str,
+    model_family: Option<&str>,
+) -> Option<String> {
+    use crate::inference::catalogue::Kind;
+    catalogue.find(Kind::Checkpoint, model)?;
+    let vae = catalogue.find(Kind::Vae, model)?;
+    let fits = match (vae.family.as_deref(), model_family) {
+        (Some(theirs), Some(ours)) => base_family(theirs) == base_family(ours),
+        _ => true,
+    };
+    (vae.error.is_none() && fits).then(|| vae.name.clone())
 }
 
 /// `sd1`, `sd2` or `sdxl` without the `-inpaint` mark.
@@ -600,6 +635,8 @@ impl SubmitRequest {
             self.vae,
             self.clip_skip,
         )?;
+        let (webhook_url, webhook_events) =
+            check_webhook(settings, self.webhook_url, self.webhook_events)?;
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -627,12 +664,83 @@ impl SubmitRequest {
                 loras,
                 vae,
                 clip_skip,
+                webhook_url,
+                webhook_events,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),
             mask_image: mask.map(|(bytes, _)| bytes),
         })
     }
+}
+
+/// Checks `webhook_url` (an http(s) URL whose host, if it is an address, the SSRF guard
+/// lets through; names are vetted when they are resolved, at delivery) and
+/// `webhook_events`.
+fn check_webhook(
+    settings: &ApiSettings,
+    url: Option<String>,
+    events: Option<serde_json::Value>,
+) -> Result<(Option<String>, Vec<WebhookEvent>), ApiError> {
+    let Some(url) = url else {
+        if events.as_ref().is_some_and(|e| !e.is_null()) {
+            return Err(ApiError::invalid(
+                "webhook_events",
+                "webhook_events needs a webhook_url",
+            ));
+        }
+        return Ok((None, Vec::new()));
+    };
+    let parsed = crate::net_guard::parse_url(&url)
+        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url: {e}")))?;
+    crate::net_guard::check_literal(&parsed, &settings.webhook_allow)
+        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url: {e}")))?;
+    let names: Vec<String> = match events {
+        None | Some(serde_json::Value::Null) => {
+            return Ok((
+                Some(parsed.to_string()),
+                crate::queue::webhooks::DEFAULT_EVENTS.to_vec(),
+            ))
+        }
+        Some(serde_json::Value::String(csv)) => csv
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid("webhook_events", "webhook_events must hold strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "webhook_events",
+                "webhook_events must be a list of event names",
+            ))
+        }
+    };
+    let mut events = Vec::new();
+    for name in &names {
+        let event = WebhookEvent::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "webhook_events",
+                format!("unknown webhook event '{name}'; use started, progress, completed"),
+            )
+        })?;
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Err(ApiError::invalid(
+            "webhook_events",
+            "webhook_events must name at least one of started, progress, completed",
+        ));
+    }
+    Ok((Some(parsed.to_string()), events))
 }
 
 /// The start image or mask from exactly one source: a base64 field or `files`.

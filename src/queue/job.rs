@@ -43,6 +43,12 @@ pub struct JobSpec {
     /// A1111's clip skip (1 = last layer, 2 = penultimate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_skip: Option<u32>,
+    /// Where to post the job as it changes (vetted by the SSRF guard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// What to post about; empty without `webhook_url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_events: Vec<super::WebhookEvent>,
 }
 
 /// A LoRA of the models directory at a weight.
@@ -58,6 +64,15 @@ impl JobSpec {
     /// Empty for a job that needs neither. Workers prefer jobs whose key matches theirs.
     pub fn adapters_key(&self) -> String {
         adapters_key(&self.loras, self.vae.as_deref())
+    }
+
+    /// The `webhook_events` bit mask the jobs table keeps (0 without a webhook).
+    pub fn webhook_mask(&self) -> i64 {
+        if self.webhook_url.is_some() {
+            super::webhooks::events_mask(&self.webhook_events)
+        } else {
+            0
+        }
     }
 }
 

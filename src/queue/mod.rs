@@ -17,6 +17,7 @@ mod scope;
 pub mod sqlite;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 
 pub use bus::{BusError, BusMessage, EventBus};
 pub use events::{Event, EventKind, ImageSummary};
@@ -29,3 +30,4 @@ pub use keys::{ApiKey, NewApiKey};
 pub use scope::Scope;
 pub use state::JobStatus;
 pub use store::{CancelOutcome, JobStore, PurgedJob, StoreError};
+pub use webhooks::{Delivery, DeliveryStatus, WebhookEvent};

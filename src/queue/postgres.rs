@@ -15,6 +15,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
     JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
@@ -23,6 +24,7 @@ use super::{
 
 mod gallery;
 mod keys;
+mod webhooks;
 
 /// The statuses after which a job never changes.
 const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
@@ -124,11 +126,13 @@ async fn insert_event(
     .bind(Json(&kind))
     .execute(&mut *conn)
     .await?;
-    Ok(Event {
+    let event = Event {
         job_id: id,
         seq,
         kind,
-    })
+    };
+    webhooks::on_event(conn, &event).await?;
+    Ok(event)
 }
 
 async fn next_seq_fenced(
@@ -207,8 +211,9 @@ impl JobStore for PgStore {
             }
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
+                               webhook_url, webhook_events) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
         .bind(&new.owner)
@@ -217,6 +222,8 @@ impl JobStore for PgStore {
         .bind(new.priority)
         .bind(new.max_attempts.max(1))
         .bind(new.spec.adapters_key())
+        .bind(&new.spec.webhook_url)
+        .bind(new.spec.webhook_mask())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -824,5 +831,34 @@ impl JobStore for PgStore {
         per_min: i64,
     ) -> Result<Option<Duration>, StoreError> {
         keys::take_rate_token(&self.pool, owner, per_min).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        webhooks::claim(&self.pool, limit, lease).await
+    }
+
+    async fn set_delivery_payload(&self, id: Uuid, payload: &str) -> Result<String, StoreError> {
+        webhooks::set_payload(&self.pool, id, payload).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempt: i64,
+        outcome: &AttemptOutcome,
+    ) -> Result<bool, StoreError> {
+        webhooks::finish(&self.pool, id, attempt, outcome).await
+    }
+
+    async fn job_deliveries(&self, job_id: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        webhooks::of_job(&self.pool, job_id).await
+    }
+
+    async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        webhooks::secret(&self.pool, owner).await
     }
 }

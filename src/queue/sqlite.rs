@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
     JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
@@ -25,6 +26,7 @@ use super::{
 
 mod gallery;
 mod keys;
+mod webhooks;
 
 /// The statuses after which a job never changes.
 const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
@@ -72,6 +74,16 @@ impl SqliteStore {
         let lock = migration_lock(options.get_filename()).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that fails with SQLITE_FULL makes SQLite roll the transaction back
+            // itself; sqlx's own ROLLBACK then fails and leaves the connection believing it
+            // is still inside a transaction, so every later BEGIN would fail. An idle
+            // connection in that state is replaced instead of reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::TransactionManager;
+                    Ok(sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) == 0)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite")
@@ -197,11 +209,13 @@ async fn insert_event(
         .bind(now_ms())
         .execute(&mut *conn)
         .await?;
-    Ok(Event {
+    let event = Event {
         job_id: id,
         seq,
         kind,
-    })
+    };
+    webhooks::on_event(conn, &event).await?;
+    Ok(event)
 }
 
 /// Reserves the next `seq` of a job we hold, or reports the lease lost.
@@ -281,8 +295,9 @@ impl JobStore for SqliteStore {
             }
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
+                               webhook_url, webhook_events) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id.to_string())
         .bind(&new.owner)
@@ -293,6 +308,8 @@ impl JobStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(new.spec.adapters_key())
+        .bind(&new.spec.webhook_url)
+        .bind(new.spec.webhook_mask())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -968,5 +985,34 @@ impl JobStore for SqliteStore {
         per_min: i64,
     ) -> Result<Option<Duration>, StoreError> {
         keys::take_rate_token(&self.writer, owner, per_min, now_ms()).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        webhooks::claim(&self.writer, limit, lease).await
+    }
+
+    async fn set_delivery_payload(&self, id: Uuid, payload: &str) -> Result<String, StoreError> {
+        webhooks::set_payload(&self.writer, id, payload).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempt: i64,
+        outcome: &AttemptOutcome,
+    ) -> Result<bool, StoreError> {
+        webhooks::finish(&self.writer, id, attempt, outcome).await
+    }
+
+    async fn job_deliveries(&self, job_id: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        webhooks::of_job(&self.reader, job_id).await
+    }
+
+    async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        webhooks::secret(&self.reader, owner).await
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, Enqueued, Event, EventKind, ImageQuery, ImageRecord, ImageSummary, Job, JobStatus,
     Lease, ListQuery, NewImage, NewJob, Scope, WorkerInfo,
@@ -232,6 +233,31 @@ pub trait JobStore: Send + Sync {
         owner: &str,
         per_min: i64,
     ) -> Result<Option<Duration>, StoreError>;
+
+    // Webhook deliveries (rows are made with the events they report; see `webhooks.rs`).
+    /// Claims up to `limit` due deliveries: each starts one more attempt and stays hidden
+    /// from other deliverers for `lease` (after which a crashed attempt is retried).
+    async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Fixes a delivery's body at its first attempt and returns the body to send: an
+    /// earlier one if it was already fixed, so every retry sends the same bytes.
+    async fn set_delivery_payload(&self, id: Uuid, payload: &str) -> Result<String, StoreError>;
+    /// Records how attempt `attempt` ended; `false` (nothing written) if the delivery was
+    /// claimed again since or is no longer pending.
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempt: i64,
+        outcome: &AttemptOutcome,
+    ) -> Result<bool, StoreError>;
+    /// A job's deliveries, oldest first (callers check the job's scope first).
+    async fn job_deliveries(&self, job_id: Uuid) -> Result<Vec<Delivery>, StoreError>;
+    /// The `whsec_…` secret that signs an owner's deliveries: its key's; `None` for an
+    /// owner without a key.
+    async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// How long ago an idempotency key stops counting.

@@ -147,6 +147,21 @@ export interface Job {
   owner?: string;
   /** While running with previews on: the latest one. */
   preview?: Preview | null;
+  /** The job's webhook deliveries (`GET /v1/jobs/{id}`; absent from webhook bodies). */
+  webhooks?: WebhookDelivery[];
+}
+
+/** One webhook delivery: one per (job, event); `id` is the `webhook-id` header. */
+export interface WebhookDelivery {
+  id: string;
+  event: WebhookEvent;
+  status: "pending" | "delivered" | "failed";
+  attempts: number;
+  last_error: string | null;
+  response_status: number | null;
+  created_at: string;
+  next_attempt_at: string | null;
+  delivered_at: string | null;
 }
 
 /** A page of `GET /v1/jobs`. */

@@ -10,8 +10,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::api::jobs::ImageView;
 use crate::queue::{JobSpec, JobStatus};
+use crate::view::ImageView;
 
 /// The one error body of the native API.
 #[derive(ToSchema)]
@@ -84,6 +84,28 @@ pub struct JobView {
     #[schema(format = DateTime)]
     finished_at: Option<String>,
     links: JobLinks,
+    /// The job's webhook deliveries (empty without `webhook_url`).
+    webhooks: Vec<DeliveryView>,
+}
+
+/// One webhook delivery of a job.
+#[derive(ToSchema)]
+pub struct DeliveryView {
+    /// The `webhook-id` header it is sent with (stable across retries).
+    id: String,
+    /// `started`, `progress` or `completed`.
+    event: String,
+    /// `pending`, `delivered` or `failed`.
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+    response_status: Option<i64>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    next_attempt_at: Option<String>,
+    #[schema(format = DateTime)]
+    delivered_at: Option<String>,
 }
 
 /// One message of a job's event stream (`text/event-stream`).
