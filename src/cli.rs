@@ -58,6 +58,9 @@ pub enum Command {
         /// The file to write (must not exist).
         path: PathBuf,
     },
+    /// Print the OpenAPI 3.1 document that `GET /openapi.json` serves (for client
+    /// generators that run without a server).
+    Openapi,
     /// Generate images locally, without a server.
     Generate(Box<GenerateArgs>),
     /// Side-by-side benchmarks that print a table and JSON lines with ratios.
@@ -280,6 +283,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Models(_)
         | Command::TinyModel { .. }
         | Command::Migrate
+        | Command::Openapi
         | Command::Gc { .. }
         | Command::Backup { .. }
         | Command::Keys { .. }
@@ -306,6 +310,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(serve) => runtime()?.block_on(run_until_signal(cli.config, serve, Role::Api)),
         Command::Worker(serve) => {
             runtime()?.block_on(run_until_signal(cli.config, serve, Role::Worker))
+        }
+        Command::Openapi => {
+            println!("{:#}", crate::api::openapi::spec_json());
+            Ok(())
         }
         Command::Migrate => runtime()?.block_on(async {
             crate::app::open_queue(&cli.config).await?;

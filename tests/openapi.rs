@@ -60,6 +60,9 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
     assert!(ctype.starts_with("application/json"), "{ctype}");
     let doc: Value = serde_json::from_str(&body).expect("the document is JSON");
     assert_eq!(doc["openapi"], "3.1.0");
+    // `sdq openapi` prints the same document without a server.
+    let printed: Value = serde_json::from_str(&common::run_sdq(&["openapi"])).unwrap();
+    assert_eq!(printed, doc, "sdq openapi differs from /openapi.json");
     let mut missing = Vec::new();
     for route in sdq::api::route_table() {
         let method = route.method.as_str().to_ascii_lowercase();
