@@ -741,6 +741,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .map(|p| NoiseArray::read_npy(p))
             .collect::<Result<_, _>>()?,
         init_image,
+        preview_every: None,
     };
 
     if args.clip_skip == Some(0) {

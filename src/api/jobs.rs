@@ -81,6 +81,16 @@ pub async fn job_view(state: &AppState, caller: &Caller, job: &Job) -> Result<Va
     } else {
         Vec::new()
     };
+    // Only a running job with previews on has one; it is live-only and cleared at the end.
+    let preview = if job.status == JobStatus::Running && job.spec.previews {
+        state
+            .queue
+            .store
+            .latest_preview(job.id, &caller.scope())
+            .await?
+    } else {
+        None
+    };
     let id = job.id;
     Ok(json!({
         "id": id,
@@ -98,6 +108,7 @@ pub async fn job_view(state: &AppState, caller: &Caller, job: &Job) -> Result<Va
         "error": job.error,
         "timings": job.timings,
         "images": images,
+        "preview": preview,
         "created_at": timestamp(job.created_at),
         "started_at": job.started_at.map(timestamp),
         "finished_at": job.finished_at.map(timestamp),

@@ -102,6 +102,13 @@ pub struct SubmitRequest {
     /// A1111's clip skip: 1 (last layer, the default) to 12.
     #[serde(default)]
     pub clip_skip: Option<u32>,
+    /// Publish live `preview` events while the job runs (default false).
+    #[serde(default)]
+    pub previews: Option<bool>,
+    /// With `previews`: one preview every this many steps, 1 to `steps` (default every
+    /// step up to 10 steps, else about ten in all).
+    #[serde(default)]
+    pub preview_every: Option<u32>,
 }
 
 /// One entry of `loras`.
@@ -589,6 +596,23 @@ impl SubmitRequest {
             self.vae,
             self.clip_skip,
         )?;
+        let previews = self.previews.unwrap_or(false);
+        let preview_every = match self.preview_every {
+            None => None,
+            Some(_) if !previews => {
+                return Err(ApiError::invalid(
+                    "preview_every",
+                    "preview_every needs previews: true",
+                ))
+            }
+            Some(n) if n == 0 || n > steps => {
+                return Err(ApiError::invalid(
+                    "preview_every",
+                    format!("preview_every must be between 1 and steps ({steps})"),
+                ))
+            }
+            Some(n) => Some(n),
+        };
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -616,6 +640,8 @@ impl SubmitRequest {
                 loras,
                 vae,
                 clip_skip,
+                previews,
+                preview_every,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),
@@ -708,6 +734,18 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"prompt":"  "}"#).1.as_deref(), Some("prompt"));
         assert_eq!(field_of(r#"{"steps":4}"#).1.as_deref(), Some("prompt"));
+        for bad in [
+            r#"{"prompt":"a","steps":4,"previews":true,"preview_every":0}"#,
+            r#"{"prompt":"a","steps":4,"previews":true,"preview_every":5}"#,
+            r#"{"prompt":"a","steps":4,"preview_every":2}"#,
+            r#"{"prompt":"a","previews":true,"preview_every":-1}"#,
+        ] {
+            assert_eq!(field_of(bad).1.as_deref(), Some("preview_every"), "{bad}");
+        }
+        assert_eq!(
+            field_of(r#"{"prompt":"a","previews":"yes"}"#).1.as_deref(),
+            Some("previews")
+        );
         assert_eq!(
             field_of(r#"{"prompt":"a","steps":"four"}"#).1.as_deref(),
             Some("steps")

@@ -18,6 +18,7 @@ use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::decode::{FloatImage, GeneratedImage};
 use super::embeddings::EmbeddingLibrary;
 use super::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
+use super::preview::PreviewFamily;
 use super::request::{GenerateRequest, StepProgress};
 use super::schedulers::SchedulerConfigFile;
 use super::tokenizer::PromptTokenizer;
@@ -92,6 +93,15 @@ impl StableDiffusion {
     /// The folder the model was loaded from.
     pub fn folder(&self) -> &Path {
         &self.folder
+    }
+
+    /// Which latent→RGB map previews of this model use: SDXL's VAE has its own.
+    pub fn preview_family(&self) -> PreviewFamily {
+        if self.xl.is_some() {
+            PreviewFamily::Sdxl
+        } else {
+            PreviewFamily::Sd1
+        }
     }
 
     /// Image sides must be multiples of this.
