@@ -259,7 +259,7 @@ pub fn to_submit(
     // fall before the last step (the stream forwards at most that many).
     let previews = partial_images > 0;
     let preview_every = previews.then(|| {
-        let total = steps.unwrap_or(defaults.steps as u32).max(1);
+        let total = steps.unwrap_or(defaults.steps).max(1);
         (total / (partial_images + 1)).max(1)
     });
     let request = SubmitRequest {
