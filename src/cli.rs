@@ -99,6 +99,9 @@ pub enum KeysCommand {
         /// Requests per minute.
         #[arg(long)]
         rate_per_min: Option<i64>,
+        /// Days this key's finished jobs are kept (overrides --retain-days for it).
+        #[arg(long)]
+        retain_days: Option<f64>,
     },
     /// List every key (never the token), with its webhook secret.
     List,
@@ -165,6 +168,7 @@ pub enum BenchKind {
     },
 }
 
+#[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// List checkpoints, LoRAs, embeddings and VAEs with family, size and SHA-256.
     List,
@@ -346,12 +350,14 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             admin,
             max_queued,
             rate_per_min,
+            retain_days,
         } => {
             let new = crate::queue::NewApiKey {
                 name,
                 admin,
                 max_queued,
                 rate_per_min,
+                retain_days,
             };
             crate::api::check_new_key(&new).map_err(anyhow::Error::msg)?;
             let issued = issue(new, chrono::Utc::now().timestamp_millis());
@@ -367,19 +373,20 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::List => {
             let keys = store.list_keys().await?;
             println!(
-                "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  webhook_secret",
-                "id", "name", "prefix", "admin", "max_queued", "rate/min", "revoked"
+                "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<11}  {:<7}  webhook_secret",
+                "id", "name", "prefix", "admin", "max_queued", "rate/min", "retain_days", "revoked"
             );
             for k in keys {
                 let limit = |v: Option<i64>| v.map_or("-".to_string(), |n| n.to_string());
                 println!(
-                    "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<7}  {}",
+                    "{:<36}  {:<20}  {:<18}  {:<5}  {:<10}  {:<8}  {:<11}  {:<7}  {}",
                     k.id,
                     k.name,
                     format!("{TOKEN_PREFIX}{}…", k.lookup),
                     k.admin,
                     limit(k.max_queued),
                     limit(k.rate_per_min),
+                    k.retain_days.map_or("-".to_string(), |d| d.to_string()),
                     if k.is_revoked() { "yes" } else { "no" },
                     k.webhook_secret
                 );

@@ -71,6 +71,7 @@ fn expectations() -> HashMap<(Method, &'static str), [u16; 6]> {
         ),
         ((Method::POST, "/v1/png-info"), row(200, 200, 200)),
         ((Method::GET, "/v1/models"), row(200, 200, 200)),
+        ((Method::POST, "/v1/models/refresh"), admin_only(200)),
         ((Method::GET, "/v1/me"), row(200, 200, 200)),
         ((Method::GET, "/v1/workers"), admin_only(200)),
         ((Method::GET, "/v1/keys"), admin_only(200)),

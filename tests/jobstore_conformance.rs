@@ -120,14 +120,9 @@ async fn claim_prefers_the_loaded_model_then_its_loras(store: Store) {
             model: model.into(),
             ..with(&loras)
         };
-        let (job, _) = store
-            .enqueue(NewJob {
-                spec,
-                priority: 0,
-                max_attempts: 3,
-            })
-            .await
-            .unwrap();
+        let Enqueued::New(job, _) = store.enqueue(NewJob::local(spec, 0, 3)).await.unwrap() else {
+            panic!("new job")
+        };
         ids.push(job.id);
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -701,15 +696,15 @@ async fn retention_purges_only_old_finished_jobs(store: Store) {
 
     // Nothing is old enough yet.
     let hour = Duration::from_secs(3600);
-    assert!(store.purge_finished(hour, 100).await.unwrap().is_empty());
+    assert!(store.purge_finished(Some(hour), 100).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(20)).await;
     let first = store
-        .purge_finished(Duration::from_millis(1), 2)
+        .purge_finished(Some(Duration::from_millis(1)), 2)
         .await
         .unwrap();
     assert_eq!(first.len(), 2, "at most `limit` per call");
     let rest = store
-        .purge_finished(Duration::from_millis(1), 100)
+        .purge_finished(Some(Duration::from_millis(1)), 100)
         .await
         .unwrap();
     let mut purged: Vec<Uuid> = first.iter().chain(&rest).map(|p| p.id).collect();
@@ -738,6 +733,48 @@ async fn retention_purges_only_old_finished_jobs(store: Store) {
             "unfinished jobs stay"
         );
     }
+}
+
+async fn retention_follows_each_keys_own_limit(store: Store) {
+    use sdq::queue::keys::issue;
+    let key = |name: &str, days: f64| {
+        issue(
+            NewApiKey {
+                name: name.into(),
+                retain_days: Some(days),
+                ..Default::default()
+            },
+            0,
+        )
+        .key
+    };
+    let (short, long) = (key("short", 1e-9), key("long", 30.0));
+    store.insert_key(&short).await.unwrap();
+    store.insert_key(&long).await.unwrap();
+    let mut ids = Vec::new();
+    for owner in [short.owner(), long.owner(), "local".to_string()] {
+        let Enqueued::New(job, _) = store.enqueue(owned(&owner, "kept?")).await.unwrap() else {
+            panic!("new job")
+        };
+        run_to_success(&store, job.id).await;
+        ids.push(job.id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ids_of = |purged: Vec<sdq::queue::PurgedJob>| -> Vec<Uuid> {
+        purged.iter().map(|p| p.id).collect()
+    };
+    // No server-wide limit: only the key with a limit of its own loses its job.
+    let purged = ids_of(store.purge_finished(None, 100).await.unwrap());
+    assert_eq!(purged, [ids[0]]);
+    // A server-wide limit takes the rest, except the key that keeps its jobs longer.
+    let purged = ids_of(
+        store
+            .purge_finished(Some(Duration::from_millis(1)), 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(purged, [ids[2]]);
+    assert!(store.get(ids[1], &Scope::All).await.unwrap().is_some());
 }
 
 async fn compaction_drops_progress_of_finished_jobs(store: Store) {
@@ -1024,6 +1061,7 @@ async fn keys_are_stored_hashed_and_can_be_revoked(store: Store) {
             admin: false,
             max_queued: Some(4),
             rate_per_min: Some(60),
+            retain_days: Some(2.5),
         },
         1_000,
     );
@@ -1032,6 +1070,7 @@ async fn keys_are_stored_hashed_and_can_be_revoked(store: Store) {
     let found = store.key_by_lookup(lookup).await.unwrap().unwrap();
     assert_eq!(found.id, issued.key.id);
     assert_eq!((found.max_queued, found.rate_per_min), (Some(4), Some(60)));
+    assert_eq!(found.retain_days, Some(2.5));
     assert!(verify(&issued.token, &found));
     assert_ne!(found.secret_hash, issued.token);
     assert!(store.key_by_lookup("nothing-here").await.unwrap().is_none());
@@ -1327,6 +1366,7 @@ macro_rules! backend {
             check!(listing_is_newest_first_with_a_cursor);
             check!(owner_default_models_are_per_owner);
             check!(retention_purges_only_old_finished_jobs);
+            check!(retention_follows_each_keys_own_limit);
             check!(compaction_drops_progress_of_finished_jobs);
             check!(referenced_keys_are_image_rows_and_inputs);
             check!(backup_copies_the_database_or_names_the_tool);

@@ -232,3 +232,61 @@ async fn the_models_directory_is_listed_and_used_by_jobs() {
     assert_eq!(names(&listing["loras"]), ["film", "peft", "xl-style"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_a1111_dialect_lists_the_models_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(&dir.path().join("models"));
+    let server = Server::start_in(dir.path(), &[]).await;
+
+    let (status, models) = server.get_json("/sdapi/v1/sd-models").await;
+    assert_eq!(status, 200);
+    let mine = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_name"] == "mine")
+        .unwrap_or_else(|| panic!("no 'mine' in {models}"));
+    let hash = mine["hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 10);
+    assert_eq!(mine["title"], format!("mine.safetensors [{hash}]"));
+    assert_eq!(mine["filename"], "checkpoints/mine.safetensors");
+    assert!(
+        !models.as_array().unwrap().iter().any(|m| m["model_name"] == "old"),
+        "an unusable checkpoint is not offered: {models}"
+    );
+
+    let (_, loras) = server.get_json("/sdapi/v1/loras").await;
+    let lora_names: Vec<&str> = loras
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(lora_names, ["film", "xl-style"]);
+    assert_eq!(loras[0]["path"], "loras/film.safetensors");
+    let (_, embeddings) = server.get_json("/sdapi/v1/embeddings").await;
+    assert_eq!(embeddings["loaded"]["tinyemb"]["vectors"], 2, "{embeddings}");
+    let (_, vae) = server.get_json("/sdapi/v1/sd-vae").await;
+    assert_eq!(vae, json!([{"model_name": "other", "filename": "vae/other.safetensors"}]));
+
+    // Clients select a checkpoint by the title they were given.
+    let response = server
+        .client
+        .post(server.url("/sdapi/v1/options"))
+        .json(&json!({"sd_model_checkpoint": mine["title"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, options) = server.get_json("/sdapi/v1/options").await;
+    assert_eq!(options["sd_model_checkpoint"], "mine");
+    let response = server
+        .client
+        .post(server.url("/sdapi/v1/options"))
+        .json(&json!({"sd_model_checkpoint": "old.ckpt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422, "an unusable checkpoint is refused");
+}

@@ -12,12 +12,8 @@ use serde_json::{json, Value};
 
 fn settings() -> ApiSettings {
     ApiSettings {
-        default_model: "tiny".into(),
-        models: vec!["tiny".into()],
         limits: Limits::default(),
-        max_attempts: 3,
-        public_hosts: Vec::new(),
-        cors_origins: Vec::new(),
+        ..ApiSettings::new("tiny")
     }
 }
 

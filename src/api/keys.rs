@@ -23,6 +23,7 @@ pub fn key_view(key: &ApiKey) -> Value {
         "prefix": format!("{TOKEN_PREFIX}{}", key.lookup),
         "admin": key.admin,
         "max_queued": key.max_queued,
+        "retain_days": key.retain_days,
         "rate_per_min": key.rate_per_min,
         "created_at": timestamp(key.created_at),
         "revoked_at": key.revoked_at.map(timestamp),
@@ -58,6 +59,8 @@ struct CreateKey {
     max_queued: Option<i64>,
     #[serde(default)]
     rate_per_min: Option<i64>,
+    #[serde(default)]
+    retain_days: Option<f64>,
 }
 
 /// Checks the limits a key may be given (shared with `sdq keys create`).
@@ -77,6 +80,12 @@ pub fn check_new_key(new: &NewApiKey) -> Result<(), String> {
     {
         return Err("rate_per_min must be between 1 and 1000000".into());
     }
+    if new
+        .retain_days
+        .is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= 36_500.0))
+    {
+        return Err("retain_days must be a number of days between 0 and 36500".into());
+    }
     Ok(())
 }
 
@@ -94,6 +103,7 @@ pub async fn create(
         admin: body.admin,
         max_queued: body.max_queued,
         rate_per_min: body.rate_per_min,
+        retain_days: body.retain_days,
     };
     check_new_key(&new).map_err(|m| ApiError::invalid("body", m))?;
     let issued = issue(new, chrono::Utc::now().timestamp_millis());

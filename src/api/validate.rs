@@ -676,6 +676,12 @@ pub fn available(settings: &ApiSettings) -> Vec<String> {
             .filter(|m| **m != settings.default_model)
             .cloned(),
     );
+    // Then the usable checkpoints of the models directory.
+    for entry in settings.models_dir.catalogue().checkpoints {
+        if entry.error.is_none() && !names.contains(&entry.name) {
+            names.push(entry.name);
+        }
+    }
     names
 }
 

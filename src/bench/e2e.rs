@@ -39,6 +39,7 @@ pub fn end_to_end(
                 scheduler: SchedulerKind::Ddim,
                 num_images: 1,
                 long_prompt: Default::default(),
+                clip_skip: None,
                 latents: None,
                 noise: Vec::new(),
                 init_image: None,

@@ -23,7 +23,8 @@ const BATCH: i64 = 500;
 /// What the cleaner keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Finished jobs older than this are removed; `None` keeps them forever.
+    /// Finished jobs older than this are removed (unless their key sets its own
+    /// `retain_days`); `None` keeps them forever.
     pub keep: Option<Duration>,
     /// Finished jobs older than this lose their `progress` events.
     pub compact_after: Duration,
@@ -44,9 +45,10 @@ pub async fn pass(
     retention: Retention,
 ) -> Result<CleanReport, MaintenanceError> {
     let mut report = CleanReport::default();
-    if let Some(keep) = retention.keep {
+    // Runs even without a server-wide limit: a key may have its own.
+    {
         loop {
-            let purged = store.purge_finished(keep, BATCH).await?;
+            let purged = store.purge_finished(retention.keep, BATCH).await?;
             for job in &purged {
                 match images.delete_job_objects(job.id, &job.input_keys).await {
                     Ok(n) => report.objects_removed += n,

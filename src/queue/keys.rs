@@ -39,6 +39,8 @@ pub struct ApiKey {
     pub max_queued: Option<i64>,
     /// Requests per minute (a token bucket of that size); `None` is unlimited.
     pub rate_per_min: Option<i64>,
+    /// Days finished jobs of this key are kept; `None` follows the server's `--retain-days`.
+    pub retain_days: Option<f64>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
@@ -62,6 +64,7 @@ pub struct NewApiKey {
     pub admin: bool,
     pub max_queued: Option<i64>,
     pub rate_per_min: Option<i64>,
+    pub retain_days: Option<f64>,
 }
 
 /// A freshly issued key: the row to store and the token, which is shown once.
@@ -99,6 +102,7 @@ pub fn issue(new: NewApiKey, now_ms: i64) -> IssuedKey {
         admin: new.admin,
         max_queued: new.max_queued,
         rate_per_min: new.rate_per_min,
+        retain_days: new.retain_days,
         created_at: now_ms,
         revoked_at: None,
         last_used_at: None,

@@ -717,18 +717,20 @@ impl JobStore for PgStore {
 
     async fn purge_finished(
         &self,
-        older_than: Duration,
+        older_than: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<PurgedJob>, StoreError> {
         // Events and image rows go with the job (ON DELETE CASCADE); SKIP LOCKED lets
-        // the cleaners of several processes share the work.
+        // the cleaners of several processes share the work. A NULL limit keeps the job.
         let rows = sqlx::query(&format!(
             "DELETE FROM jobs WHERE id IN \
-                (SELECT id FROM jobs WHERE status IN {FINISHED} AND finished_at < {NOW} - $1 \
-                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                (SELECT j.id FROM jobs j LEFT JOIN api_keys k ON k.id::text = j.owner \
+                 WHERE j.status IN {FINISHED} \
+                   AND j.finished_at < {NOW} - COALESCE((k.retain_days * 86400000)::bigint, $1) \
+                 ORDER BY j.finished_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED) \
              RETURNING id, spec"
         ))
-        .bind(ms(older_than))
+        .bind(older_than.map(ms))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -826,17 +826,20 @@ impl JobStore for SqliteStore {
 
     async fn purge_finished(
         &self,
-        older_than: Duration,
+        older_than: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<PurgedJob>, StoreError> {
-        // Events and image rows go with the job (ON DELETE CASCADE).
+        // Events and image rows go with the job (ON DELETE CASCADE). A NULL limit keeps it.
         let rows = sqlx::query(&format!(
             "DELETE FROM jobs WHERE id IN \
-                (SELECT id FROM jobs WHERE status IN {FINISHED} AND finished_at < ? \
-                 ORDER BY finished_at LIMIT ?) \
+                (SELECT j.id FROM jobs j LEFT JOIN api_keys k ON k.id = j.owner \
+                 WHERE j.status IN {FINISHED} \
+                   AND j.finished_at < ?1 - COALESCE(CAST(k.retain_days * 86400000 AS INTEGER), ?2) \
+                 ORDER BY j.finished_at LIMIT ?3) \
              RETURNING id, spec"
         ))
-        .bind(now_ms() - ms(older_than))
+        .bind(now_ms())
+        .bind(older_than.map(ms))
         .bind(limit)
         .fetch_all(&self.writer)
         .await?;

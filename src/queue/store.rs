@@ -195,13 +195,14 @@ pub trait JobStore: Send + Sync {
         model: Option<&str>,
     ) -> Result<(), StoreError>;
 
-    /// Deletes up to `limit` jobs that finished more than `older_than` ago, with their
-    /// events and image rows, and returns them so the caller deletes their objects.
+    /// Deletes up to `limit` jobs past their retention, with their events and image rows,
+    /// and returns them so the caller deletes their objects. A job's retention is its
+    /// key's `retain_days` when set, else `older_than` (`None`: kept forever).
     /// Rows go first: a crash before the objects are deleted leaves orphans that the
     /// orphan collector finds, never a row without its object.
     async fn purge_finished(
         &self,
-        older_than: Duration,
+        older_than: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<PurgedJob>, StoreError>;
     /// Drops the `progress` events of up to `limit` jobs that finished more than

@@ -17,6 +17,7 @@ use super::{body_bytes, image_ops, job_pngs, now_ms, wait};
 use crate::api::submit::submit_job;
 use crate::api::validate::{available, parse_json};
 use crate::api::{ApiError, AppState, Caller};
+use crate::inference::catalogue::Kind;
 use crate::inference::hub;
 use crate::inference::schedulers::a1111::{A1111_SAMPLERS, A1111_SCHEDULES};
 use crate::queue::{JobStatus, ListQuery};
@@ -302,11 +303,28 @@ pub async fn set_options(
     Ok(Json(Value::Null))
 }
 
-/// `GET /sdapi/v1/sd-models`: the models this server accepts.
+/// `GET /sdapi/v1/sd-models`: the models this server accepts; checkpoints of the models
+/// directory carry A1111's `title` (`file [short hash]`) and hashes.
 pub async fn sd_models(State(state): State<AppState>, _: A1111Caller) -> Json<Value> {
+    let catalogue = state.settings.models_dir.catalogue();
     let models: Vec<Value> = available(&state.settings)
         .into_iter()
         .map(|id| {
+            if let Some(entry) = catalogue.find(Kind::Checkpoint, &id) {
+                let short = entry.sha256.as_deref().map(|h| &h[..10]);
+                let file = file_name(&entry.file);
+                return json!({
+                    "title": match short {
+                        Some(h) => format!("{file} [{h}]"),
+                        None => file.to_string(),
+                    },
+                    "model_name": entry.name,
+                    "hash": short,
+                    "sha256": entry.sha256,
+                    "filename": entry.file,
+                    "config": null,
+                });
+            }
             let filename = hub::known(&id)
                 .map(|k| k.repo.to_string())
                 .filter(|r| !r.is_empty())
@@ -367,14 +385,56 @@ pub async fn scripts(_: A1111Caller) -> Json<Value> {
     Json(json!({"txt2img": [], "img2img": []}))
 }
 
-/// `GET /sdapi/v1/loras`: none until the model catalogue lists them.
-pub async fn loras(_: A1111Caller) -> Json<Value> {
-    Json(json!([]))
+fn file_name(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file)
 }
 
-/// `GET /sdapi/v1/embeddings`: none until the model catalogue lists them.
-pub async fn embeddings(_: A1111Caller) -> Json<Value> {
-    Json(json!({"loaded": {}, "skipped": {}}))
+/// `GET /sdapi/v1/loras`: the usable LoRAs of the models directory, as A1111's Lora
+/// extension lists them (`<lora:name:weight>` in a prompt calls one).
+pub async fn loras(State(state): State<AppState>, _: A1111Caller) -> Json<Value> {
+    let catalogue = state.settings.models_dir.catalogue();
+    let list: Vec<Value> = catalogue
+        .loras
+        .iter()
+        .filter(|e| e.error.is_none())
+        .map(|e| json!({"name": e.name, "alias": e.name, "path": e.file, "metadata": {}}))
+        .collect();
+    Json(json!(list))
+}
+
+/// `GET /sdapi/v1/embeddings`: textual-inversion embeddings of the models directory;
+/// files that cannot be used are `skipped`.
+pub async fn embeddings(State(state): State<AppState>, _: A1111Caller) -> Json<Value> {
+    let catalogue = state.settings.models_dir.catalogue();
+    let (mut loaded, mut skipped) = (Map::new(), Map::new());
+    for e in &catalogue.embeddings {
+        let view = json!({
+            "step": null,
+            "sd_checkpoint": null,
+            "sd_checkpoint_name": null,
+            "shape": null,
+            "vectors": e.vectors,
+        });
+        if e.error.is_none() {
+            loaded.insert(e.name.clone(), view);
+        } else {
+            skipped.insert(e.name.clone(), view);
+        }
+    }
+    Json(json!({"loaded": loaded, "skipped": skipped}))
+}
+
+/// `GET /sdapi/v1/sd-vae`: the usable VAEs of the models directory (a job's `sd_vae`
+/// override names one).
+pub async fn sd_vae(State(state): State<AppState>, _: A1111Caller) -> Json<Value> {
+    let catalogue = state.settings.models_dir.catalogue();
+    let list: Vec<Value> = catalogue
+        .vae
+        .iter()
+        .filter(|e| e.error.is_none())
+        .map(|e| json!({"model_name": e.name, "filename": e.file}))
+        .collect();
+    Json(json!(list))
 }
 
 /// Routes that have nothing to do in sdq (`refresh-checkpoints`: models are read per job).

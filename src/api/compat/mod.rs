@@ -38,6 +38,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add(M::GET, "/sdapi/v1/scripts", Key, get(a::scripts))
         .add(M::GET, "/sdapi/v1/loras", Key, get(a::loras))
         .add(M::GET, "/sdapi/v1/embeddings", Key, get(a::embeddings))
+        .add(M::GET, "/sdapi/v1/sd-vae", Key, get(a::sd_vae))
         .add(
             M::POST,
             "/sdapi/v1/refresh-checkpoints",
@@ -49,7 +50,6 @@ pub(super) fn routes(r: Routes) -> Routes {
     let empty = [
         "/sdapi/v1/upscalers",
         "/sdapi/v1/latent-upscale-modes",
-        "/sdapi/v1/sd-vae",
         "/sdapi/v1/hypernetworks",
         "/sdapi/v1/face-restorers",
         "/sdapi/v1/realesrgan-models",

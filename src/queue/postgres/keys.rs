@@ -20,6 +20,7 @@ fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
         admin: row.try_get("admin")?,
         max_queued: row.try_get("max_queued")?,
         rate_per_min: row.try_get("rate_per_min")?,
+        retain_days: row.try_get("retain_days")?,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
         last_used_at: row.try_get("last_used_at")?,
@@ -29,7 +30,7 @@ fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
 pub(super) async fn insert(pool: &PgPool, key: &ApiKey) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_keys (id, name, lookup, secret_hash, webhook_secret, admin, max_queued, \
-                               rate_per_min, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                               rate_per_min, created_at, retain_days) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(key.id)
     .bind(&key.name)
@@ -40,6 +41,7 @@ pub(super) async fn insert(pool: &PgPool, key: &ApiKey) -> Result<(), StoreError
     .bind(key.max_queued)
     .bind(key.rate_per_min)
     .bind(key.created_at)
+    .bind(key.retain_days)
     .execute(pool)
     .await?;
     Ok(())
