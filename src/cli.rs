@@ -817,6 +817,8 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         loras,
         vae: args.vae.clone(),
         clip_skip: args.clip_skip.map(|c| c as u32),
+        previews: false,
+        preview_every: None,
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

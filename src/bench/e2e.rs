@@ -43,7 +43,6 @@ pub fn end_to_end(
                 latents: None,
                 noise: Vec::new(),
                 init_image: None,
-                clip_skip: None,
                 preview_every: None,
             };
             let mut times: Vec<Duration> = Vec::new();
