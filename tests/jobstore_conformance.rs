@@ -696,7 +696,11 @@ async fn retention_purges_only_old_finished_jobs(store: Store) {
 
     // Nothing is old enough yet.
     let hour = Duration::from_secs(3600);
-    assert!(store.purge_finished(Some(hour), 100).await.unwrap().is_empty());
+    assert!(store
+        .purge_finished(Some(hour), 100)
+        .await
+        .unwrap()
+        .is_empty());
     tokio::time::sleep(Duration::from_millis(20)).await;
     let first = store
         .purge_finished(Some(Duration::from_millis(1)), 2)
@@ -760,9 +764,8 @@ async fn retention_follows_each_keys_own_limit(store: Store) {
         ids.push(job.id);
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let ids_of = |purged: Vec<sdq::queue::PurgedJob>| -> Vec<Uuid> {
-        purged.iter().map(|p| p.id).collect()
-    };
+    let ids_of =
+        |purged: Vec<sdq::queue::PurgedJob>| -> Vec<Uuid> { purged.iter().map(|p| p.id).collect() };
     // No server-wide limit: only the key with a limit of its own loses its job.
     let purged = ids_of(store.purge_finished(None, 100).await.unwrap());
     assert_eq!(purged, [ids[0]]);
@@ -1275,11 +1278,17 @@ async fn previews_keep_only_the_latest_and_stay_out_of_the_log(store: Store) {
         .unwrap();
     // The seq handed back is the last stored event's: queued, started, progress.
     assert_eq!(
-        store.set_preview(id, lease.token, &preview(1)).await.unwrap(),
+        store
+            .set_preview(id, lease.token, &preview(1))
+            .await
+            .unwrap(),
         3
     );
     assert_eq!(
-        store.set_preview(id, lease.token, &preview(2)).await.unwrap(),
+        store
+            .set_preview(id, lease.token, &preview(2))
+            .await
+            .unwrap(),
         3
     );
     assert_eq!(
@@ -1305,10 +1314,7 @@ async fn previews_keep_only_the_latest_and_stay_out_of_the_log(store: Store) {
         .is_err());
     let log = store.events_after(id, 0, &Scope::All).await.unwrap();
     assert!(log.iter().all(|e| !e.kind.is_live_only()), "{log:?}");
-    assert_eq!(
-        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     // A retried attempt starts without the old attempt's preview.
     store
         .fail(id, lease.token, "transient", Some(Duration::ZERO))
@@ -1318,7 +1324,10 @@ async fn previews_keep_only_the_latest_and_stay_out_of_the_log(store: Store) {
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(lease.job.id, id);
     assert_eq!(store.latest_preview(id, &Scope::All).await.unwrap(), None);
-    store.set_preview(id, lease.token, &preview(1)).await.unwrap();
+    store
+        .set_preview(id, lease.token, &preview(1))
+        .await
+        .unwrap();
     assert!(store
         .latest_preview(id, &Scope::All)
         .await

@@ -252,7 +252,11 @@ async fn the_a1111_dialect_lists_the_models_directory() {
     assert_eq!(mine["title"], format!("mine.safetensors [{hash}]"));
     assert_eq!(mine["filename"], "checkpoints/mine.safetensors");
     assert!(
-        !models.as_array().unwrap().iter().any(|m| m["model_name"] == "old"),
+        !models
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["model_name"] == "old"),
         "an unusable checkpoint is not offered: {models}"
     );
 
@@ -266,9 +270,15 @@ async fn the_a1111_dialect_lists_the_models_directory() {
     assert_eq!(lora_names, ["film", "xl-style"]);
     assert_eq!(loras[0]["path"], "loras/film.safetensors");
     let (_, embeddings) = server.get_json("/sdapi/v1/embeddings").await;
-    assert_eq!(embeddings["loaded"]["tinyemb"]["vectors"], 2, "{embeddings}");
+    assert_eq!(
+        embeddings["loaded"]["tinyemb"]["vectors"], 2,
+        "{embeddings}"
+    );
     let (_, vae) = server.get_json("/sdapi/v1/sd-vae").await;
-    assert_eq!(vae, json!([{"model_name": "other", "filename": "vae/other.safetensors"}]));
+    assert_eq!(
+        vae,
+        json!([{"model_name": "other", "filename": "vae/other.safetensors"}])
+    );
 
     // Clients select a checkpoint by the title they were given.
     let response = server

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::services::{PgDatabase, RedisServer, S3Server};
-use common::{Server, ServeProcess, SseMessage, SseReader};
+use common::{ServeProcess, Server, SseMessage, SseReader};
 use serde_json::{json, Value};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
@@ -78,9 +78,18 @@ fn check_preview(m: &SseMessage, steps: i64, size: u32) {
 async fn previews_behave(client: &reqwest::Client, base: &str) {
     // Bad values name their field.
     for (body, field) in [
-        (json!({"prompt": "a", "steps": 4, "previews": true, "preview_every": 0}), "preview_every"),
-        (json!({"prompt": "a", "steps": 4, "previews": true, "preview_every": 9}), "preview_every"),
-        (json!({"prompt": "a", "steps": 4, "preview_every": 2}), "preview_every"),
+        (
+            json!({"prompt": "a", "steps": 4, "previews": true, "preview_every": 0}),
+            "preview_every",
+        ),
+        (
+            json!({"prompt": "a", "steps": 4, "previews": true, "preview_every": 9}),
+            "preview_every",
+        ),
+        (
+            json!({"prompt": "a", "steps": 4, "preview_every": 2}),
+            "preview_every",
+        ),
         (json!({"prompt": "a", "previews": "yes"}), "previews"),
     ] {
         let (status, err) = submit(client, base, body.clone()).await;
@@ -124,7 +133,10 @@ async fn previews_behave(client: &reqwest::Client, base: &str) {
         }
     }
     assert_eq!(stored.last().unwrap().event, "succeeded");
-    let ids: Vec<i64> = stored.iter().map(|m| m.id.expect("stored events have ids")).collect();
+    let ids: Vec<i64> = stored
+        .iter()
+        .map(|m| m.id.expect("stored events have ids"))
+        .collect();
     assert_eq!(
         ids,
         (1..=ids.len() as i64).collect::<Vec<_>>(),
@@ -147,7 +159,10 @@ async fn previews_behave(client: &reqwest::Client, base: &str) {
         .collect(Duration::from_secs(30))
         .await;
     assert!(replay.iter().all(|m| m.event != "preview"));
-    assert_eq!(replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(),
+        ids
+    );
     let done = job(client, base, &id).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["request"]["previews"], true);
@@ -167,7 +182,9 @@ async fn previews_behave(client: &reqwest::Client, base: &str) {
         .await;
     assert_eq!(all.last().unwrap().event, "succeeded");
     assert!(all.iter().all(|m| m.event != "preview"), "{all:?}");
-    assert!(job(client, base, &plain).await["request"].get("previews").is_none());
+    assert!(job(client, base, &plain).await["request"]
+        .get("previews")
+        .is_none());
 
     // A late subscriber gets the latest preview right after the stored events. This job's
     // only preview is at step 20 of 40, so once `GET` shows it no live one follows: a
@@ -186,13 +203,23 @@ async fn previews_behave(client: &reqwest::Client, base: &str) {
         if !j["preview"].is_null() {
             break j;
         }
-        assert!(j["status"] != "succeeded", "the job ended before its preview showed");
-        assert!(start.elapsed() < Duration::from_secs(300), "no preview on {j}");
+        assert!(
+            j["status"] != "succeeded",
+            "the job ended before its preview showed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no preview on {j}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(shown["status"], "running");
     assert_eq!(shown["preview"]["step"], 20);
-    assert_preview_image(shown["preview"]["image"].as_str().unwrap(), size / 8, size / 8);
+    assert_preview_image(
+        shown["preview"]["image"].as_str().unwrap(),
+        size / 8,
+        size / 8,
+    );
     let mut stream = events(client, base, &late, None).await;
     let mut before = Vec::new();
     let snapshot = loop {
@@ -209,7 +236,10 @@ async fn previews_behave(client: &reqwest::Client, base: &str) {
     check_preview(&snapshot, steps, size);
     assert_eq!(snapshot.data["step"], 20);
     let rest = stream.collect(Duration::from_secs(300)).await;
-    assert!(rest.iter().all(|m| m.event != "preview"), "only one preview: {rest:?}");
+    assert!(
+        rest.iter().all(|m| m.event != "preview"),
+        "only one preview: {rest:?}"
+    );
     assert_eq!(rest.last().unwrap().event, "succeeded");
     let ids: Vec<i64> = before.iter().chain(&rest).map(|m| m.id.unwrap()).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());

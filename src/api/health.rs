@@ -176,9 +176,6 @@ fn known_models(state: &AppState) -> serde_json::Value {
         .collect();
     // OpenAI's list shape beside ours, so `client.models.list()` works: the models a
     // request may name.
-    let data: Vec<_> = enabled
-        .iter()
-        .map(|id| openai_model(id))
-        .collect();
+    let data: Vec<_> = enabled.iter().map(|id| openai_model(id)).collect();
     json!({ "models": models, "object": "list", "data": data })
 }

@@ -165,10 +165,18 @@ mod tests {
             let rgb = family.latents_to_rgb(&known_latents(), 2, 3);
             assert_eq!(rgb.len(), 2 * 3 * 3);
             for p in 0..4 {
-                assert_eq!(rgb[p * 3..p * 3 + 3], expected(map, Some((p, 1.0))), "{family:?} pixel {p}");
+                assert_eq!(
+                    rgb[p * 3..p * 3 + 3],
+                    expected(map, Some((p, 1.0))),
+                    "{family:?} pixel {p}"
+                );
             }
             assert_eq!(rgb[12..15], expected(map, None), "{family:?} zero pixel");
-            assert_eq!(rgb[15..18], expected(map, Some((3, -1.0))), "{family:?} pixel 5");
+            assert_eq!(
+                rgb[15..18],
+                expected(map, Some((3, -1.0))),
+                "{family:?} pixel 5"
+            );
         }
         // Concrete values, so a changed factor table fails here: SD 1.x channel 0 alone is
         // a light warm grey, channel 3 negated is blue-heavy.

@@ -491,7 +491,7 @@ mod tests {
                         && d.partial_images == 2
                         && r.previews == Some(true)
                         && r.preview_every.is_some_and(|n| n >= 1)
-                }
+                },
             ),
             (
                 json!({"prompt": "a", "background": "opaque", "moderation": "low"}),

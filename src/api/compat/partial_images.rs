@@ -87,7 +87,9 @@ pub async fn forward(
 fn scaled(data_url: &str, width: u32, height: u32, delivery: &Delivery) -> Result<Vec<u8>, String> {
     let bytes = unb64(data_url)?;
     let small = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-    let big = small.resize_exact(width, height, FilterType::Triangle).to_rgb8();
+    let big = small
+        .resize_exact(width, height, FilterType::Triangle)
+        .to_rgb8();
     let mut png = Cursor::new(Vec::new());
     big.write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;
