@@ -161,6 +161,8 @@ describe("generate view", () => {
     assert.equal(await page.getByLabel("Random").isChecked(), false);
     // The same seed again gives the same image: same size in bytes, from the job view.
     await page.getByLabel("Prompt", { exact: true }).press("Control+Enter");
+    // The first card is the earlier, finished job until the new one is added above it.
+    await waitFor(async () => (await page.locator("article.job-card").count()) === 2, 10_000, "the second job's card");
     await page.locator("article.job-card").nth(0).locator(".badge", { hasText: "succeeded" }).waitFor({ timeout: 60_000 });
     const ids = await page.locator("article.job-card").evaluateAll((cards) => cards.map((c) => c.getAttribute("data-job-id")));
     const [second, first] = await Promise.all(ids.slice(0, 2).map((id) => api.job(String(id))));
