@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::jobs::owned_job;
 use super::{ApiError, AppState};
-use crate::queue::{BusMessage, Event, Queue, Scope};
+use crate::queue::{BusMessage, Event, EventKind, Queue, Scope};
 
 /// How often the store is re-read while live events flow (a safety net), and while the
 /// bus is unavailable (the only source).
@@ -93,6 +93,9 @@ struct Forwarder {
     id: Uuid,
     scope: Scope,
     last: i64,
+    /// The step of the last preview sent in this attempt: the snapshot's preview may
+    /// also arrive live, and must not go out twice.
+    preview_step: i64,
     tx: mpsc::Sender<SseEvent>,
 }
 
@@ -105,6 +108,10 @@ impl Forwarder {
             return Next::Done;
         }
         self.last = event.seq;
+        if let EventKind::Started { .. } = event.kind {
+            // A new attempt counts its steps from 1 again.
+            self.preview_step = 0;
+        }
         if event.kind.is_terminal() {
             Next::Done
         } else {
@@ -120,6 +127,12 @@ impl Forwarder {
                 return Next::Done;
             }
         }
+        if let EventKind::Preview(preview) = &event.kind {
+            if preview.step <= self.preview_step {
+                return Next::Continue;
+            }
+            self.preview_step = preview.step;
+        }
         if self.tx.send(to_sse(event)).await.is_err() {
             return Next::Done;
         }
@@ -133,7 +146,7 @@ impl Forwarder {
                 let event = Event {
                     job_id: self.id,
                     seq: self.last,
-                    kind: crate::queue::EventKind::Preview(preview),
+                    kind: EventKind::Preview(preview),
                 };
                 self.send_live(&event).await
             }
@@ -189,6 +202,7 @@ async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Send
         id,
         scope,
         last,
+        preview_step: 0,
         tx,
     };
     if let Next::Done = f.catch_up().await {
