@@ -748,6 +748,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .map(|p| NoiseArray::read_npy(p))
             .collect::<Result<_, _>>()?,
         init_image,
+        preview_every: None,
     };
 
     if args.clip_skip == Some(0) {
@@ -818,6 +819,8 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         clip_skip: args.clip_skip.map(|c| c as u32),
         webhook_url: None,
         webhook_events: Vec::new(),
+        previews: false,
+        preview_every: None,
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
-    WorkerInfo,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
+    StoreError, WorkerInfo,
 };
 
 mod gallery;
@@ -294,7 +294,7 @@ impl JobStore for PgStore {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
                     lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
-                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1 \
+                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1, preview = NULL \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
                          ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, \
                                   created_at, id \
@@ -340,6 +340,11 @@ impl JobStore for PgStore {
                 "terminal events are recorded by complete/fail/cancel".into(),
             ));
         }
+        if kind.is_live_only() {
+            return Err(StoreError::Database(
+                "previews are kept by set_preview, never in the event log".into(),
+            ));
+        }
         let mut tx = self.pool.begin().await?;
         let seq = next_seq_fenced(&mut tx, id, token).await?;
         if let EventKind::Progress { step, total, .. } = &kind {
@@ -365,7 +370,7 @@ impl JobStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
              WHERE id = $2 AND lease_token = $3 AND status = 'running' \
              RETURNING last_seq, owner, model, spec->>'prompt' AS prompt"
         ))
@@ -849,5 +854,41 @@ impl JobStore for PgStore {
 
     async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError> {
         webhooks::secret(&self.pool, owner).await
+    }
+
+    async fn set_preview(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        preview: &PreviewImage,
+    ) -> Result<i64, StoreError> {
+        let json =
+            serde_json::to_string(preview).map_err(|e| StoreError::Database(e.to_string()))?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET preview = $1 \
+             WHERE id = $2 AND lease_token = $3 AND status = 'running' RETURNING last_seq",
+        )
+        .bind(json)
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        seq.ok_or(StoreError::LeaseLost(id))
+    }
+
+    async fn latest_preview(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<PreviewImage>, StoreError> {
+        let raw: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT preview FROM jobs \
+             WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status = 'running'",
+        )
+        .bind(id)
+        .bind(scope.owner())
+        .fetch_optional(&self.pool)
+        .await?;
+        super::store::preview_from_column(raw.flatten())
     }
 }
