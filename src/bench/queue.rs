@@ -67,10 +67,16 @@ async fn open_sqlite() -> anyhow::Result<(Arc<dyn JobStore>, Scratch)> {
 }
 
 async fn open_postgres(url: &str) -> anyhow::Result<(Arc<dyn JobStore>, Scratch)> {
-    let (base, _) = url
+    // Keep the URL's parameters (e.g. `?options=...`) for the database we make.
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (base, _) = path
         .rsplit_once('/')
         .context("the PostgreSQL URL must name a database, e.g. postgres://host/test")?;
-    let base = base.to_string();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
     let name = format!("sdq_bench_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(url)
         .await
@@ -83,7 +89,7 @@ async fn open_postgres(url: &str) -> anyhow::Result<(Arc<dyn JobStore>, Scratch)
         admin: url.to_string(),
         name: name.clone(),
     };
-    match PgStore::open(&format!("{base}/{name}")).await {
+    match PgStore::open(&format!("{base}/{name}{query}")).await {
         Ok(store) => Ok((Arc::new(store), scratch)),
         Err(e) => {
             scratch.cleanup().await;

@@ -131,22 +131,6 @@ async fn insert_event(
     })
 }
 
-async fn next_seq_fenced(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET last_seq = last_seq + 1 \
-         WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
-    )
-    .bind(id)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::LeaseLost(id))
-}
-
 async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
@@ -333,19 +317,40 @@ impl JobStore for PgStore {
                 "terminal events are recorded by complete/fail/cancel".into(),
             ));
         }
-        let mut tx = self.pool.begin().await?;
-        let seq = next_seq_fenced(&mut tx, id, token).await?;
-        if let EventKind::Progress { step, total, .. } = &kind {
-            sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3")
-                .bind(step)
-                .bind(total)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let event = insert_event(&mut tx, id, seq, kind).await?;
-        tx.commit().await?;
-        Ok(event)
+        let progress = match &kind {
+            EventKind::Progress { step, total, .. } => Some((*step, *total)),
+            _ => None,
+        };
+        // One statement, one round trip: fence on the lease, take the next seq, note the
+        // progress and append the event. Progress is committed asynchronously (no WAL
+        // flush of its own): a database crash may lose the last moments of progress of a
+        // running job, never a state change, and the next synchronous commit (the
+        // terminal event) flushes everything before it. This is most of a job's commits.
+        let seq: Option<i64> = sqlx::query_scalar(&format!(
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', \
+                                     CASE WHEN $4::bigint IS NULL THEN current_setting('synchronous_commit') \
+                                          ELSE 'off' END, true)), \
+                  bumped AS (UPDATE jobs SET last_seq = last_seq + 1, \
+                                    progress_step = COALESCE($4, progress_step), \
+                                    progress_total = COALESCE($5, progress_total) \
+                             WHERE id = $1 AND lease_token = $2 AND status = 'running' \
+                             RETURNING last_seq) \
+             INSERT INTO job_events (job_id, seq, body, created_at) \
+             SELECT $1, bumped.last_seq, $3, {NOW} FROM bumped, relaxed RETURNING seq"
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(Json(&kind))
+        .bind(progress.map(|p| p.0))
+        .bind(progress.map(|p| p.1))
+        .fetch_optional(&self.pool)
+        .await?;
+        let seq = seq.ok_or(StoreError::LeaseLost(id))?;
+        Ok(Event {
+            job_id: id,
+            seq,
+            kind,
+        })
     }
 
     async fn complete(
