@@ -192,6 +192,9 @@ pub enum BenchKind {
         /// Bearer key for --url.
         #[arg(long, env = "SDQ_API_KEY")]
         api_key: Option<String>,
+        /// Workers of the in-process server (0: the API alone, nothing runs the jobs).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// SSE fan-out: delivery lag of one live job's events to N subscribers.
     Sse {
@@ -529,12 +532,14 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             seconds,
             url,
             api_key,
+            workers,
         } => {
             let run = bench::submit::SubmitBench {
                 rate,
                 seconds,
                 url,
                 api_key,
+                workers,
             };
             rows = runtime()?.block_on(bench::submit::submit(&run))?;
         }

@@ -68,15 +68,20 @@ fn queue_bench_runs_on_sqlite_and_postgres_and_cleans_up() {
 }
 
 fn databases(admin: &str) -> Vec<String> {
-    let out = std::process::Command::new("psql")
-        .args([admin, "-Atc", "SELECT datname FROM pg_database"])
-        .output()
-        .expect("psql runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required by this test: {e}"));
+        sqlx::query_scalar("SELECT datname::text FROM pg_database")
+            .fetch_all(&mut conn)
+            .await
+            .expect("list databases")
+    })
 }
 
 #[test]
@@ -85,7 +90,7 @@ fn submit_bench_loads_an_in_process_server() {
     let rows = rows(&out);
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    assert_eq!(row["case"], "POST /v1/jobs at 50/s for 1s");
+    assert_eq!(row["case"], "POST /v1/jobs at 50/s for 1s, 1 workers");
     assert_eq!(row["baseline"], "GET /v1/health");
     assert_eq!(extra(row, "errors"), 0.0, "{row}");
     assert_eq!(row["iterations"], 50, "every submission answered 2xx: {row}");

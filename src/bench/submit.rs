@@ -19,6 +19,8 @@ pub struct SubmitBench {
     /// A running server to load instead of an in-process one.
     pub url: Option<String>,
     pub api_key: Option<String>,
+    /// Workers of the in-process server.
+    pub workers: usize,
 }
 
 pub async fn submit(bench: &SubmitBench) -> anyhow::Result<Vec<Row>> {
@@ -27,7 +29,7 @@ pub async fn submit(bench: &SubmitBench) -> anyhow::Result<Vec<Row>> {
     }
     let local = match &bench.url {
         Some(_) => None,
-        None => Some(LocalServer::start(Role::All, 1).await?),
+        None => Some(LocalServer::start(Role::All, bench.workers).await?),
     };
     let base = match (&bench.url, &local) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
@@ -77,7 +79,13 @@ async fn measure(bench: &SubmitBench, base: &str) -> anyhow::Result<Vec<Row>> {
     }
     let row = Row::new(
         "submit",
-        format!("POST /v1/jobs at {}/s for {}s", bench.rate, bench.seconds),
+        match &bench.url {
+            Some(_) => format!("POST /v1/jobs at {}/s for {}s", bench.rate, bench.seconds),
+            None => format!(
+                "POST /v1/jobs at {}/s for {}s, {} workers",
+                bench.rate, bench.seconds, bench.workers
+            ),
+        },
         &submits.latencies,
         Some(("GET /v1/health", &healths.latencies)),
     );
