@@ -516,8 +516,8 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             progress,
         } => {
             let url = config.database_url();
-            let postgres = (url.starts_with("postgres://") || url.starts_with("postgresql://"))
-                .then_some(url);
+            let postgres =
+                (url.starts_with("postgres://") || url.starts_with("postgresql://")).then_some(url);
             let run = bench::queue::QueueBench {
                 jobs,
                 workers,

@@ -93,8 +93,15 @@ fn submit_bench_loads_an_in_process_server() {
     assert_eq!(row["case"], "POST /v1/jobs at 50/s for 1s, 1 workers");
     assert_eq!(row["baseline"], "GET /v1/health");
     assert_eq!(extra(row, "errors"), 0.0, "{row}");
-    assert_eq!(row["iterations"], 50, "every submission answered 2xx: {row}");
-    let (p50, p99, max) = (extra(row, "p50_ms"), extra(row, "p99_ms"), extra(row, "max_ms"));
+    assert_eq!(
+        row["iterations"], 50,
+        "every submission answered 2xx: {row}"
+    );
+    let (p50, p99, max) = (
+        extra(row, "p50_ms"),
+        extra(row, "p99_ms"),
+        extra(row, "max_ms"),
+    );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{row}");
 }
 
@@ -112,7 +119,10 @@ fn sse_bench_delivers_every_event_to_every_subscriber() {
     ]);
     let rows = rows(&out);
     let cases: Vec<&str> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
-    assert_eq!(cases, ["10 subscribers, 5 events", "20 subscribers, 5 events"]);
+    assert_eq!(
+        cases,
+        ["10 subscribers, 5 events", "20 subscribers, 5 events"]
+    );
     for (row, n) in rows.iter().zip([10, 20]) {
         assert_eq!(extra(row, "missing"), 0.0, "{row}");
         assert_eq!(row["iterations"], n * 5, "{row}");

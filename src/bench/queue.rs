@@ -119,12 +119,7 @@ struct Pass {
     drain: Duration,
 }
 
-async fn pass(
-    queue: &Queue,
-    jobs: usize,
-    workers: usize,
-    progress: usize,
-) -> anyhow::Result<Pass> {
+async fn pass(queue: &Queue, jobs: usize, workers: usize, progress: usize) -> anyhow::Result<Pass> {
     let start = Instant::now();
     let mut submitters = Vec::new();
     for w in 0..workers {
@@ -239,7 +234,10 @@ async fn measure(queue: &Queue, bench: &QueueBench, backend: &str) -> anyhow::Re
         )
         .with("jobs_per_s", per_s(bench.jobs, super::median(&totals)))
         .with("enqueue_per_s", per_s(bench.jobs, super::median(&enqueues)))
-        .with("claim_complete_per_s", per_s(bench.jobs, super::median(&drains)))
+        .with(
+            "claim_complete_per_s",
+            per_s(bench.jobs, super::median(&drains)),
+        )
         .with("events_per_job", (bench.progress + 3) as f64);
         rows.push(row);
     }

@@ -61,7 +61,9 @@ async fn measure(bench: &SseBench, server: &LocalServer) -> anyhow::Result<Vec<R
             "sse",
             format!("{count} subscribers, {} events", bench.events),
             &run.lags,
-            baseline.as_ref().map(|(name, lags)| (name.as_str(), lags.as_slice())),
+            baseline
+                .as_ref()
+                .map(|(name, lags)| (name.as_str(), lags.as_slice())),
         )
         .with("p90_ms", quantile_ms(&run.lags, 0.9))
         .with("p99_ms", quantile_ms(&run.lags, 0.99))
@@ -120,7 +122,11 @@ async fn fan_out(
     let start = Instant::now();
     let mut subscribers = Vec::with_capacity(count);
     for _ in 0..count {
-        subscribers.push(tokio::spawn(subscribe(client.clone(), url.clone(), tx.clone())));
+        subscribers.push(tokio::spawn(subscribe(
+            client.clone(),
+            url.clone(),
+            tx.clone(),
+        )));
     }
     drop(tx);
     let mut live = 0;

@@ -89,8 +89,10 @@ async fn measure(bench: &SubmitBench, base: &str) -> anyhow::Result<Vec<Row>> {
         &submits.latencies,
         Some(("GET /v1/health", &healths.latencies)),
     );
-    Ok(vec![with_percentiles(row, &submits, bench.rate)
-        .with("baseline_p99_ms", quantile_ms(&healths.latencies, 0.99))])
+    Ok(vec![with_percentiles(row, &submits, bench.rate).with(
+        "baseline_p99_ms",
+        quantile_ms(&healths.latencies, 0.99),
+    )])
 }
 
 fn with_percentiles(row: Row, run: &OpenLoop, rate: f64) -> Row {
