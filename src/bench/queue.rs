@@ -183,7 +183,7 @@ fn per_s(jobs: usize, d: Duration) -> f64 {
 /// Runs every worker count on each backend, interleaved per iteration so that a slow
 /// spell of the machine hits all counts alike; returns one row per backend and count.
 pub async fn queue(bench: &QueueBench) -> anyhow::Result<Vec<Row>> {
-    if bench.jobs == 0 || bench.workers.iter().any(|w| *w == 0) {
+    if bench.jobs == 0 || bench.workers.contains(&0) {
         bail!("--jobs and every --workers count must be positive");
     }
     let mut backends = vec!["sqlite"];
