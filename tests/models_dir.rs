@@ -168,10 +168,18 @@ async fn the_models_directory_is_listed_and_used_by_jobs() {
         let changed = pixels(&server, &run(&server, job(extra.clone())).await).await;
         assert_ne!(changed, plain, "{extra}");
     }
-    // A single-file checkpoint by name runs. (Its pixels are not yet compared with the
-    // folder's over REST: they differ there while the parity test shows the same file
-    // matching diffusers; see the branch report.)
-    run(&server, job(json!({"model": "mine"}))).await;
+    // A single-file checkpoint by name gives the pixels of the folder it was exported
+    // from, at the same size (its defaults are its family's, e.g. 512², not the tiny
+    // model's, so the size is given).
+    let size = json!({"width": 64, "height": 64});
+    let folder = pixels(&server, &run(&server, job(size.clone())).await).await;
+    let single = run(
+        &server,
+        job(json!({"model": "mine", "width": 64, "height": 64})),
+    )
+    .await;
+    assert_eq!(single["request"]["model"], "mine");
+    assert_eq!(pixels(&server, &single).await, folder);
 
     // Bad names and families are 422s naming the field.
     for (body, field, words) in [
@@ -289,4 +297,39 @@ async fn the_a1111_dialect_lists_the_models_directory() {
         .await
         .unwrap();
     assert_eq!(response.status(), 422, "an unusable checkpoint is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vae_named_like_a_checkpoint_goes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    fill(&models);
+    std::fs::copy(
+        models.join("vae/other.safetensors"),
+        models.join("vae/mine.safetensors"),
+    )
+    .unwrap();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let at = |extra: Value| {
+        let mut body = job(json!({"model": "mine", "width": 64, "height": 64}));
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let paired = run(&server, at(json!({}))).await;
+    assert_eq!(paired["request"]["vae"], "mine", "{paired}");
+    let own = run(&server, at(json!({"vae": "none"}))).await;
+    assert!(own["request"]["vae"].is_null(), "{own}");
+    let other = run(&server, at(json!({"vae": "other"}))).await;
+    let (paired, own, other) = (
+        pixels(&server, &paired).await,
+        pixels(&server, &own).await,
+        pixels(&server, &other).await,
+    );
+    assert_ne!(paired, own, "the paired VAE decodes");
+    assert_eq!(paired, other, "it is the same file as 'other'");
+    // The tiny folder model is not a checkpoint of the directory: nothing is paired.
+    let plain = run(&server, job(json!({}))).await;
+    assert!(plain["request"]["vae"].is_null(), "{plain}");
 }

@@ -163,11 +163,21 @@ fn check_extras(
             ));
         }
     }
+    let catalogue = settings.models_dir.catalogue();
+    let model_family = model_family(settings, model);
+    // A1111's "Automatic": a VAE named like the checkpoint goes with it unless the job
+    // names another, or "none" (the checkpoint's own).
+    let vae = match vae {
+        Some(v) if v.eq_ignore_ascii_case("none") => None,
+        Some(v) if v.eq_ignore_ascii_case("automatic") => {
+            paired_vae(&catalogue, model, model_family.as_deref())
+        }
+        None => paired_vae(&catalogue, model, model_family.as_deref()),
+        named => named,
+    };
     if all.is_empty() && vae.is_none() {
         return Ok((all, vae, clip_skip));
     }
-    let catalogue = settings.models_dir.catalogue();
-    let model_family = model_family(settings, model);
     for (i, lora) in all.iter().enumerate() {
         if !lora.weight.is_finite() || lora.weight.abs() > 10.0 {
             return Err(ApiError::invalid(
@@ -235,6 +245,23 @@ fn check_extras(
         }
     }
     Ok((all, vae, clip_skip))
+}
+
+/// The usable VAE of the models directory named like checkpoint `model`, if its family
+/// fits.
+fn paired_vae(
+    catalogue: &crate::inference::catalogue::Catalogue,
+    model: &str,
+    model_family: Option<&str>,
+) -> Option<String> {
+    use crate::inference::catalogue::Kind;
+    catalogue.find(Kind::Checkpoint, model)?;
+    let vae = catalogue.find(Kind::Vae, model)?;
+    let fits = match (vae.family.as_deref(), model_family) {
+        (Some(theirs), Some(ours)) => base_family(theirs) == base_family(ours),
+        _ => true,
+    };
+    (vae.error.is_none() && fits).then(|| vae.name.clone())
 }
 
 /// `sd1`, `sd2` or `sdxl` without the `-inpaint` mark.

@@ -326,7 +326,9 @@ pub fn patches(
     weights: &Weights,
     unet_config: Option<&UNetConfig>,
 ) -> Result<HashMap<String, Tensor>, InferenceError> {
-    let mut deltas: HashMap<String, Tensor> = HashMap::new();
+    // Per layer, the scaled factors of every LoRA that touches it, checked against the
+    // layer's shape; the sums are formed at the end, in one pass per layer.
+    let mut terms: HashMap<String, Vec<(Tensor, Tensor)>> = HashMap::new();
     let mut index: Option<Index> = None;
     for (lora, multiplier) in loras {
         for pair in lora.pairs.iter().filter(|p| p.target == target) {
@@ -352,8 +354,7 @@ pub fn patches(
             let scale = pair.alpha.unwrap_or(rank as f64) / rank as f64 * multiplier;
             let up = pair.up.reshape((out, rank))?;
             let down = pair.down.reshape((rank, ()))?;
-            let product = up.matmul(&down)?;
-            if product.elem_count() != base.elem_count() || out != base.dim(0)? {
+            if out * down.dim(1)? != base.elem_count() || out != base.dim(0)? {
                 return Err(bad(
                     &lora.name,
                     format!(
@@ -364,23 +365,51 @@ pub fn patches(
                     ),
                 ));
             }
-            let delta = (product.reshape(base.dims())? * scale)?;
-            let sum = match deltas.remove(&module) {
-                Some(previous) => (previous + delta)?,
-                None => delta,
-            };
-            deltas.insert(module, sum);
+            // The scale goes on the small factor, not on the layer-sized product.
+            let up = (up.to_dtype(DType::F32)? * scale)?;
+            let down = down.to_dtype(DType::F32)?;
+            terms.entry(module).or_default().push((up, down));
         }
     }
-    deltas
+    terms
         .into_iter()
-        .map(|(module, delta)| {
+        .map(|(module, factors)| {
             let name = format!("{module}.weight");
             let base = weights.get(&name).expect("resolved");
-            let patched = (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())?;
-            Ok((name, patched))
+            Ok((name, patch_layer(base, &factors)?))
         })
         .collect()
+}
+
+/// `base + Σ up · down` in `base`'s dtype. On the CPU in f32 it is one copy of the layer
+/// and one accumulating multi-threaded GEMM per LoRA (no layer-sized temporaries); a
+/// switch is bound by memory bandwidth, so each pass saved counts.
+fn patch_layer(base: &Tensor, factors: &[(Tensor, Tensor)]) -> Result<Tensor, InferenceError> {
+    if base.device().is_cpu() && base.dtype() == DType::F32 {
+        use super::kernels::gemm::{matmul, Accumulate, MatRef};
+        let mut dst: Vec<f32> = base.flatten_all()?.to_vec1()?;
+        let rows = base.dim(0)?;
+        let cols = base.elem_count() / rows.max(1);
+        for (up, down) in factors {
+            let rank = up.dim(1)?;
+            let up: Vec<f32> = up.flatten_all()?.to_vec1()?;
+            let down: Vec<f32> = down.flatten_all()?.to_vec1()?;
+            matmul(
+                &mut dst,
+                cols,
+                MatRef::row_major(&up, rows, rank),
+                MatRef::row_major(&down, rank, cols),
+                Accumulate::Add,
+                super::kernels::threads(),
+            );
+        }
+        return Ok(Tensor::from_vec(dst, base.dims(), base.device())?);
+    }
+    let mut sum = base.to_dtype(DType::F32)?;
+    for (up, down) in factors {
+        sum = (sum + up.matmul(down)?.reshape(base.dims())?)?;
+    }
+    Ok(sum.to_dtype(base.dtype())?)
 }
 
 #[cfg(test)]

@@ -72,6 +72,16 @@ impl SqliteStore {
         let lock = migration_lock(options.get_filename()).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that fails with SQLITE_FULL makes SQLite roll the transaction back
+            // itself; sqlx's own ROLLBACK then fails and leaves the connection believing it
+            // is still inside a transaction, so every later BEGIN would fail. An idle
+            // connection in that state is replaced instead of reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::TransactionManager;
+                    Ok(sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) == 0)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite")

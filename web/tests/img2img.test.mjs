@@ -161,6 +161,25 @@ describe("img2img", () => {
   });
 });
 
+describe("parameters from a PNG", () => {
+  test("a PNG dropped on the page loads its recipe into the form", async () => {
+    const { page, problems, context } = await open("/txt2img");
+    await page.getByLabel("Prompt", { exact: true }).fill("something else");
+    await dropFile(page, null, "recipe.png", png);
+    await waitFor(async () => (await page.getByLabel("Prompt", { exact: true }).inputValue()) === "a start image", 10_000, "the prompt read from the PNG");
+    assert.equal(await page.getByLabel("Width").inputValue(), "96");
+    assert.equal(await page.getByLabel("Height").inputValue(), "64");
+    assert.equal(await page.getByLabel("Steps").inputValue(), "4");
+    assert.equal(await page.getByLabel("Seed").inputValue(), "3");
+    // Anything but a PNG is refused with a message.
+    await dropFile(page, null, "notes.txt", Buffer.from("hello"), "text/plain");
+    await page.getByText("notes.txt is not a PNG").waitFor();
+    await screenshot(page, "png-recipe-dropped");
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
+
 describe("inpainting", () => {
   test("paint, undo, erase and invert a mask; repaint with an inpainting model and an ordinary one", async () => {
     const { page, problems, context } = await open("/inpaint");
