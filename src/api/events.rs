@@ -220,6 +220,11 @@ async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Send
     loop {
         let next = tokio::select! {
             message = async { live.as_mut().expect("guarded").next().await }, if live.is_some() => {
+                // The store is the safety net for a bus gone quiet; while live events
+                // flow it is not needed. Re-reading it on a fixed beat anyway made every
+                // subscriber of a popular job query the database at the same moment
+                // (2,000 reads every 2 s), which delayed the live events behind them.
+                poll.reset();
                 match message {
                     Some(BusMessage::Event(event)) if event.kind.is_live_only() => f.send_live(&event).await,
                     Some(BusMessage::Event(event)) if event.seq <= f.last + 1 => f.send(&event).await,

@@ -135,22 +135,6 @@ async fn insert_event(
     Ok(event)
 }
 
-async fn next_seq_fenced(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET last_seq = last_seq + 1 \
-         WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
-    )
-    .bind(id)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::LeaseLost(id))
-}
-
 async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
@@ -345,16 +329,34 @@ impl JobStore for PgStore {
                 "previews are kept by set_preview, never in the event log".into(),
             ));
         }
+        let progress = match &kind {
+            EventKind::Progress { step, total, .. } => Some((*step, *total)),
+            _ => None,
+        };
         let mut tx = self.pool.begin().await?;
-        let seq = next_seq_fenced(&mut tx, id, token).await?;
-        if let EventKind::Progress { step, total, .. } = &kind {
-            sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3")
-                .bind(step)
-                .bind(total)
-                .bind(id)
+        if progress.is_some() {
+            // Progress is committed asynchronously (no WAL flush of its own): a database
+            // crash may lose the last moments of progress of a running job, never a state
+            // change, and the next synchronous commit (the terminal event) flushes
+            // everything before it. Progress is most of a job's commits.
+            sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
                 .await?;
         }
+        // Fence on the lease, take the next seq and note the progress in one statement.
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET last_seq = last_seq + 1, \
+                    progress_step = COALESCE($3, progress_step), \
+                    progress_total = COALESCE($4, progress_total) \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(progress.map(|p| p.0))
+        .bind(progress.map(|p| p.1))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
         let event = insert_event(&mut tx, id, seq, kind).await?;
         tx.commit().await?;
         Ok(event)
