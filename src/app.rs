@@ -35,6 +35,8 @@ pub enum Role {
 pub struct Running {
     /// Where the API listens (`None` for a worker-only process).
     pub addr: Option<SocketAddr>,
+    /// The store and bus this process uses (benchmarks drive jobs through it directly).
+    pub queue: Queue,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -190,6 +192,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         tracing::info!(workers, "sdq worker running");
         return Ok(Running {
             addr: None,
+            queue: state.queue.clone(),
             shutdown: shutdown_tx,
             tasks,
         });
@@ -198,6 +201,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {}", serve.bind))?;
     let addr = listener.local_addr()?;
+    let queue = state.queue.clone();
     let timeouts = Timeouts {
         header: serve.header_timeout(),
         body: serve.body_timeout(),
@@ -225,6 +229,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
     tracing::info!(%addr, auth = ?auth_mode, "sdq listening");
     Ok(Running {
         addr: Some(addr),
+        queue,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -169,6 +169,47 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 1)]
         shrink: usize,
     },
+    /// Jobs per second for no-op jobs through the real store (enqueue, claim, progress,
+    /// complete) on SQLite, and on PostgreSQL when --database-url names a server (the
+    /// benchmark makes and drops its own database there).
+    Queue {
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        workers: Vec<usize>,
+        /// Progress events each job records.
+        #[arg(long, default_value_t = 4)]
+        progress: usize,
+    },
+    /// `POST /v1/jobs` latency percentiles at a fixed rate (open loop) against an
+    /// in-process embedded server whose worker runs the jobs, or against --url.
+    Submit {
+        /// Requests per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// A running sdq to load instead of an in-process one.
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer key for --url.
+        #[arg(long, env = "SDQ_API_KEY")]
+        api_key: Option<String>,
+        /// Workers of the in-process server (0: the API alone, nothing runs the jobs).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// SSE fan-out: delivery lag of one live job's events to N subscribers.
+    Sse {
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
+        subscribers: Vec<usize>,
+        /// Progress events published per subscriber count.
+        #[arg(long, default_value_t = 20)]
+        events: usize,
+        /// Milliseconds between two events.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -483,6 +524,51 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&scratch);
             rows.push(row?);
         }
+        BenchKind::Queue {
+            jobs,
+            workers,
+            progress,
+        } => {
+            let url = config.database_url();
+            let postgres =
+                (url.starts_with("postgres://") || url.starts_with("postgresql://")).then_some(url);
+            let run = bench::queue::QueueBench {
+                jobs,
+                workers,
+                progress,
+                iterations: args.iterations,
+                postgres,
+            };
+            rows = runtime()?.block_on(bench::queue::queue(&run))?;
+        }
+        BenchKind::Submit {
+            rate,
+            seconds,
+            url,
+            api_key,
+            workers,
+        } => {
+            let run = bench::submit::SubmitBench {
+                rate,
+                seconds,
+                url,
+                api_key,
+                workers,
+            };
+            rows = runtime()?.block_on(bench::submit::submit(&run))?;
+        }
+        BenchKind::Sse {
+            subscribers,
+            events,
+            interval_ms,
+        } => {
+            let run = bench::sse::SseBench {
+                subscribers,
+                events,
+                interval: std::time::Duration::from_millis(interval_ms),
+            };
+            rows = runtime()?.block_on(bench::sse::sse(&run))?;
+        }
     }
     print!("{}", bench::format_report(&rows));
     Ok(())
@@ -762,6 +848,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
             .map(|p| NoiseArray::read_npy(p))
             .collect::<Result<_, _>>()?,
         init_image,
+        preview_every: None,
     };
 
     if args.clip_skip == Some(0) {
@@ -832,6 +919,8 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         clip_skip: args.clip_skip.map(|c| c as u32),
         webhook_url: None,
         webhook_events: Vec::new(),
+        previews: false,
+        preview_every: None,
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

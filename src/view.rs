@@ -81,6 +81,12 @@ pub async fn job_view(store: &dyn JobStore, job: &Job, scope: &Scope) -> Result<
     } else {
         Vec::new()
     };
+    // Only a running job with previews on has one; it is live-only and cleared at the end.
+    let preview = if job.status == JobStatus::Running && job.spec.previews {
+        store.latest_preview(job.id, scope).await?
+    } else {
+        None
+    };
     let id = job.id;
     Ok(json!({
         "id": id,
@@ -98,6 +104,7 @@ pub async fn job_view(store: &dyn JobStore, job: &Job, scope: &Scope) -> Result<
         "error": job.error,
         "timings": job.timings,
         "images": images,
+        "preview": preview,
         "created_at": timestamp(job.created_at),
         "started_at": job.started_at.map(timestamp),
         "finished_at": job.finished_at.map(timestamp),

@@ -25,7 +25,9 @@ use crate::inference::{
     self, catalogue, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion,
 };
 use crate::observability;
-use crate::queue::{EventKind, JobSpec, Lease, NewImage, Queue, StoreError, WorkerInfo};
+use crate::queue::{
+    EventKind, JobSpec, Lease, NewImage, PreviewImage, Queue, StoreError, WorkerInfo,
+};
 use crate::storage::png::{encode, PngMetadata};
 use crate::storage::thumbnail::thumbnail_jpeg;
 use crate::storage::ImageStore;
@@ -265,6 +267,7 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         latents: None,
         noise: Vec::new(),
         init_image: None,
+        preview_every: spec.previews.then(|| spec.preview_every()),
     })
 }
 
@@ -490,6 +493,22 @@ impl Worker {
                                 flags.lease_lost.store(true, Ordering::Relaxed)
                             }
                             Err(e) => tracing::warn!(error = %e, "progress not recorded"),
+                        }
+                        if let Some(preview) = p.preview {
+                            let preview = PreviewImage {
+                                step: p.step as i64,
+                                total: p.total as i64,
+                                width: preview.width as i64,
+                                height: preview.height as i64,
+                                image: preview.data_url,
+                            };
+                            match queue.preview(&lease, preview).await {
+                                Ok(()) => {}
+                                Err(StoreError::LeaseLost(_)) => {
+                                    flags.lease_lost.store(true, Ordering::Relaxed)
+                                }
+                                Err(e) => tracing::debug!(error = %e, "preview not kept"),
+                            }
                         }
                     }
                 }

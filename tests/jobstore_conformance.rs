@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sdq::queue::{
     CancelOutcome, Cursor, Enqueued, EventKind, Idempotency, ImageQuery, JobSpec, JobStatus,
-    JobStore, ListQuery, NewApiKey, NewImage, NewJob, Scope, StoreError,
+    JobStore, ListQuery, NewApiKey, NewImage, NewJob, PreviewImage, Scope, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -1266,6 +1266,111 @@ async fn gallery_pages_stay_correct_across_deletes(store: Store) {
     ));
 }
 
+fn preview(step: i64) -> PreviewImage {
+    PreviewImage {
+        step,
+        total: 4,
+        width: 8,
+        height: 8,
+        image: format!("data:image/jpeg;base64,step{step}"),
+    }
+}
+
+/// Previews are live-only: the row keeps the latest, fenced like every write of a running
+/// job, the event log never holds one, and a new attempt or the completion clears it.
+async fn previews_keep_only_the_latest_and_stay_out_of_the_log(store: Store) {
+    let job = store.enqueue(owned("alice", "p")).await.unwrap();
+    let Enqueued::New(job, _) = job else {
+        panic!("new job")
+    };
+    let id = job.id;
+    let alice = Scope::Owner("alice".into());
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(store.latest_preview(id, &alice).await.unwrap(), None);
+    store
+        .record(
+            id,
+            lease.token,
+            EventKind::Progress {
+                step: 1,
+                total: 4,
+                elapsed_ms: 1,
+                eta_ms: 3,
+            },
+        )
+        .await
+        .unwrap();
+    // The seq handed back is the last stored event's: queued, started, progress.
+    assert_eq!(
+        store
+            .set_preview(id, lease.token, &preview(1))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .set_preview(id, lease.token, &preview(2))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store.latest_preview(id, &alice).await.unwrap(),
+        Some(preview(2))
+    );
+    assert_eq!(
+        store.latest_preview(id, &Scope::All).await.unwrap(),
+        Some(preview(2))
+    );
+    // Another owner sees nothing, as for every other lookup.
+    let bob = Scope::Owner("bob".into());
+    assert_eq!(store.latest_preview(id, &bob).await.unwrap(), None);
+    // Fenced: a stale token cannot write one.
+    assert!(matches!(
+        store.set_preview(id, Uuid::new_v4(), &preview(3)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // The event log refuses previews and holds none.
+    assert!(store
+        .record(id, lease.token, EventKind::Preview(preview(3)))
+        .await
+        .is_err());
+    let log = store.events_after(id, 0, &Scope::All).await.unwrap();
+    assert!(log.iter().all(|e| !e.kind.is_live_only()), "{log:?}");
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // A retried attempt starts without the old attempt's preview.
+    store
+        .fail(id, lease.token, "transient", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(store.latest_preview(id, &Scope::All).await.unwrap(), None);
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.job.id, id);
+    assert_eq!(store.latest_preview(id, &Scope::All).await.unwrap(), None);
+    store
+        .set_preview(id, lease.token, &preview(1))
+        .await
+        .unwrap();
+    assert!(store
+        .latest_preview(id, &Scope::All)
+        .await
+        .unwrap()
+        .is_some());
+    // The completion clears it; a finished job can take no more.
+    store
+        .complete(id, lease.token, vec![], json!({}))
+        .await
+        .unwrap();
+    assert_eq!(store.latest_preview(id, &Scope::All).await.unwrap(), None);
+    assert!(matches!(
+        store.set_preview(id, lease.token, &preview(4)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let log = store.events_after(id, 0, &Scope::All).await.unwrap();
+    assert!(log.iter().all(|e| !e.kind.is_live_only()));
+}
+
 macro_rules! backend {
     ($name:ident, $open:expr) => {
         mod $name {
@@ -1309,6 +1414,7 @@ macro_rules! backend {
             check!(completed_means_every_end_but_a_retried_failure);
             check!(progress_deliveries_are_coalesced);
             check!(deliveries_are_claimed_once_and_finished_by_their_attempt);
+            check!(previews_keep_only_the_latest_and_stay_out_of_the_log);
         }
     };
 }

@@ -125,6 +125,7 @@ async fn the_document_lists_every_route_and_the_docs_page_is_self_contained() {
         "started",
         "progress",
         "image",
+        "preview",
         "succeeded",
         "failed",
         "canceled",

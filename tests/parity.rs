@@ -292,6 +292,7 @@ fn check(name: &str) {
                 }),
             }
         }),
+        preview_every: None,
     };
     let expected = npy(&case.image);
     let mut runs = vec![("recorded draws", run(&sd, &req))];

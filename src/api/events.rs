@@ -5,6 +5,12 @@
 //! forward live events with a larger `seq`. A gap in the live `seq`s, a lagged channel or
 //! a lost bus all fall back to reading the store, which holds every event. The stream
 //! closes after the terminal event.
+//!
+//! Previews are live-only: they come from the bus (and, for a late subscriber, the job
+//! row's latest one right after the snapshot), go out without an `id:` line so a
+//! browser's `Last-Event-ID` keeps naming the last stored event, and never move the
+//! stream's position. A resume is therefore exact for every stored event; previews
+//! missed while disconnected are not replayed (the next one, or the latest, follows).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -20,7 +26,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::jobs::owned_job;
 use super::{ApiError, AppState};
-use crate::queue::{BusMessage, Event, Queue, Scope};
+use crate::queue::{BusMessage, Event, EventKind, Queue, Scope};
 
 /// How often the store is re-read while live events flow (a safety net), and while the
 /// bus is unavailable (the only source).
@@ -65,10 +71,14 @@ pub fn parse_last_event_id(raw: &[u8]) -> Result<i64, ApiError> {
 }
 
 fn to_sse(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.seq.to_string())
+    let sse = SseEvent::default()
         .event(event.kind.name())
-        .data(serde_json::to_string(event).unwrap_or_default())
+        .data(serde_json::to_string(event).unwrap_or_default());
+    if event.kind.is_live_only() {
+        sse
+    } else {
+        sse.id(event.seq.to_string())
+    }
 }
 
 /// Where the stream stands.
@@ -83,6 +93,9 @@ struct Forwarder {
     id: Uuid,
     scope: Scope,
     last: i64,
+    /// The step of the last preview sent in this attempt: the snapshot's preview may
+    /// also arrive live, and must not go out twice.
+    preview_step: i64,
     tx: mpsc::Sender<SseEvent>,
 }
 
@@ -95,10 +108,53 @@ impl Forwarder {
             return Next::Done;
         }
         self.last = event.seq;
+        if let EventKind::Started { .. } = event.kind {
+            // A new attempt counts its steps from 1 again.
+            self.preview_step = 0;
+        }
         if event.kind.is_terminal() {
             Next::Done
         } else {
             Next::Continue
+        }
+    }
+
+    /// Sends a live-only event (a preview) after any stored event it follows that this
+    /// stream has not sent yet; `last` stays where the stored events put it.
+    async fn send_live(&mut self, event: &Event) -> Next {
+        if event.seq > self.last {
+            if let Next::Done = self.catch_up().await {
+                return Next::Done;
+            }
+        }
+        if let EventKind::Preview(preview) = &event.kind {
+            if preview.step <= self.preview_step {
+                return Next::Continue;
+            }
+            self.preview_step = preview.step;
+        }
+        if self.tx.send(to_sse(event)).await.is_err() {
+            return Next::Done;
+        }
+        Next::Continue
+    }
+
+    /// The running job's latest preview, for a subscriber that arrives mid-job.
+    async fn send_latest_preview(&mut self) -> Next {
+        match self.queue.store.latest_preview(self.id, &self.scope).await {
+            Ok(Some(preview)) => {
+                let event = Event {
+                    job_id: self.id,
+                    seq: self.last,
+                    kind: EventKind::Preview(preview),
+                };
+                self.send_live(&event).await
+            }
+            Ok(None) => Next::Continue,
+            Err(e) => {
+                tracing::debug!(job_id = %self.id, error = %e, "latest preview not read");
+                Next::Continue
+            }
         }
     }
 
@@ -146,9 +202,13 @@ async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Send
         id,
         scope,
         last,
+        preview_step: 0,
         tx,
     };
     if let Next::Done = f.catch_up().await {
+        return;
+    }
+    if let Next::Done = f.send_latest_preview().await {
         return;
     }
     let mut poll = tokio::time::interval(if live.is_some() {
@@ -160,7 +220,13 @@ async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Send
     loop {
         let next = tokio::select! {
             message = async { live.as_mut().expect("guarded").next().await }, if live.is_some() => {
+                // The store is the safety net for a bus gone quiet; while live events
+                // flow it is not needed. Re-reading it on a fixed beat anyway made every
+                // subscriber of a popular job query the database at the same moment
+                // (2,000 reads every 2 s), which delayed the live events behind them.
+                poll.reset();
                 match message {
+                    Some(BusMessage::Event(event)) if event.kind.is_live_only() => f.send_live(&event).await,
                     Some(BusMessage::Event(event)) if event.seq <= f.last + 1 => f.send(&event).await,
                     // A gap or a lag: the store has what we missed.
                     Some(BusMessage::Event(_)) | Some(BusMessage::Lagged) => f.catch_up().await,

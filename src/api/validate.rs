@@ -121,6 +121,13 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>)]
     pub webhook_events: Option<serde_json::Value>,
+    /// Publish live `preview` events while the job runs (default false).
+    #[serde(default)]
+    pub previews: Option<bool>,
+    /// With `previews`: one preview every this many steps, 1 to `steps` (default every
+    /// step up to 10 steps, else about ten in all).
+    #[serde(default)]
+    pub preview_every: Option<u32>,
 }
 
 /// One entry of `loras`.
@@ -637,6 +644,23 @@ impl SubmitRequest {
         )?;
         let (webhook_url, webhook_events) =
             check_webhook(settings, self.webhook_url, self.webhook_events)?;
+        let previews = self.previews.unwrap_or(false);
+        let preview_every = match self.preview_every {
+            None => None,
+            Some(_) if !previews => {
+                return Err(ApiError::invalid(
+                    "preview_every",
+                    "preview_every needs previews: true",
+                ))
+            }
+            Some(n) if n == 0 || n > steps => {
+                return Err(ApiError::invalid(
+                    "preview_every",
+                    format!("preview_every must be between 1 and steps ({steps})"),
+                ))
+            }
+            Some(n) => Some(n),
+        };
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -666,6 +690,8 @@ impl SubmitRequest {
                 clip_skip,
                 webhook_url,
                 webhook_events,
+                previews,
+                preview_every,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),
@@ -833,6 +859,18 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"prompt":"  "}"#).1.as_deref(), Some("prompt"));
         assert_eq!(field_of(r#"{"steps":4}"#).1.as_deref(), Some("prompt"));
+        for bad in [
+            r#"{"prompt":"a","steps":4,"previews":true,"preview_every":0}"#,
+            r#"{"prompt":"a","steps":4,"previews":true,"preview_every":5}"#,
+            r#"{"prompt":"a","steps":4,"preview_every":2}"#,
+            r#"{"prompt":"a","previews":true,"preview_every":-1}"#,
+        ] {
+            assert_eq!(field_of(bad).1.as_deref(), Some("preview_every"), "{bad}");
+        }
+        assert_eq!(
+            field_of(r#"{"prompt":"a","previews":"yes"}"#).1.as_deref(),
+            Some("previews")
+        );
         assert_eq!(
             field_of(r#"{"prompt":"a","steps":"four"}"#).1.as_deref(),
             Some("steps")

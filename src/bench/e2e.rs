@@ -43,6 +43,7 @@ pub fn end_to_end(
                 latents: None,
                 noise: Vec::new(),
                 init_image: None,
+                preview_every: None,
             };
             let mut times: Vec<Duration> = Vec::new();
             for _ in 0..iterations.max(1) {

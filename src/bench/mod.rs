@@ -8,7 +8,11 @@
 
 pub mod e2e;
 pub mod kernels;
+pub mod load;
 pub mod lora_switch;
+pub mod queue;
+pub mod sse;
+pub mod submit;
 pub mod unet;
 pub mod vae;
 
@@ -19,7 +23,7 @@ use serde::Serialize;
 /// One measured case: ours, and the baseline it ran beside.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Which benchmark (`unet`, `vae`, `e2e`, `kernels`).
+    /// Which benchmark (`unet`, `vae`, `e2e`, `kernels`, `queue`, `submit`, `sse`).
     pub bench: String,
     /// What was measured, e.g. `512x512 CFG batch 2`.
     pub case: String,

@@ -12,6 +12,7 @@ use super::decode::FloatImage;
 use super::draws::Draws;
 use super::img2img::{img2img_start, Inpaint};
 use super::pipeline::StableDiffusion;
+use super::preview::preview_due;
 use super::request::{GenerateRequest, StepProgress};
 use super::rng::TorchRng;
 use super::schedulers::NoiseSource;
@@ -176,10 +177,19 @@ impl StableDiffusion {
             {
                 latents = blend.apply(&latents, scheduler.as_ref(), index, timesteps.len())?;
             }
+            let step = index + 1 - start;
+            // Only a due preview reads the latents back; otherwise nothing is copied.
+            let preview = match req.preview_every {
+                Some(every) if preview_due(step, total, every) => {
+                    self.preview_family().preview(&latents)?
+                }
+                _ => None,
+            };
             let progress = StepProgress {
-                step: index + 1 - start,
+                step,
                 total,
                 elapsed_ms: started.elapsed().as_millis() as u64,
+                preview,
             };
             if on_step(progress).is_break() {
                 return Err(InferenceError::Canceled);

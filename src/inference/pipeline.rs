@@ -18,6 +18,7 @@ use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::decode::{FloatImage, GeneratedImage};
 use super::embeddings::EmbeddingLibrary;
 use super::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
+use super::preview::PreviewFamily;
 use super::request::{GenerateRequest, StepProgress};
 use super::schedulers::SchedulerConfigFile;
 use super::tokenizer::PromptTokenizer;
@@ -94,6 +95,15 @@ impl StableDiffusion {
         &self.folder
     }
 
+    /// Which latent→RGB map previews of this model use: SDXL's VAE has its own.
+    pub fn preview_family(&self) -> PreviewFamily {
+        if self.xl.is_some() {
+            PreviewFamily::Sdxl
+        } else {
+            PreviewFamily::Sd1
+        }
+    }
+
     /// Image sides must be multiples of this.
     pub fn size_multiple(&self) -> usize {
         self.vae_config.scale_factor()
@@ -150,6 +160,42 @@ impl StableDiffusion {
 mod tests {
     use super::*;
     use crate::inference::SchedulerKind;
+
+    #[test]
+    fn previews_come_when_due_and_not_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("tiny");
+        crate::inference::tiny::ensure(&folder, 0).unwrap();
+        let sd = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(sd.preview_family(), PreviewFamily::Sd1);
+        let mut req = GenerateRequest::example(SchedulerKind::Euler);
+        req.steps = 5;
+        let run = |req: &GenerateRequest| {
+            let mut previews = Vec::new();
+            let images = sd
+                .generate(req, &mut |p| {
+                    if let Some(preview) = p.preview {
+                        previews.push((p.step, preview));
+                    }
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            (images, previews)
+        };
+        let (plain, none) = run(&req);
+        assert!(none.is_empty());
+        req.preview_every = Some(2);
+        let (with, previews) = run(&req);
+        let steps: Vec<usize> = previews.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [2, 4]);
+        for (_, p) in &previews {
+            assert_eq!((p.width, p.height), (8, 8));
+            assert!(p.data_url.starts_with("data:image/jpeg;base64,"));
+        }
+        assert_ne!(previews[0].1.data_url, previews[1].1.data_url);
+        // Previews only look: the image is the same with or without them.
+        assert_eq!(plain[0].rgb, with[0].rgb);
+    }
 
     #[test]
     fn tiny_model_generates_varied_deterministic_images() {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::draws::NoiseArray;
+use super::preview::Preview;
 use super::schedulers::SchedulerKind;
 use super::tokenizer::LongPrompt;
 
@@ -35,6 +36,10 @@ pub struct GenerateRequest {
     /// img2img: start from this image instead of pure noise.
     #[serde(skip)]
     pub init_image: Option<InitImage>,
+    /// Hand out a preview of the latents every this many steps (`None`: never, and the
+    /// loop copies nothing).
+    #[serde(skip)]
+    pub preview_every: Option<usize>,
 }
 
 /// The image img2img starts from, and how much of it to repaint.
@@ -52,12 +57,14 @@ pub struct InitImage {
 }
 
 /// Reported after every denoising step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepProgress {
     /// 1-based step just finished.
     pub step: usize,
     pub total: usize,
     pub elapsed_ms: u64,
+    /// The latents after this step as a small image, when a preview was due.
+    pub preview: Option<Preview>,
 }
 
 #[cfg(test)]
@@ -79,6 +86,7 @@ impl GenerateRequest {
             latents: None,
             noise: Vec::new(),
             init_image: None,
+            preview_every: None,
         }
     }
 }

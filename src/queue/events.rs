@@ -1,4 +1,8 @@
-//! Job events: what SSE subscribers see. Each has a per-job, gap-free `seq`.
+//! Job events: what SSE subscribers see. Each stored event has a per-job, gap-free `seq`.
+//!
+//! `preview` is the exception: it is live-only (published on the bus, never appended
+//! to the event log; the job row keeps the latest one), and its `seq` is that of the
+//! last stored event before it, so it never takes a number a stored event needs.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -10,6 +14,18 @@ pub struct ImageSummary {
     pub id: Uuid,
     pub url: String,
     pub seed: i64,
+}
+
+/// A preview of a running job: the step it shows (of `total`, as progress counts them)
+/// and a `data:` URL of a small JPEG of `width` × `height` (the latents' size, 1/8 of
+/// the image's per side).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PreviewImage {
+    pub step: i64,
+    pub total: i64,
+    pub width: i64,
+    pub height: i64,
+    pub image: String,
 }
 
 /// What happened. The serde tag is the SSE event name: `event: progress` carries
@@ -30,6 +46,8 @@ pub enum EventKind {
         elapsed_ms: i64,
         eta_ms: i64,
     },
+    /// A small look at the latents while the job runs (live-only, see the module docs).
+    Preview(PreviewImage),
     Image(ImageSummary),
     Succeeded {
         images: Vec<ImageSummary>,
@@ -49,11 +67,17 @@ impl EventKind {
             Self::Queued { .. } => "queued",
             Self::Started { .. } => "started",
             Self::Progress { .. } => "progress",
+            Self::Preview(_) => "preview",
             Self::Image(_) => "image",
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",
             Self::Canceled => "canceled",
         }
+    }
+
+    /// Live-only events are published but never stored, and carry no SSE `id`.
+    pub fn is_live_only(&self) -> bool {
+        matches!(self, Self::Preview(_))
     }
 
     /// After a terminal event the job never changes and streams close.
@@ -102,6 +126,19 @@ mod tests {
             retrying: false
         }
         .is_terminal());
+        let p = EventKind::Preview(PreviewImage {
+            step: 2,
+            total: 4,
+            width: 8,
+            height: 8,
+            image: "data:image/jpeg;base64,AA==".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"type": "preview", "step": 2, "total": 4, "width": 8,
+                "height": 8, "image": "data:image/jpeg;base64,AA=="})
+        );
+        assert!(p.is_live_only() && !p.is_terminal());
         assert!(!EventKind::Failed {
             error: "x".into(),
             retrying: true

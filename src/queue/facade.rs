@@ -9,8 +9,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Enqueued, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob, Scope,
-    StoreError,
+    CancelOutcome, Enqueued, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob,
+    PreviewImage, Scope, StoreError,
 };
 
 #[derive(Clone)]
@@ -92,6 +92,22 @@ impl Queue {
     pub async fn record(&self, lease: &Lease, kind: EventKind) -> Result<(), StoreError> {
         let event = self.store.record(lease.job.id, lease.token, kind).await?;
         self.publish(&[event]).await;
+        Ok(())
+    }
+
+    /// Keeps a preview as the job's latest and publishes it (live-only: it is not added
+    /// to the event log). A bus failure only loses this preview; the next one follows.
+    pub async fn preview(&self, lease: &Lease, preview: PreviewImage) -> Result<(), StoreError> {
+        let seq = self
+            .store
+            .set_preview(lease.job.id, lease.token, &preview)
+            .await?;
+        self.publish(&[Event {
+            job_id: lease.job.id,
+            seq,
+            kind: EventKind::Preview(preview),
+        }])
+        .await;
         Ok(())
     }
 

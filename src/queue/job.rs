@@ -49,6 +49,18 @@ pub struct JobSpec {
     /// What to post about; empty without `webhook_url`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhook_events: Vec<super::WebhookEvent>,
+    /// Publish `preview` events while the job runs (live-only; see `events.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub previews: bool,
+    /// With `previews`: one every this many steps (`None`: [`default_preview_every`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_every: Option<u32>,
+}
+
+/// The preview interval of a job of `steps` steps that did not choose one: about ten
+/// previews in all, and every step for short jobs (`max(1, steps / 10)`).
+pub fn default_preview_every(steps: u32) -> u32 {
+    (steps / 10).max(1)
 }
 
 /// A LoRA of the models directory at a weight.
@@ -59,6 +71,13 @@ pub struct LoraRef {
 }
 
 impl JobSpec {
+    /// Steps between previews (meaningful when `previews` is on).
+    pub fn preview_every(&self) -> usize {
+        self.preview_every
+            .unwrap_or_else(|| default_preview_every(self.steps))
+            .max(1) as usize
+    }
+
     /// What a worker must hold besides the model to run this job without rebuilding
     /// layers: its LoRA set (sorted, so the order of a request does not matter) and VAE.
     /// Empty for a job that needs neither. Workers prefer jobs whose key matches theirs.

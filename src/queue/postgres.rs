@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
-    WorkerInfo,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
+    StoreError, WorkerInfo,
 };
 
 mod gallery;
@@ -133,22 +133,6 @@ async fn insert_event(
     };
     webhooks::on_event(conn, &event).await?;
     Ok(event)
-}
-
-async fn next_seq_fenced(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET last_seq = last_seq + 1 \
-         WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
-    )
-    .bind(id)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::LeaseLost(id))
 }
 
 async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
@@ -294,7 +278,7 @@ impl JobStore for PgStore {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
                     lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
-                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1 \
+                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1, preview = NULL \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
                          ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, \
                                   created_at, id \
@@ -340,16 +324,39 @@ impl JobStore for PgStore {
                 "terminal events are recorded by complete/fail/cancel".into(),
             ));
         }
+        if kind.is_live_only() {
+            return Err(StoreError::Database(
+                "previews are kept by set_preview, never in the event log".into(),
+            ));
+        }
+        let progress = match &kind {
+            EventKind::Progress { step, total, .. } => Some((*step, *total)),
+            _ => None,
+        };
         let mut tx = self.pool.begin().await?;
-        let seq = next_seq_fenced(&mut tx, id, token).await?;
-        if let EventKind::Progress { step, total, .. } = &kind {
-            sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3")
-                .bind(step)
-                .bind(total)
-                .bind(id)
+        if progress.is_some() {
+            // Progress is committed asynchronously (no WAL flush of its own): a database
+            // crash may lose the last moments of progress of a running job, never a state
+            // change, and the next synchronous commit (the terminal event) flushes
+            // everything before it. Progress is most of a job's commits.
+            sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
                 .await?;
         }
+        // Fence on the lease, take the next seq and note the progress in one statement.
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET last_seq = last_seq + 1, \
+                    progress_step = COALESCE($3, progress_step), \
+                    progress_total = COALESCE($4, progress_total) \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(progress.map(|p| p.0))
+        .bind(progress.map(|p| p.1))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
         let event = insert_event(&mut tx, id, seq, kind).await?;
         tx.commit().await?;
         Ok(event)
@@ -365,7 +372,7 @@ impl JobStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
              WHERE id = $2 AND lease_token = $3 AND status = 'running' \
              RETURNING last_seq, owner, model, spec->>'prompt' AS prompt"
         ))
@@ -860,5 +867,41 @@ impl JobStore for PgStore {
 
     async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError> {
         webhooks::secret(&self.pool, owner).await
+    }
+
+    async fn set_preview(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        preview: &PreviewImage,
+    ) -> Result<i64, StoreError> {
+        let json =
+            serde_json::to_string(preview).map_err(|e| StoreError::Database(e.to_string()))?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET preview = $1 \
+             WHERE id = $2 AND lease_token = $3 AND status = 'running' RETURNING last_seq",
+        )
+        .bind(json)
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        seq.ok_or(StoreError::LeaseLost(id))
+    }
+
+    async fn latest_preview(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<PreviewImage>, StoreError> {
+        let raw: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT preview FROM jobs \
+             WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status = 'running'",
+        )
+        .bind(id)
+        .bind(scope.owner())
+        .fetch_optional(&self.pool)
+        .await?;
+        super::store::preview_from_column(raw.flatten())
     }
 }

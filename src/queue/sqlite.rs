@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PurgedJob, Scope, StoreError,
-    WorkerInfo,
+    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
+    StoreError, WorkerInfo,
 };
 
 mod gallery;
@@ -382,7 +382,7 @@ impl JobStore for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = ?1, \
                     lease_expires_at = ?2, worker = ?3, started_at = ?4, progress_step = 0, \
-                    progress_total = 0, last_seq = last_seq + 1 \
+                    progress_total = 0, last_seq = last_seq + 1, preview = NULL \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
                          ORDER BY priority DESC, (model = ?5) DESC, (adapters = ?6) DESC, created_at, id LIMIT 1) \
              RETURNING {JOB_COLUMNS}"
@@ -432,6 +432,11 @@ impl JobStore for SqliteStore {
                 "terminal events are recorded by complete/fail/cancel".into(),
             ));
         }
+        if kind.is_live_only() {
+            return Err(StoreError::Database(
+                "previews are kept by set_preview, never in the event log".into(),
+            ));
+        }
         let mut tx = self.write_tx().await?;
         let seq = next_seq_fenced(&mut tx, id, token).await?;
         if let EventKind::Progress { step, total, .. } = &kind {
@@ -458,7 +463,7 @@ impl JobStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "UPDATE jobs SET status = 'succeeded', finished_at = ?, timings = ?, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
              WHERE id = ? AND lease_token = ? AND status = 'running' \
              RETURNING last_seq, owner, model, json_extract(spec, '$.prompt') AS prompt",
         )
@@ -1014,5 +1019,41 @@ impl JobStore for SqliteStore {
 
     async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError> {
         webhooks::secret(&self.reader, owner).await
+    }
+
+    async fn set_preview(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        preview: &PreviewImage,
+    ) -> Result<i64, StoreError> {
+        let json =
+            serde_json::to_string(preview).map_err(|e| StoreError::Database(e.to_string()))?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET preview = ? \
+             WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
+        )
+        .bind(json)
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&self.writer)
+        .await?;
+        seq.ok_or(StoreError::LeaseLost(id))
+    }
+
+    async fn latest_preview(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<PreviewImage>, StoreError> {
+        let raw: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT preview FROM jobs \
+             WHERE id = ?1 AND (?2 IS NULL OR owner = ?2) AND status = 'running'",
+        )
+        .bind(id.to_string())
+        .bind(scope.owner())
+        .fetch_optional(&self.reader)
+        .await?;
+        super::store::preview_from_column(raw.flatten())
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
     ApiKey, Enqueued, Event, EventKind, ImageQuery, ImageRecord, ImageSummary, Job, JobStatus,
-    Lease, ListQuery, NewImage, NewJob, Scope, WorkerInfo,
+    Lease, ListQuery, NewImage, NewJob, PreviewImage, Scope, WorkerInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +258,29 @@ pub trait JobStore: Send + Sync {
     /// The `whsec_…` secret that signs an owner's deliveries: its key's; `None` for an
     /// owner without a key.
     async fn webhook_secret(&self, owner: &str) -> Result<Option<String>, StoreError>;
+
+    /// Keeps `preview` as the latest of a job we hold (replacing the one before; nothing
+    /// goes to the event log) and returns the `seq` of the job's last stored event.
+    async fn set_preview(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        preview: &PreviewImage,
+    ) -> Result<i64, StoreError>;
+    /// The latest preview of a running job (`None` once it has left `running`).
+    async fn latest_preview(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<PreviewImage>, StoreError>;
+}
+
+/// A stored preview column back into its value.
+pub(crate) fn preview_from_column(raw: Option<String>) -> Result<Option<PreviewImage>, StoreError> {
+    raw.map(|s| {
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("jobs.preview: {e}")))
+    })
+    .transpose()
 }
 
 /// How long ago an idempotency key stops counting.

@@ -83,15 +83,19 @@ jobs += 1
 assert len(r.data) == 2 and decoded(r.data[1].b64_json).size == (64, 64), r
 check("edit without and with a mask")
 
-# A streamed generation ends with the completed image.
-stream = client.images.generate(prompt="a storm", size="64x64", stream=True, partial_images=2)
+# A streamed generation sends partial images from the step previews (at most as many as
+# asked, at the asked size and format, numbered from 0), then the completed image.
+stream = client.images.generate(prompt="a storm", size="64x64", stream=True, partial_images=2,
+                                output_format="jpeg")
 jobs += 1
 events = list(stream)
 assert events and events[-1].type == "image_generation.completed", events
 partial = [e for e in events if e.type == "image_generation.partial_image"]
-assert len(partial) <= 2, len(partial)
+assert 1 <= len(partial) <= 2, len(partial)
+assert [e.partial_image_index for e in partial] == list(range(len(partial))), partial
 for e in partial + events[-1:]:
-    assert decoded(e.b64_json).size == (64, 64)
+    image = decoded(e.b64_json)
+    assert image.size == (64, 64) and image.format == "JPEG", (image.size, image.format)
 check(f"streamed generation ({len(partial)} partial images)")
 
 # A bad request surfaces as the SDK's typed 422 error, naming OpenAI's parameter.

@@ -6,6 +6,8 @@ Prints one line per check and, last, `JOBS n`: how many jobs its calls queued.
 Any failed assertion exits non-zero (tests/compat_clients.rs runs this).
 """
 
+import base64
+import io
 import sys
 import threading
 import time
@@ -101,6 +103,17 @@ assert seen is not None, "the long job never reported a step"
 assert 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 150, seen
 assert seen["state"]["job_count"] >= 1 and seen["eta_relative"] >= 0, seen
 check("get_progress during a running job")
+# A1111 jobs have previews on: current_image is bare base64 of the latest one (a JPEG of
+# the latents' size, 1/8 of the image per side).
+current = None
+while time.time() < deadline and current is None:
+    current = api.get_progress().get("current_image")
+    time.sleep(0.05)
+assert current, "no current_image while the job ran"
+assert not current.startswith("data:"), current[:40]
+preview = Image.open(io.BytesIO(base64.b64decode(current)))
+assert preview.format == "JPEG" and preview.size == (16, 16), (preview.format, preview.size)
+check("get_progress carries the step preview as current_image")
 assert api.interrupt() == {}
 thread.join(120)
 assert not thread.is_alive(), "txt2img did not return after interrupt"

@@ -15,10 +15,10 @@ import { QueuePanel } from "./components/QueuePanel";
 import { Toasts, type Toast } from "./components/Toasts";
 
 /**
- * Whether to offer step previews. The server does not take `previews` yet
- * (docs/api-contract.md); the client and the job cards already handle preview events.
+ * Whether to offer step previews: the server takes `previews` on a job and sends live
+ * `preview` events, which the job cards show while the job runs.
  */
-const SERVER_PREVIEWS = false;
+const SERVER_PREVIEWS = true;
 
 const TITLES: Record<Mode, string> = { txt2img: "Generate", img2img: "img2img", inpaint: "Inpaint" };
 

@@ -53,7 +53,8 @@ export const INITIAL_FORM: FormState = {
   randomSeed: true,
   num_images: 1,
   strength: 0.75,
-  previews: false,
+  // Previews are cheap on the server (no VAE decode) and show a job taking shape.
+  previews: true,
   sizeChosen: false,
 };
 

@@ -108,6 +108,44 @@ describe("generate view", () => {
     await context.close();
   });
 
+  test("previews update while the job runs, then give way to the image", async () => {
+    await drainQueue();
+    const { page, problems, context } = await generateView();
+    await fill(page, "a harbour in the rain", { steps: 100, size: 128 });
+    const toggle = page.getByLabel("Step previews");
+    assert.equal(await toggle.isChecked(), true, "previews are asked for by default");
+    await page.getByRole("button", { name: "Generate" }).click();
+    const card = page.locator("article.job-card").first();
+    const preview = card.locator("img.job-preview");
+    await preview.waitFor({ timeout: 60_000 });
+    const sources = new Set();
+    const sizes = new Set();
+    let shot = false;
+    await waitFor(async () => {
+      const status = await card.locator(".badge").textContent();
+      if (status === "running" && (await preview.count()) > 0) {
+        const src = await preview.getAttribute("src").catch(() => null);
+        if (src) sources.add(src);
+        const size = await preview
+          .evaluate((el) => (el instanceof HTMLImageElement && el.complete ? `${el.naturalWidth}x${el.naturalHeight}` : ""))
+          .catch(() => "");
+        if (size) sizes.add(size);
+        if (!shot && sources.size >= 2) {
+          shot = true;
+          await screenshot(page, "generate-preview");
+        }
+      }
+      return status === "succeeded";
+    }, 180_000, "the job to succeed");
+    assert.ok(sources.size >= 2, `the preview changed as steps went by (saw ${sources.size})`);
+    for (const src of sources) assert.match(src, /^data:image\/jpeg;base64,/);
+    assert.deepEqual([...sizes], ["16x16"], "previews are the latents' size (1/8 per side)");
+    await card.locator("img.job-image").waitFor();
+    assert.equal(await preview.count(), 0, "the finished image replaces the preview");
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test("Ctrl+Enter submits, and the last seed can be reused", async () => {
     await drainQueue();
     const { page, problems, context } = await generateView();
@@ -123,6 +161,8 @@ describe("generate view", () => {
     assert.equal(await page.getByLabel("Random").isChecked(), false);
     // The same seed again gives the same image: same size in bytes, from the job view.
     await page.getByLabel("Prompt", { exact: true }).press("Control+Enter");
+    // The first card is the earlier, finished job until the new one is added above it.
+    await waitFor(async () => (await page.locator("article.job-card").count()) === 2, 10_000, "the second job's card");
     await page.locator("article.job-card").nth(0).locator(".badge", { hasText: "succeeded" }).waitFor({ timeout: 60_000 });
     const ids = await page.locator("article.job-card").evaluateAll((cards) => cards.map((c) => c.getAttribute("data-job-id")));
     const [second, first] = await Promise.all(ids.slice(0, 2).map((id) => api.job(String(id))));

@@ -118,8 +118,13 @@ export interface Timings {
 /** The latest step preview of a running job. */
 export interface Preview {
   step: number;
+  /** Steps in all, as progress counts them. */
+  total: number;
   /** A `data:image/jpeg;base64,…` URL. */
   image: string;
+  /** The preview's size: the latents', 1/8 of the image's per side. */
+  width: number;
+  height: number;
 }
 
 /** `GET /v1/jobs/{id}`. */
@@ -196,9 +201,13 @@ export type JobEvent =
   | (EventBase & { type: "canceled" })
   | PreviewEvent;
 
-/** A step preview: live only, outside the `seq` log. */
+/**
+ * A step preview: live only, outside the `seq` log. It comes without an SSE `id`, so it
+ * never moves `Last-Event-ID`; its `seq` is that of the last stored event before it.
+ */
 export interface PreviewEvent {
   job_id: string;
+  seq?: number;
   type: "preview";
   step: number;
   total: number;

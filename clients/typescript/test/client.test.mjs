@@ -138,6 +138,36 @@ describe("sdq-client against a real server", () => {
     }
   });
 
+  test("previews arrive live, never move Last-Event-ID, and fold into the job state", async () => {
+    const proxy = await startProxy(server.port);
+    try {
+      const viaProxy = new SdqClient({ baseUrl: proxy.url });
+      proxy.cutNext(beforeNth("event: progress", 4));
+      const { id } = await viaProxy.submit({ ...smallJob("previews", { steps: 30 }), previews: true, preview_every: 1 });
+      const { events, end } = await allEvents(viaProxy, id, { retryMs: 50 });
+      assert.equal(end.reason, "terminal");
+      const previews = events.filter((e) => e.type === "preview");
+      const stored = events.filter((e) => e.type !== "preview");
+      assert.ok(previews.length >= 2, `previews arrived (${previews.length})`);
+      for (const p of previews) {
+        assert.equal(p.type, "preview");
+        assert.match(p.image, /^data:image\/jpeg;base64,/);
+        assert.ok(p.step >= 1 && p.step < p.total, `step ${p.step} of ${p.total}`);
+      }
+      // The resume named the last stored event, whatever previews came after it.
+      const requests = proxy.connections.map((c) => c.request).join("");
+      const resumedFrom = /last-event-id: (\d+)/i.exec(requests);
+      assert.ok(resumedFrom, "the second stream asked to resume");
+      assert.equal(Number(resumedFrom[1]), 5, "queued, started, progress 1-3");
+      assert.deepEqual(stored.map((e) => e.seq), stored.map((_, i) => i + 1), "stored events exactly once");
+      let state = initialJobState(id);
+      for (const e of events.slice(0, events.indexOf(previews[1]) + 1)) state = applyEvent(state, e);
+      assert.equal(state.preview?.image, previews[1].image);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   test("a subscription resumes from a given Last-Event-ID and ends at once for a finished job", async () => {
     const { id } = await client.submit(smallJob("resume point"));
     const { events: first } = await allEvents(client, id);

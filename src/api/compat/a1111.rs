@@ -370,6 +370,9 @@ pub fn to_submit(
         seed,
         scheduler: Some(scheduler.name().to_string()),
         num_images: Some(images.min(u32::MAX as u64) as u32),
+        // A1111 shows live previews by default, and its clients poll `/progress` for
+        // `current_image`; sdq's previews cost no VAE decode, so they are always on here.
+        previews: Some(true),
         ..Default::default()
     };
 

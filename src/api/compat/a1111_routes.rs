@@ -188,7 +188,7 @@ pub async fn progress(
     A1111Caller(caller): A1111Caller,
     params: std::result::Result<Query<ProgressParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>> {
-    let _skip_image = params.is_ok_and(|Query(p)| p.skip_current_image);
+    let skip_image = params.is_ok_and(|Query(p)| p.skip_current_image);
     let store = &state.queue.store;
     let running = store
         .list(&ListQuery {
@@ -204,12 +204,20 @@ pub async fn progress(
         })
         .await
         .map_err(ApiError::from)?;
-    // Step previews are not wired yet: `current_image` stays null.
+    // A1111 sends `current_image` as bare base64, without the data: URL's prefix.
+    let current_image = match running.first() {
+        Some(job) if !skip_image => store
+            .latest_preview(job.id, &caller.scope())
+            .await
+            .map_err(ApiError::from)?
+            .and_then(|p| p.image.split_once(',').map(|(_, b64)| b64.to_string())),
+        _ => None,
+    };
     Ok(Json(a1111::progress(
         running.first(),
         queued.len(),
         now_ms(),
-        None,
+        current_image,
     )))
 }
 

@@ -11,6 +11,7 @@ mod a1111_routes;
 mod image_ops;
 mod openai;
 mod openai_routes;
+mod partial_images;
 mod wait;
 
 pub(crate) use a1111::A1111Request;

@@ -255,6 +255,13 @@ pub fn to_submit(
         }
     }
     let model = p.model.filter(|m| !m.is_empty() && !is_openai_model(m));
+    // Partial images are step previews, spaced so that about `partial_images` of them
+    // fall before the last step (the stream forwards at most that many).
+    let previews = partial_images > 0;
+    let preview_every = previews.then(|| {
+        let total = steps.unwrap_or(defaults.steps).max(1);
+        (total / (partial_images + 1)).max(1)
+    });
     let request = SubmitRequest {
         prompt: Some(p.prompt),
         model,
@@ -263,6 +270,8 @@ pub fn to_submit(
         steps,
         num_images: Some(p.n.unwrap_or(1)),
         user: p.user.or(p.safety_identifier),
+        previews: previews.then_some(true),
+        preview_every,
         ..Default::default()
     };
     Ok((
@@ -477,7 +486,12 @@ mod tests {
             }),
             (
                 json!({"prompt": "a", "stream": true, "partial_images": 2}),
-                |_, d| d.stream && d.partial_images == 2,
+                |r, d| {
+                    d.stream
+                        && d.partial_images == 2
+                        && r.previews == Some(true)
+                        && r.preview_every.is_some_and(|n| n >= 1)
+                },
             ),
             (
                 json!({"prompt": "a", "background": "opaque", "moderation": "low"}),

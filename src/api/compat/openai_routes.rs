@@ -291,8 +291,9 @@ async fn finished_images(
     Ok(out)
 }
 
-/// The streamed answer: `{prefix}.completed` per image once the job ends (or one `error`
-/// event). Partial images come from step previews once those are published.
+/// The streamed answer: up to `partial_images` `{prefix}.partial_image` events from the
+/// job's step previews while it runs, then `{prefix}.completed` per image once it ends
+/// (or one `error` event).
 fn stream(
     state: AppState,
     job: Job,
@@ -302,6 +303,18 @@ fn stream(
 ) -> Sse<impl futures::Stream<Item = std::result::Result<SseEvent, Infallible>>> {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
+        if delivery.partial_images > 0 {
+            super::partial_images::forward(
+                &state.queue,
+                job.id,
+                &scope,
+                (job.spec.width, job.spec.height),
+                &delivery,
+                prefix,
+                &tx,
+            )
+            .await;
+        }
         let events = match stream_events(&state, &job, &scope, &delivery, prefix).await {
             Ok(events) => events,
             Err(e) => {

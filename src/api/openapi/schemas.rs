@@ -112,7 +112,7 @@ pub struct DeliveryView {
 #[derive(ToSchema)]
 pub struct SseMessage {
     /// The event's type, the same as `type` in `data`: `queued`, `started`, `progress`,
-    /// `image`, `succeeded`, `failed`, `canceled`.
+    /// `image`, `preview`, `succeeded`, `failed`, `canceled`.
     event: String,
     /// The event's `seq`: send it back as `Last-Event-ID` to resume after it.
     id: String,
