@@ -307,6 +307,42 @@ async fn the_a1111_dialect_lists_the_models_directory() {
         .await
         .unwrap();
     assert_eq!(response.status(), 422, "an unusable checkpoint is refused");
+
+    // A job's override_settings pick the VAE and clip skip; an unknown VAE names A1111's field.
+    let txt2img = |settings: Value| {
+        json!({"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 5,
+               "override_settings": settings})
+    };
+    let response = server
+        .client
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&txt2img(
+            json!({"sd_vae": "other.safetensors", "CLIP_stop_at_last_layers": 2}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, jobs) = server.get_json("/v1/jobs?limit=1").await;
+    let request = &jobs["jobs"][0]["request"];
+    assert_eq!(
+        (&request["model"], &request["vae"], &request["clip_skip"]),
+        (&json!("mine"), &json!("other"), &json!(2)),
+        "{jobs}"
+    );
+    let response = server
+        .client
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&txt2img(json!({"sd_vae": "nope"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.to_string().contains("override_settings.sd_vae"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,13 +156,23 @@ pub fn checkpoint_name(title: &str) -> String {
     name.to_string()
 }
 
+/// What A1111 settings select for a job.
+#[derive(Debug, Default, PartialEq)]
+pub struct Selected {
+    /// `sd_model_checkpoint`.
+    pub model: Option<String>,
+    /// `sd_vae`: a VAE of the models directory, or `none` (the checkpoint's own).
+    pub vae: Option<String>,
+    /// `CLIP_stop_at_last_layers`.
+    pub clip_skip: Option<u32>,
+}
+
 /// Checks A1111 settings (`override_settings`, or a `POST /options` body, whose errors
-/// name keys after `prefix`); returns the model `sd_model_checkpoint` names, if any.
-pub fn check_settings(
-    settings: &Map<String, Value>,
-    prefix: &str,
-) -> Result<Option<String>, ApiError> {
+/// name keys after `prefix`); returns what they select.
+pub fn check_settings(settings: &Map<String, Value>, prefix: &str) -> Result<Selected, ApiError> {
     let mut model = None;
+    let mut vae = None;
+    let mut clip_skip = None;
     for (key, value) in settings {
         let field = format!("{prefix}{key}");
         let ok = match key.as_str() {
@@ -175,14 +185,38 @@ pub fn check_settings(
                 }
                 true
             }
-            "CLIP_stop_at_last_layers" => value.is_null() || value.as_f64() == Some(1.0),
+            "CLIP_stop_at_last_layers" => match value {
+                Value::Null => true,
+                v => match v.as_u64() {
+                    Some(n @ 1..=12) => {
+                        clip_skip = (n > 1).then_some(n as u32);
+                        true
+                    }
+                    _ => {
+                        return Err(refuse(
+                            &field,
+                            "CLIP_stop_at_last_layers must be a whole number from 1 to 12",
+                        ))
+                    }
+                },
+            },
             "eta_noise_seed_delta" => value.is_null() || value.as_f64() == Some(0.0),
             "eta_ancestral" => value.is_null() || value.as_f64() == Some(1.0),
             "eta_ddim" => value.is_null() || value.as_f64() == Some(0.0),
-            "sd_vae" => {
-                matches!(value, Value::Null)
-                    || matches!(value.as_str(), Some("" | "Automatic" | "None"))
-            }
+            // "Automatic" pairs a VAE named like the checkpoint (the default); "None" keeps
+            // the checkpoint's own; any other name is a VAE of the models directory.
+            "sd_vae" => match value {
+                Value::Null => true,
+                Value::String(s) => {
+                    match s.trim() {
+                        "" | "Automatic" => {}
+                        "None" => vae = Some("none".to_string()),
+                        name => vae = Some(checkpoint_name(name)),
+                    }
+                    true
+                }
+                _ => return Err(refuse(&field, "sd_vae must be a VAE name")),
+            },
             "samples_format" => value.is_null() || value.as_str() == Some("png"),
             k if HARMLESS_SETTINGS.contains(&k) => true,
             _ => {
@@ -199,7 +233,11 @@ pub fn check_settings(
             ));
         }
     }
-    Ok(model)
+    Ok(Selected {
+        model,
+        vae,
+        clip_skip,
+    })
 }
 
 fn positive(v: Option<f64>) -> bool {
@@ -311,9 +349,9 @@ pub fn to_submit(
             "s_min_uncond > 0 is not supported by sdq",
         ));
     }
-    let settings_model = match &req.override_settings {
+    let selected = match &req.override_settings {
         Some(settings) => check_settings(settings, "override_settings.")?,
-        None => None,
+        None => Selected::default(),
     };
 
     let sampler = req
@@ -362,7 +400,9 @@ pub fn to_submit(
     let mut request = SubmitRequest {
         prompt: Some(req.prompt.unwrap_or_default()),
         negative_prompt: req.negative_prompt,
-        model: settings_model.or(default_model.map(str::to_string)),
+        model: selected.model.or(default_model.map(str::to_string)),
+        vae: selected.vae,
+        clip_skip: selected.clip_skip,
         width: req.width,
         height: req.height,
         steps: req.steps,
@@ -483,6 +523,8 @@ pub fn their_field(ours: &str) -> &str {
         "mask_image" => "mask",
         "strength" => "denoising_strength",
         "model" => "override_settings.sd_model_checkpoint",
+        "vae" => "override_settings.sd_vae",
+        "clip_skip" => "override_settings.CLIP_stop_at_last_layers",
         "scheduler" => "sampler_name",
         other => other,
     }
@@ -777,6 +819,16 @@ mod tests {
             ("seed_resize_from_w", json!(512), |_| true),
             ("hr_scale", json!(4), |_| true),
             ("some_future_field", json!({"x": 1}), |_| true),
+            (
+                "override_settings",
+                json!({"CLIP_stop_at_last_layers": 2, "sd_vae": "vae-ft-mse.safetensors"}),
+                |t| {
+                    t.request.clip_skip == Some(2) && t.request.vae.as_deref() == Some("vae-ft-mse")
+                },
+            ),
+            ("override_settings", json!({"sd_vae": "None"}), |t| {
+                t.request.vae.as_deref() == Some("none")
+            }),
         ];
         for (field, value, check) in cases {
             let body = with(webuiapi_txt2img(), field, value.clone());
@@ -820,12 +872,12 @@ mod tests {
             ("seed", json!(-5), "seed"),
             (
                 "override_settings",
-                json!({"CLIP_stop_at_last_layers": 2}),
+                json!({"CLIP_stop_at_last_layers": 13}),
                 "override_settings.CLIP_stop_at_last_layers",
             ),
             (
                 "override_settings",
-                json!({"sd_vae": "kl-f8-anime.ckpt"}),
+                json!({"sd_vae": 5}),
                 "override_settings.sd_vae",
             ),
             (

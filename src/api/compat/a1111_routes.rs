@@ -281,8 +281,22 @@ pub async fn set_options(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let settings: Map<String, Value> = parse_json(&body_bytes(body)?)?;
-    let model = a1111::check_settings(&settings, "")?;
-    if let Some(name) = model {
+    let selected = a1111::check_settings(&settings, "")?;
+    if selected.vae.is_some() || selected.clip_skip.is_some() {
+        // sdq keeps a default model per key, not a default VAE or clip skip; a job takes
+        // those in its own override_settings.
+        let field = if selected.vae.is_some() {
+            "sd_vae"
+        } else {
+            "CLIP_stop_at_last_layers"
+        };
+        return Err(ApiError::invalid(
+            field,
+            format!("sdq keeps no default {field}; send it in each request's override_settings"),
+        )
+        .into());
+    }
+    if let Some(name) = selected.model {
         if !available(&state.settings).contains(&name) {
             return Err(ApiError::invalid(
                 "sd_model_checkpoint",
