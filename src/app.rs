@@ -35,6 +35,8 @@ pub enum Role {
 pub struct Running {
     /// Where the API listens (`None` for a worker-only process).
     pub addr: Option<SocketAddr>,
+    /// Where a worker-only process serves `/metrics` (`--metrics-bind`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The store and bus this process uses (benchmarks drive jobs through it directly).
     pub queue: Queue,
     shutdown: watch::Sender<bool>,
@@ -189,9 +191,14 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         }),
     };
     if !api {
-        tracing::info!(workers, "sdq worker running");
+        let metrics_addr = match serve.metrics_bind {
+            Some(bind) => Some(serve_worker_metrics(bind, shutdown_rx.clone(), &mut tasks).await?),
+            None => None,
+        };
+        tracing::info!(workers, ?metrics_addr, "sdq worker running");
         return Ok(Running {
             addr: None,
+            metrics_addr,
             queue: state.queue.clone(),
             shutdown: shutdown_tx,
             tasks,
@@ -228,9 +235,47 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
     }));
     tracing::info!(%addr, auth = ?auth_mode, "sdq listening");
     Ok(Running {
+        metrics_addr: None,
         addr: Some(addr),
         queue,
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// A worker-only process's `/metrics`: the Prometheus text of what this process recorded
+/// (its jobs, steps and model loads). Job and worker counts come from the API's scrape.
+async fn serve_worker_metrics(
+    bind: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} for /metrics"))?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                crate::observability::render(),
+            )
+        }),
+    );
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!(error = %e, "worker metrics server stopped");
+        }
+    }));
+    Ok(addr)
 }

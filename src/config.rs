@@ -111,6 +111,10 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "SDQ_BIND", default_value = "127.0.0.1:7860")]
     pub bind: SocketAddr,
+    /// `sdq worker` only: also serve `GET /metrics` (this process's job, step and
+    /// model-load histograms) on this address; a worker has no API to scrape otherwise.
+    #[arg(long, env = "SDQ_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Worker loops in this process (0: API only).
     #[arg(long, env = "SDQ_WORKERS", default_value_t = 1)]
     pub workers: usize,

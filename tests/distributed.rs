@@ -100,8 +100,19 @@ async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {
     let cluster = Cluster::start().await;
     let api = cluster.spawn("api", &[]);
     api.wait_healthy(&cluster.client).await;
-    let workers: Vec<_> = (0..3)
-        .map(|_| cluster.spawn("worker", &["--lease-secs", "5"]))
+    // Each worker serves its own /metrics (it has no API).
+    let metrics_ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        })
+        .collect();
+    let workers: Vec<_> = metrics_ports
+        .iter()
+        .map(|port| {
+            let bind = format!("127.0.0.1:{port}");
+            cluster.spawn("worker", &["--lease-secs", "5", "--metrics-bind", &bind])
+        })
         .collect();
 
     let mut ids = Vec::new();
@@ -173,6 +184,27 @@ async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {
             "exactly once: {id}"
         );
     }
+    // The workers' own counters add up to the jobs, each counted by the worker that ran it.
+    let mut finished = 0.0;
+    for port in &metrics_ports {
+        let text = cluster
+            .client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("sdq_jobs_finished_total{outcome=\"succeeded\"}"))
+            .unwrap_or_else(|| panic!("no finished-jobs counter on worker :{port}:\n{text}"));
+        finished += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+        assert!(text.contains("sdq_step_duration_seconds_count"), "{text}");
+    }
+    assert_eq!(finished, 200.0, "every job counted once, by its worker");
+
     let stored: HashSet<String> = cluster
         .s3
         .keys(&cluster.bucket, "")
