@@ -11,11 +11,16 @@ step="${1:-all}"
 ./scripts/install-web-test-deps.sh
 
 if [ "$step" = all ] || [ "$step" = build ]; then
+    # The client's types are generated from its copy of the OpenAPI document (which
+    # tests/openapi.rs keeps equal to the server's) and checked against the hand-written
+    # ones at compile time (clients/typescript/src/openapi-check.ts).
+    npm run gen:openapi
     npm run build
-    if [ -n "$(git status --porcelain -- web/dist)" ]; then
-        echo "web/dist differs from the committed build; run \`npm ci && npm run build\` and commit web/dist:" >&2
-        git status --short -- web/dist >&2
-        git --no-pager diff --stat -- web/dist >&2
+    generated="web/dist clients/typescript/src/openapi.gen.ts"
+    if [ -n "$(git status --porcelain -- $generated)" ]; then
+        echo "generated files differ from the committed ones; run \`npm ci && npm run gen:openapi && npm run build\` and commit them:" >&2
+        git status --short -- $generated >&2
+        git --no-pager diff --stat -- $generated >&2
         exit 1
     fi
 fi

@@ -28,6 +28,21 @@ const LEFT_OUT: [&str; 5] = [
     "revokeKey",
 ];
 
+/// The TypeScript client is checked against a copy of the document
+/// (`clients/typescript/openapi.json`, from which `openapi.gen.ts` is generated); the copy
+/// must be what the server serves today.
+#[test]
+fn the_typescript_clients_copy_of_the_document_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript/openapi.json");
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        committed == sdq::api::openapi::spec_json(),
+        "{} is stale: run `target/debug/sdq openapi > clients/typescript/openapi.json && \
+         npm run gen:openapi` and commit both files",
+        path.display()
+    );
+}
+
 async fn fetch(client: &reqwest::Client, url: &str) -> (u16, String, String) {
     let resp = client.get(url).send().await.expect("request");
     let status = resp.status().as_u16();

@@ -56,6 +56,14 @@ export interface SubmitRequest {
   preview_every?: number;
   webhook_url?: string;
   webhook_events?: WebhookEvent[];
+  /** LoRAs of the models directory; `<lora:name:weight>` in the prompt adds more. */
+  loras?: LoraRef[];
+  /** A VAE of the models directory (`none`: the model's own). */
+  vae?: string;
+  /** A1111's clip skip, 1–12. */
+  clip_skip?: number;
+  /** An end user's id, stored with the job. */
+  user?: string;
 }
 
 /** Where a job's resources live. */
@@ -91,19 +99,28 @@ export interface JobSpec {
   /** Object-store key of the stored mask. */
   mask_image?: string;
   strength?: number;
+  /** LoRAs of the models directory at their weights. */
+  loras?: LoraRef[];
+  /** A VAE of the models directory in place of the model's own. */
+  vae?: string;
+  /** A1111's clip skip (1 = last layer). */
+  clip_skip?: number;
+  /** An end user's id, as the OpenAI dialect's `user` (stored, never used). */
+  user?: string;
+  previews?: boolean;
+  preview_every?: number;
+  webhook_url?: string;
+  webhook_events?: WebhookEvent[];
 }
 
-/** An image as a job lists it. */
-export interface JobImage {
-  id: string;
-  index: number;
-  url: string;
-  seed: number;
-  width: number;
-  height: number;
-  bytes: number;
-  created_at: string;
+/** A LoRA of the models directory at a weight (1 when left out of a request). */
+export interface LoraRef {
+  name: string;
+  weight?: number;
 }
+
+/** An image as a job lists it: the same view as the gallery's. */
+export type JobImage = GalleryImage;
 
 /** Milliseconds spent in each phase of a finished job. */
 export interface Timings {
@@ -283,6 +300,16 @@ export interface Model {
   repo?: string | null;
   description?: string;
   defaults?: ModelDefaults;
+  /** `hub` for the known models, `models_dir` for checkpoints of the models directory. */
+  source?: string;
+  /** Models directory checkpoints: `sd1`, `sd2`, `sdxl` (`-inpaint` for 9-channel UNets). */
+  family?: string | null;
+  file?: string | null;
+  format?: string | null;
+  size?: number | null;
+  sha256?: string | null;
+  /** Why a checkpoint cannot be used, if it cannot. */
+  error?: string | null;
 }
 
 /** One entry of `GET /v1/workers`. */
@@ -308,8 +335,12 @@ export interface ApiKey {
   created_at: string;
   revoked_at?: string | null;
   last_used_at?: string | null;
+  /** Days its finished jobs are kept (null: the server's `--retain-days`). */
+  retain_days?: number | null;
   /** The key's webhook signing secret (`GET /v1/me` only). */
   webhook_secret?: string;
+  /** The token itself: in the answer of `POST /v1/keys` only. */
+  token?: string;
 }
 
 /** `GET /v1/me`: whether the server wants keys, and which key this is. */

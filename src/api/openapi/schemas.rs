@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::queue::{JobSpec, JobStatus};
+use crate::queue::{JobSpec, JobStatus, PreviewImage};
 use crate::view::ImageView;
 
 /// The one error body of the native API.
@@ -86,6 +86,8 @@ pub struct JobView {
     links: JobLinks,
     /// The job's webhook deliveries (empty without `webhook_url`).
     webhooks: Vec<DeliveryView>,
+    /// The latest step preview while a job with `previews` runs, else null.
+    preview: Option<PreviewImage>,
 }
 
 /// One webhook delivery of a job.
