@@ -260,7 +260,7 @@ async fn serve_worker_metrics(
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::observability::CONTENT_TYPE,
                 )],
                 crate::observability::render(),
             )

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// The `content-type` of a scrape (Prometheus' text format).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// HTTP requests served, by `method`, `route` (the route template) and `status`.
 pub const HTTP_REQUESTS: &str = "sdq_http_requests_total";
 /// Seconds from a request's arrival to its response head, same labels.

@@ -57,10 +57,7 @@ pub async fn scrape(State(state): State<AppState>, caller: Caller) -> Result<Res
     observability::store_gauges(&by_status, workers.len());
     Ok((
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, observability::CONTENT_TYPE)],
         observability::render(),
     )
         .into_response())

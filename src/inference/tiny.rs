@@ -242,22 +242,7 @@ pub fn configs(kind: TinyKind) -> TinyConfigs {
         "use_linear_projection": sd2,
         "upcast_attention": sd2,
     });
-    let mut vae_config = json!({
-        "_class_name": "AutoencoderKL",
-        "_diffusers_version": "0.30.0",
-        "sample_size": 64,
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": 4,
-        "block_out_channels": [32, 32, 64, 64],
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "scaling_factor": 0.18215,
-        "force_upcast": true,
-    });
+    let mut vae_config = vae_config(0.18215);
     // Exactly Stable Diffusion 1.5's file (2.1's adds v-prediction): it leaves
     // `timestep_spacing` out, so each sampler falls back to its own diffusers default.
     let mut scheduler_config = json!({
