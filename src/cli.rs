@@ -353,8 +353,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(run_until_signal(cli.config, serve, Role::Worker))
         }
         Command::Openapi => {
-            println!("{:#}", crate::api::openapi::spec_json());
-            Ok(())
+            use std::io::Write;
+            let text = format!("{:#}\n", crate::api::openapi::spec_json());
+            // `sdq openapi | head` closes the pipe early: that is not an error.
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("cannot write the document"))
+                }
+                _ => Ok(()),
+            }
         }
         Command::Migrate => runtime()?.block_on(async {
             crate::app::open_queue(&cli.config).await?;
