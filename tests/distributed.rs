@@ -6,94 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::services::{PgDatabase, RedisServer, S3Server};
-use common::{ServeProcess, SseReader};
+use common::cluster::Cluster;
+use common::SseReader;
 use serde_json::{json, Value};
-
-/// Everything a distributed test needs, started fresh.
-struct Cluster {
-    _db: PgDatabase,
-    redis: RedisServer,
-    s3: S3Server,
-    bucket: String,
-    dir: tempfile::TempDir,
-    global: Vec<String>,
-    client: reqwest::Client,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let db = PgDatabase::create().await;
-        let redis = RedisServer::start();
-        let s3 = S3Server::start();
-        let bucket = s3.bucket().await;
-        let dir = tempfile::tempdir().unwrap();
-        let global = vec![
-            "--data-dir".to_string(),
-            dir.path().display().to_string(),
-            "--model".into(),
-            "tiny".into(),
-            "--database-url".into(),
-            db.url.clone(),
-            "--redis-url".into(),
-            redis.url(),
-            "--object-store".into(),
-            format!("s3://{bucket}"),
-        ];
-        Self {
-            _db: db,
-            redis,
-            s3,
-            bucket,
-            dir,
-            global,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn spawn(&self, role: &str, args: &[&str]) -> ServeProcess {
-        let global: Vec<&str> = self.global.iter().map(String::as_str).collect();
-        ServeProcess::spawn_role(role, &global, args, &self.s3.env())
-    }
-
-    async fn submit(&self, api: &ServeProcess, body: Value) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/v1/jobs", api.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        resp.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    async fn job(&self, api: &ServeProcess, id: &str) -> Value {
-        self.client
-            .get(format!("{}/v1/jobs/{id}", api.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn wait_terminal(&self, api: &ServeProcess, id: &str, timeout: Duration) -> Value {
-        let start = Instant::now();
-        loop {
-            let job = self.job(api, id).await;
-            if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap_or("")) {
-                return job;
-            }
-            assert!(start.elapsed() < timeout, "job {id} not done: {job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {

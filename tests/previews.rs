@@ -11,8 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::services::{PgDatabase, RedisServer, S3Server};
-use common::{ServeProcess, Server, SseMessage, SseReader};
+use common::cluster::Cluster;
+use common::{Server, SseMessage, SseReader};
 use serde_json::{json, Value};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
@@ -254,28 +254,9 @@ async fn previews_on_the_embedded_deployment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previews_through_redis_between_api_and_worker() {
-    let db = PgDatabase::create().await;
-    let redis = RedisServer::start();
-    let s3 = S3Server::start();
-    let bucket = s3.bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let redis_url = redis.url();
-    let store = format!("s3://{bucket}");
-    let global = [
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--model",
-        "tiny",
-        "--database-url",
-        &db.url,
-        "--redis-url",
-        &redis_url,
-        "--object-store",
-        &store,
-    ];
-    let client = reqwest::Client::new();
-    let api = ServeProcess::spawn_role("api", &global, &[], &s3.env());
-    api.wait_healthy(&client).await;
-    let _worker = ServeProcess::spawn_role("worker", &global, &[], &s3.env());
-    previews_behave(&client, &api.base).await;
+    let cluster = Cluster::start().await;
+    let api = cluster.spawn("api", &[]);
+    api.wait_healthy(&cluster.client).await;
+    let _worker = cluster.spawn("worker", &[]);
+    previews_behave(&cluster.client, &api.base).await;
 }

@@ -2,6 +2,7 @@
 //! client, and an SSE reader.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fault_proxy;
 pub mod services;
 
