@@ -91,7 +91,12 @@ impl ModelsDir {
 
     /// The last scan's result.
     pub fn catalogue(&self) -> crate::inference::catalogue::Catalogue {
-        self.catalogue.read().expect("catalogue lock").clone()
+        self.read().clone()
+    }
+
+    /// The last scan's result without a copy, for a check that runs on every request.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::inference::catalogue::Catalogue> {
+        self.catalogue.read().expect("catalogue lock")
     }
 
     /// Scans again on a blocking thread and keeps the result.

@@ -189,21 +189,19 @@ fn check_extras(
             ));
         }
     }
-    let catalogue = settings.models_dir.catalogue();
-    let model_family = model_family(settings, model);
+    let catalogue = settings.models_dir.read();
     // A1111's "Automatic": a VAE named like the checkpoint goes with it unless the job
     // names another, or "none" (the checkpoint's own).
     let vae = match vae {
         Some(v) if v.eq_ignore_ascii_case("none") => None,
-        Some(v) if v.eq_ignore_ascii_case("automatic") => {
-            paired_vae(&catalogue, model, model_family.as_deref())
-        }
-        None => paired_vae(&catalogue, model, model_family.as_deref()),
+        Some(v) if v.eq_ignore_ascii_case("automatic") => paired_vae(&catalogue, model),
+        None => paired_vae(&catalogue, model),
         named => named,
     };
     if all.is_empty() && vae.is_none() {
         return Ok((all, vae, clip_skip));
     }
+    let model_family = model_family(&catalogue, model);
     for (i, lora) in all.iter().enumerate() {
         if !lora.weight.is_finite() || lora.weight.abs() > 10.0 {
             return Err(ApiError::invalid(
@@ -275,15 +273,11 @@ fn check_extras(
 
 /// The usable VAE of the models directory named like checkpoint `model`, if its family
 /// fits.
-fn paired_vae(
-    catalogue: &crate::inference::catalogue::Catalogue,
-    model: &str,
-    model_family: Option<&str>,
-) -> Option<String> {
+fn paired_vae(catalogue: &crate::inference::catalogue::Catalogue, model: &str) -> Option<String> {
     use crate::inference::catalogue::Kind;
-    catalogue.find(Kind::Checkpoint, model)?;
+    let checkpoint = catalogue.find(Kind::Checkpoint, model)?;
     let vae = catalogue.find(Kind::Vae, model)?;
-    let fits = match (vae.family.as_deref(), model_family) {
+    let fits = match (vae.family.as_deref(), checkpoint.family.as_deref()) {
         (Some(theirs), Some(ours)) => base_family(theirs) == base_family(ours),
         _ => true,
     };
@@ -296,13 +290,11 @@ fn base_family(family: &str) -> &str {
 }
 
 /// The family of a model a request names, when it is known.
-fn model_family(settings: &ApiSettings, model: &str) -> Option<String> {
+fn model_family(catalogue: &crate::inference::catalogue::Catalogue, model: &str) -> Option<String> {
     if let Some(f) = hub::family(model) {
         return Some(f.to_string());
     }
-    settings
-        .models_dir
-        .catalogue()
+    catalogue
         .find(crate::inference::catalogue::Kind::Checkpoint, model)
         .and_then(|e| e.family.clone())
 }
