@@ -199,6 +199,16 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+    /// Dynamic batching: jobs/s of N compatible tiny-model jobs through an in-process
+    /// server whose worker runs with each --batch-sizes value, against the first one.
+    Batch {
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        batch_sizes: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+    },
     /// SSE fan-out: delivery lag of one live job's events to N subscribers.
     Sse {
         #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
@@ -563,6 +573,20 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 workers,
             };
             rows = runtime()?.block_on(bench::submit::submit(&run))?;
+        }
+        BenchKind::Batch {
+            jobs,
+            batch_sizes,
+            steps,
+        } => {
+            let run = bench::batch::BatchBench {
+                jobs,
+                batch_sizes,
+                sizes: args.sizes.clone(),
+                steps,
+                iterations: args.iterations,
+            };
+            rows = runtime()?.block_on(bench::batch::batch(&run))?;
         }
         BenchKind::Sse {
             subscribers,
