@@ -57,7 +57,10 @@ async fn queue_behind_a_blocker(server: &Server, bodies: &[Value]) -> Vec<String
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    assert_eq!(server.wait_terminal(&blocker, WAIT).await["status"], "canceled");
+    assert_eq!(
+        server.wait_terminal(&blocker, WAIT).await["status"],
+        "canceled"
+    );
     ids
 }
 
@@ -93,7 +96,12 @@ fn progress_steps(events: &[SseMessage]) -> Vec<(i64, i64)> {
     events
         .iter()
         .filter(|m| m.event == "progress")
-        .map(|m| (m.data["step"].as_i64().unwrap(), m.data["total"].as_i64().unwrap()))
+        .map(|m| {
+            (
+                m.data["step"].as_i64().unwrap(),
+                m.data["total"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -110,7 +118,11 @@ async fn a_batch_of_four_makes_the_images_each_job_makes_alone() {
         assert_eq!(job["timings"]["batch_size"], 4, "ran as one batch: {job}");
         let events = log(&batched, id).await;
         let expected: Vec<(i64, i64)> = (1..=steps as i64).map(|s| (s, steps as i64)).collect();
-        assert_eq!(progress_steps(&events), expected, "{id}: its own full progress");
+        assert_eq!(
+            progress_steps(&events),
+            expected,
+            "{id}: its own full progress"
+        );
         let kinds: Vec<&str> = events.iter().map(|m| m.event.as_str()).collect();
         assert_eq!(kinds.iter().filter(|k| **k == "started").count(), 1);
         assert_eq!(kinds.last(), Some(&"succeeded"));
@@ -124,16 +136,17 @@ async fn a_batch_of_four_makes_the_images_each_job_makes_alone() {
         assert_eq!(solo["status"], "succeeded", "{solo}");
         assert!(solo["timings"]["batch_size"].is_null(), "ran alone: {solo}");
         let (ours, theirs) = (pixels(&batched, job).await, pixels(&alone, &solo).await);
-        assert_eq!(ours.len(), body["num_images"].as_u64().unwrap_or(1) as usize);
+        assert_eq!(
+            ours.len(),
+            body["num_images"].as_u64().unwrap_or(1) as usize
+        );
         assert_eq!(ours.len(), theirs.len());
         for (a, b) in ours.iter().zip(&theirs) {
-            let gap = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| x.abs_diff(*y))
-                .max()
-                .unwrap();
-            assert!(gap <= 1, "job {i}: pixels differ by {gap}/255 from the job alone");
+            let gap = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(
+                gap <= 1,
+                "job {i}: pixels differ by {gap}/255 from the job alone"
+            );
         }
     }
     // Each job got its own prompt and seed: no two images of the batch are alike.
@@ -179,7 +192,9 @@ async fn canceling_one_job_of_a_batch_stops_only_that_job() {
     }
     let last_step = progress_steps(&rest).iter().map(|p| p.0).max().unwrap_or(2);
     assert!(last_step <= 4, "kept going until step {last_step}");
-    assert!(!rest.iter().any(|m| m.event == "image" || m.event == "succeeded"));
+    assert!(!rest
+        .iter()
+        .any(|m| m.event == "image" || m.event == "succeeded"));
     let job = server.wait_terminal(victim, WAIT).await;
     assert_eq!(job["status"], "canceled");
     assert!(job["images"].as_array().unwrap().is_empty());

@@ -52,6 +52,9 @@ pub async fn batch(bench: &BatchBench) -> anyhow::Result<Vec<Row>> {
             let result = measure(&server, size, bench).await;
             server.stop().await;
             let (per_job, mean_batch) = result?;
+            // The first batch size is the baseline of every row, its own included.
+            let baseline =
+                baseline.get_or_insert_with(|| (format!("batch size {b}"), per_job.clone()));
             let row = Row::new(
                 "batch",
                 format!(
@@ -59,7 +62,7 @@ pub async fn batch(bench: &BatchBench) -> anyhow::Result<Vec<Row>> {
                     bench.steps, bench.jobs
                 ),
                 &per_job,
-                baseline.as_ref().map(|(n, t)| (n.as_str(), t.as_slice())),
+                Some((baseline.0.as_str(), baseline.1.as_slice())),
             );
             let jobs_per_s = 1000.0 / row.ours_ms.max(1e-9);
             rows.push(
@@ -67,7 +70,6 @@ pub async fn batch(bench: &BatchBench) -> anyhow::Result<Vec<Row>> {
                     .with("batch_size", b as f64)
                     .with("mean_batch", mean_batch),
             );
-            baseline.get_or_insert((format!("batch size {b}"), per_job));
         }
     }
     Ok(rows)
@@ -124,7 +126,11 @@ async fn measure(
     Ok((per_job, mean_batch))
 }
 
-async fn submit(client: &reqwest::Client, server: &LocalServer, body: &Value) -> anyhow::Result<Uuid> {
+async fn submit(
+    client: &reqwest::Client,
+    server: &LocalServer,
+    body: &Value,
+) -> anyhow::Result<Uuid> {
     let response = client
         .post(format!("{}/v1/jobs", server.base))
         .json(body)

@@ -251,9 +251,7 @@ impl StableDiffusion {
                 } else {
                     own
                 };
-                m.latents = m
-                    .scheduler
-                    .step(&guided, index, &m.latents, &mut m.noise)?;
+                m.latents = m.scheduler.step(&guided, index, &m.latents, &mut m.noise)?;
             }
         }
         Ok(())
@@ -323,7 +321,10 @@ mod tests {
         }
 
         fn finished(&mut self, member: usize, result: Result<Vec<FloatImage>, InferenceError>) {
-            assert!(self.results[member].is_none(), "member {member} finished twice");
+            assert!(
+                self.results[member].is_none(),
+                "member {member} finished twice"
+            );
             self.results[member] = Some(result);
             let reported = self.steps.iter().map(Vec::len).sum();
             self.finished_at.push((member, reported));
@@ -482,8 +483,12 @@ mod tests {
         assert_eq!(recorder.finished_at[0], (2, 0));
         assert!(recorder.steps[2].is_empty() && recorder.steps[3].is_empty());
         let results: Vec<_> = recorder.results.into_iter().map(Option::unwrap).collect();
-        assert!(matches!(&results[2], Err(InferenceError::InvalidRequest(m)) if m.contains("128x64")));
-        assert!(matches!(&results[3], Err(InferenceError::InvalidRequest(m)) if m.contains("LoRA")));
+        assert!(
+            matches!(&results[2], Err(InferenceError::InvalidRequest(m)) if m.contains("128x64"))
+        );
+        assert!(
+            matches!(&results[3], Err(InferenceError::InvalidRequest(m)) if m.contains("LoRA"))
+        );
         assert!(results[0].is_ok() && results[1].is_ok());
     }
 }

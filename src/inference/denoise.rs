@@ -128,8 +128,7 @@ impl StableDiffusion {
         let timesteps = scheduler.timesteps().to_vec();
         let (start, mut latents, inpaint) = match &req.init_image {
             None => {
-                let initial =
-                    self.txt2img_latents(req, &like, &mut noise, scheduler.as_ref())?;
+                let initial = self.txt2img_latents(req, &like, &mut noise, scheduler.as_ref())?;
                 (0, initial, None)
             }
             Some(init) => {

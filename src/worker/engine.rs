@@ -143,4 +143,3 @@ pub fn build_variant(
     }
     Ok(variant.with_embeddings(Arc::new(library)))
 }
-

@@ -51,8 +51,9 @@ impl Worker {
                 "canceled"
             }
             Outcome::Failed { error, permanent } => {
-                let retry = (!permanent)
-                    .then(|| crate::queue::retry::backoff(lease.job.attempt, self.config.retry_base));
+                let retry = (!permanent).then(|| {
+                    crate::queue::retry::backoff(lease.job.attempt, self.config.retry_base)
+                });
                 self.finish_failed(lease, &error, retry).await
             }
         }

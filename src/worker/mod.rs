@@ -167,7 +167,8 @@ impl Worker {
                         observability::job_finished(outcome, started.elapsed());
                     } else {
                         let leases: Vec<Lease> = std::iter::once(lead).chain(more).collect();
-                        for (outcome, elapsed) in self.process_batch(leases, shutdown.clone()).await {
+                        for (outcome, elapsed) in self.process_batch(leases, shutdown.clone()).await
+                        {
                             observability::job_finished(outcome, elapsed);
                         }
                     }
@@ -247,5 +248,4 @@ impl Worker {
             }
         });
     }
-
 }

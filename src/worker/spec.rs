@@ -56,4 +56,3 @@ pub fn png_metadata(spec: &JobSpec, scheduler: SchedulerKind, seed: u64) -> PngM
         .unwrap_or_default(),
     }
 }
-

@@ -129,8 +129,15 @@ pub async fn batch_claims_take_compatible_jobs_in_priority_order(store: Store) {
 
     let (lead_lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(lead_lease.job.id, lead);
-    let batch = store.claim_batch(&lead_lease, "w2", 2, LEASE).await.unwrap();
-    assert_eq!(ids(&batch), [mid, old_low], "best priority, then the oldest");
+    let batch = store
+        .claim_batch(&lead_lease, "w2", 2, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&batch),
+        [mid, old_low],
+        "best priority, then the oldest"
+    );
     let mut tokens = HashSet::from([lead_lease.token]);
     for (lease, event) in &batch {
         assert!(tokens.insert(lease.token), "each job has its own token");
@@ -162,7 +169,10 @@ pub async fn batch_claims_take_compatible_jobs_in_priority_order(store: Store) {
             .is_err());
         assert_eq!(status(&store, lease.job.id).await, JobStatus::Running);
     }
-    let rest = store.claim_batch(&lead_lease, "w2", 10, LEASE).await.unwrap();
+    let rest = store
+        .claim_batch(&lead_lease, "w2", 10, LEASE)
+        .await
+        .unwrap();
     assert_eq!(ids(&rest), [new_low, own]);
     assert!(store
         .claim_batch(&lead_lease, "w2", 10, LEASE)
@@ -205,7 +215,12 @@ pub async fn batch_claims_need_a_held_batchable_lead(store: Store) {
     let (second, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(second.job.id, waiting);
     store
-        .fail(waiting, second.token, "transient", Some(Duration::from_secs(3600)))
+        .fail(
+            waiting,
+            second.token,
+            "transient",
+            Some(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     let lead2 = put(&store, txt2img("lead 2"), 0).await;

@@ -68,7 +68,13 @@ async fn claim_in(
         });
     }
     // RETURNING has no order; events go in claim order.
-    leases.sort_by_key(|l| (std::cmp::Reverse(l.job.priority), l.job.created_at, l.job.id));
+    leases.sort_by_key(|l| {
+        (
+            std::cmp::Reverse(l.job.priority),
+            l.job.created_at,
+            l.job.id,
+        )
+    });
     let mut claimed = Vec::with_capacity(leases.len());
     for lease in leases {
         let started = EventKind::Started {
