@@ -585,6 +585,8 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 sizes: args.sizes.clone(),
                 steps,
                 iterations: args.iterations,
+                device: args.device.clone(),
+                dtype: args.dtype.clone(),
             };
             rows = runtime()?.block_on(bench::batch::batch(&run))?;
         }

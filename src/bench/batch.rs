@@ -29,6 +29,9 @@ pub struct BatchBench {
     pub sizes: Vec<usize>,
     pub steps: usize,
     pub iterations: usize,
+    /// The worker's `--device` and `--dtype`.
+    pub device: String,
+    pub dtype: String,
 }
 
 /// How long one job may wait before the benchmark gives up.
@@ -46,9 +49,17 @@ pub async fn batch(bench: &BatchBench) -> anyhow::Result<Vec<Row>> {
         let mut baseline: Option<(String, Vec<Duration>)> = None;
         for &b in &bench.batch_sizes {
             let flag = b.to_string();
-            let server =
-                LocalServer::start_with(Role::All, 1, &["--batch-size", &flag, "--poll-secs", "1"])
-                    .await?;
+            let flags = [
+                "--batch-size",
+                &flag,
+                "--poll-secs",
+                "1",
+                "--device",
+                &bench.device,
+                "--dtype",
+                &bench.dtype,
+            ];
+            let server = LocalServer::start_with(Role::All, 1, &flags).await?;
             let result = measure(&server, size, bench).await;
             server.stop().await;
             let (per_job, mean_batch) = result?;
