@@ -242,7 +242,7 @@ pub fn header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, String> {
     Ok(file
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
+        .map(|(name, info)| (name, info.shape.clone()))
         .collect())
 }
 
