@@ -39,7 +39,9 @@ fn a_loaded_model_runs_on_its_files_pages_and_gives_them_back() {
         init_image: None,
         preview_every: None,
     };
-    let mapped = sd.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap();
+    let mapped = sd
+        .generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
     drop(sd);
     assert_eq!(usage(), (0, 0), "the mappings outlived the model");
 
@@ -52,8 +54,13 @@ fn a_loaded_model_runs_on_its_files_pages_and_gives_them_back() {
     // A second load reuses the released address space and gives the same pixels.
     let sd = StableDiffusion::load(&folder, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(usage().1, 3);
-    let again = sd.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap();
+    let again = sd
+        .generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
     drop(sd);
-    assert_eq!(mapped[0].rgb, again[0].rgb, "same seed, same pixels on a reused mapping");
+    assert_eq!(
+        mapped[0].rgb, again[0].rgb,
+        "same seed, same pixels on a reused mapping"
+    );
     assert_eq!(usage(), (0, 0));
 }

@@ -22,13 +22,13 @@ use serde_json::json;
 use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::ldm_keys::{self, Transform};
 use super::load::{vae_blocks, vae_dtype, Parts, XlParts};
+use super::mapped::SafetensorsFile;
 use super::model_config::{ClipTextConfig, PerBlock, UNetConfig, VaeConfig};
 use super::schedulers::SchedulerConfigFile;
 use super::tiny::{TinyConfigs, TinyKind};
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
 use super::vae_encoder::VaeEncoder;
-use super::mapped::SafetensorsFile;
 use super::weights::{open_safetensors, Weights};
 use super::InferenceError;
 

@@ -17,8 +17,8 @@ use candle_core::{Device, Tensor, WithDType};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
 
-pub use window::{usage, MapAwareAllocator};
 use window::WindowMap;
+pub use window::{usage, MapAwareAllocator};
 
 use super::InferenceError;
 
@@ -181,7 +181,9 @@ impl SafetensorsFile {
             }
         }
         let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), data)
-            .map_err(|e| candle_core::Error::Msg(format!("{}: {name}: {e}", self.path.display())))?;
+            .map_err(|e| {
+                candle_core::Error::Msg(format!("{}: {name}: {e}", self.path.display()))
+            })?;
         view.load(device)
     }
 }
@@ -199,8 +201,7 @@ fn in_place(
         data: &[u8],
     ) -> candle_core::Result<Option<Tensor>> {
         let size = std::mem::size_of::<T>();
-        if data.is_empty() || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
-        {
+        if data.is_empty() || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Ok(None);
         }
         let n = data.len() / size;
@@ -243,7 +244,10 @@ mod tests {
     #[test]
     fn tensors_are_the_files_pages_and_go_back_when_freed() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Tensor::arange(0f32, 4096.0, &Device::Cpu).unwrap().reshape((64, 64)).unwrap();
+        let a = Tensor::arange(0f32, 4096.0, &Device::Cpu)
+            .unwrap()
+            .reshape((64, 64))
+            .unwrap();
         let b = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap();
         let path = write(dir.path(), &[("a", a.clone()), ("b", b.clone())]);
         let file = SafetensorsFile::open(&path).unwrap();
@@ -259,8 +263,15 @@ mod tests {
             };
             cpu.as_slice::<f32>().unwrap().as_ptr() as *const u8
         };
-        assert!(bytes.contains(&data_ptr(&got)), "the tensor is not the file's memory");
-        assert_eq!(data_ptr(&got), data_ptr(&again), "a second load owns the same pages again");
+        assert!(
+            bytes.contains(&data_ptr(&got)),
+            "the tensor is not the file's memory"
+        );
+        assert_eq!(
+            data_ptr(&got),
+            data_ptr(&again),
+            "a second load owns the same pages again"
+        );
         assert_eq!(got.to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
         assert_eq!(gb.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
         // Arithmetic on them allocates ordinary memory; writes stay private.
@@ -290,7 +301,13 @@ mod tests {
         assert_eq!(got.dtype(), DType::F16);
         let f = got.to_dtype(DType::F32).unwrap();
         assert_eq!(f.to_vec1::<f32>().unwrap(), vec![0., 1., 2., 3., 4., 5.]);
-        assert_eq!(file.load("i", &Device::Cpu).unwrap().to_vec1::<i64>().unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            file.load("i", &Device::Cpu)
+                .unwrap()
+                .to_vec1::<i64>()
+                .unwrap(),
+            vec![1, 2, 3]
+        );
         let err = file.load("missing", &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
     }
@@ -301,7 +318,10 @@ mod tests {
         let path = dir.path().join("x.safetensors");
         std::fs::write(&path, b"short").unwrap();
         let err = SafetensorsFile::open(&path).unwrap_err().to_string();
-        assert!(err.contains("x.safetensors") && err.contains("too short"), "{err}");
+        assert!(
+            err.contains("x.safetensors") && err.contains("too short"),
+            "{err}"
+        );
         std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunkjunk").unwrap();
         assert!(SafetensorsFile::open(&path).is_err());
         std::fs::write(&path, []).unwrap();

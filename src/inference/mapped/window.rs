@@ -235,7 +235,13 @@ fn release(addr: usize, size: usize) {
     if last > first {
         // SAFETY: these pages lie inside the freed allocation only; dropping them from a
         // private mapping discards nothing anyone will read.
-        unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED) };
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            )
+        };
     }
     let base = BASE.load(Ordering::Acquire);
     let mut t = table();
