@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod ldm_keys;
 pub mod load;
 pub mod lora;
+pub mod mapped;
 pub mod model_config;
 pub mod ops;
 pub mod pipeline;
