@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::webhooks::{AttemptOutcome, Delivery};
+use super::webhooks::{AttemptOutcome, Delivery, WebhookEvent};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
     JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
@@ -38,6 +39,9 @@ const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attem
 /// Jobs, events, images and workers in PostgreSQL.
 pub struct PgStore {
     pool: PgPool,
+    /// Connections whose commits do not wait for the WAL flush, for progress events only
+    /// (see `record`).
+    progress: PgPool,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -53,13 +57,17 @@ impl PgStore {
             .max_connections(10)
             // A database outage should turn into a quick 503, not a hung request.
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let progress = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, progress })
     }
 
     /// The pool, for tests that inspect the database directly.
@@ -135,31 +143,193 @@ async fn insert_event(
     Ok(event)
 }
 
-async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
-                 (o.priority > j.priority OR (o.priority = j.priority AND \
-                  (o.created_at, o.id) < (j.created_at, j.id)))) + 1 \
-         FROM jobs j WHERE j.id = $1 AND j.status = 'queued'",
+/// 1-based place in line of the queued job `j` (an alias of `jobs`): two counts that each
+/// walk only the part of `jobs_claimable` that is ahead of it (higher priorities, then the
+/// older jobs of its own), so they can be answered from the index alone.
+fn place_in_line(j: &str) -> String {
+    format!(
+        "((SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND o.priority > {j}.priority) \
+          + (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND o.priority = {j}.priority \
+               AND (o.created_at, o.id) < ({j}.created_at, {j}.id)) + 1)"
     )
+}
+
+async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT {} FROM jobs j WHERE j.id = $1 AND j.status = 'queued'",
+        place_in_line("j")
+    ))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?)
+}
+
+/// Inserts a queued job and its `queued` event (its place in line counted in the same
+/// statement, over the jobs committed before it): one round trip.
+static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH job AS ( \
+           INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
+                             webhook_url, webhook_events) \
+           VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9) RETURNING {JOB_COLUMNS}), \
+         place AS (SELECT {} AS position FROM job j), \
+         event AS ( \
+           INSERT INTO job_events (job_id, seq, body, created_at) \
+           SELECT job.id, 1, jsonb_set($10, '{{position}}', to_jsonb(place.position)), {NOW} FROM job, place) \
+         SELECT job.*, place.position FROM job, place",
+        place_in_line("j")
+    )
+});
+
+async fn insert_job(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new: &NewJob,
+) -> Result<(Job, Event), StoreError> {
+    let row = sqlx::query(&ENQUEUE)
+        .bind(id)
+        .bind(&new.owner)
+        .bind(&new.spec.model)
+        .bind(Json(&new.spec))
+        .bind(new.priority)
+        .bind(new.max_attempts.max(1))
+        .bind(new.spec.adapters_key())
+        .bind(&new.spec.webhook_url)
+        .bind(new.spec.webhook_mask())
+        .bind(Json(EventKind::Queued { position: 0 }))
+        .fetch_one(&mut *conn)
+        .await?;
+    let job = job_from_row(&row)?;
+    let position: i64 = row.try_get("position")?;
+    let event = Event {
+        job_id: id,
+        seq: 1,
+        kind: EventKind::Queued { position },
+    };
+    Ok((job, event))
+}
+
+/// The job row a statement that recorded one event yields, as `webhooks::insert_from`
+/// reads it.
+const EVENT_JOB: &str = "(SELECT id, owner, webhook_url, webhook_events, last_seq AS seq FROM job)";
+
+/// The id of the job a claim takes (`$4` the loaded model, `$5` the loaded adapters): the
+/// top priority among claimable jobs, and within it the oldest of the first non-empty tier
+/// of (model and adapters), (model), (adapters), (any). That is the order `priority DESC, model match
+/// DESC, adapters match DESC, created_at, id`, but each tier is one `LIMIT 1` walk of an
+/// index (see the `claim_indexes` migration) where sorting by match would read every
+/// queued row. The tiers are evaluated lazily (`COALESCE` of init plans), so a worker
+/// whose model has work stops at the first. Rows other claimers hold are skipped: if that
+/// empties the top priority, the last term is the full order over what is left, the
+/// exact answer for that rare moment.
+static CLAIM_PICK: LazyLock<String> = LazyLock::new(|| {
+    let claimable = format!("status = 'queued' AND run_at <= {NOW}");
+    let top = format!(
+        "(SELECT priority FROM jobs WHERE {claimable} ORDER BY priority DESC, created_at, id LIMIT 1)"
+    );
+    let tier = |matching: &str| {
+        format!(
+            "(SELECT id FROM jobs WHERE {claimable} AND priority = {top}{matching} \
+              ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        )
+    };
+    format!(
+        "COALESCE({}, {}, {}, {}, \
+           (SELECT id FROM jobs WHERE {claimable} \
+            ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, created_at, id \
+            LIMIT 1 FOR UPDATE SKIP LOCKED))",
+        tier(" AND model = $4 AND adapters = $5"),
+        tier(" AND model = $4"),
+        tier(" AND adapters = $5"),
+        tier(""),
+    )
+});
+
+/// Claims the job `CLAIM_PICK` chooses and records its `started` event (the attempt
+/// filled in from the row) and the webhook delivery, in one round trip.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH job AS ( \
+           UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
+                  lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
+                  progress_step = 0, progress_total = 0, last_seq = last_seq + 1, preview = NULL \
+           WHERE id = {} \
+           RETURNING {JOB_COLUMNS}, webhook_url, webhook_events), \
+         event AS ( \
+           INSERT INTO job_events (job_id, seq, body, created_at) \
+           SELECT id, last_seq, jsonb_set($6, '{{attempt}}', to_jsonb(attempt)), {NOW} FROM job), \
+         delivery AS ({}) \
+         SELECT {JOB_COLUMNS} FROM job",
+        *CLAIM_PICK,
+        webhooks::insert_from(EVENT_JOB, WebhookEvent::Started, "$7"),
+    )
+});
+
+/// Marks a job we hold succeeded, inserts its image rows and its `image` … `succeeded`
+/// events (`$4` of them, the last taking the job's new `last_seq`) and the webhook
+/// delivery, in one round trip.
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH job AS ( \
+           UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
+                  lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL, \
+                  last_seq = last_seq + $4 \
+           WHERE id = $2 AND lease_token = $3 AND status = 'running' \
+           RETURNING id, owner, model, spec->>'prompt' AS prompt, last_seq, webhook_url, webhook_events), \
+         image AS ( \
+           INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
+           SELECT i.id, job.id, job.owner, job.model, COALESCE(job.prompt, ''), i.idx, i.object_key, i.seed, \
+                  i.width, i.height, i.bytes, {NOW} \
+           FROM job, unnest($5::uuid[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+                            $11::bigint[]) AS i(id, idx, object_key, seed, width, height, bytes)), \
+         event AS ( \
+           INSERT INTO job_events (job_id, seq, body, created_at) \
+           SELECT job.id, job.last_seq - $4 + e.n, e.body, {NOW} \
+           FROM job, unnest($12::jsonb[]) WITH ORDINALITY AS e(body, n)), \
+         delivery AS ({}) \
+         SELECT last_seq FROM job",
+        webhooks::insert_from(EVENT_JOB, WebhookEvent::Completed, "$13"),
+    )
+});
+
+/// Appends a non-terminal event of a job we hold (`$3`/`$4` its progress step and total,
+/// if it is progress): fence, next `seq`, progress, the event and its webhook delivery in
+/// one round trip.
+fn record_sql(webhook: Option<WebhookEvent>) -> String {
+    let delivery = webhook
+        .map(|kind| format!(", delivery AS ({})", webhooks::insert_from(EVENT_JOB, kind, "$6")))
+        .unwrap_or_default();
+    format!(
+        "WITH job AS ( \
+           UPDATE jobs SET last_seq = last_seq + 1, \
+                  progress_step = COALESCE($3, progress_step), \
+                  progress_total = COALESCE($4, progress_total) \
+           WHERE id = $1 AND lease_token = $2 AND status = 'running' \
+           RETURNING id, owner, webhook_url, webhook_events, last_seq), \
+         event AS ( \
+           INSERT INTO job_events (job_id, seq, body, created_at) \
+           SELECT id, last_seq, $5, {NOW} FROM job){delivery} \
+         SELECT last_seq FROM job"
+    )
 }
 
 #[async_trait]
 impl JobStore for PgStore {
     async fn enqueue(&self, new: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await?;
-        if new.idempotency.is_some() || new.max_active.is_some() {
-            // One owner's submissions take turns (on every API process): the quota count
-            // and the idempotency lookup cannot both pass for two racing requests.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-                .bind(&new.owner)
-                .execute(&mut *tx)
-                .await?;
+        if new.idempotency.is_none() && new.max_active.is_none() {
+            // Nothing to check first: the job and its event are one statement, one commit.
+            let mut conn = self.pool.acquire().await?;
+            let (job, event) = insert_job(&mut conn, id, &new).await?;
+            return Ok(Enqueued::New(job, event));
         }
+        let mut tx = self.pool.begin().await?;
+        // One owner's submissions take turns (on every API process): the quota count
+        // and the idempotency lookup cannot both pass for two racing requests.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(&new.owner)
+            .execute(&mut *tx)
+            .await?;
         if let Some(idem) = &new.idempotency {
             let earlier: Option<(String, Uuid)> = sqlx::query_as(&format!(
                 "SELECT fingerprint, job_id FROM idempotency_keys \
@@ -194,23 +364,7 @@ impl JobStore for PgStore {
                 return Err(StoreError::TooManyJobs { active, limit });
             }
         }
-        let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
-                               webhook_url, webhook_events) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9) RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(&new.owner)
-        .bind(&new.spec.model)
-        .bind(Json(&new.spec))
-        .bind(new.priority)
-        .bind(new.max_attempts.max(1))
-        .bind(new.spec.adapters_key())
-        .bind(&new.spec.webhook_url)
-        .bind(new.spec.webhook_mask())
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = job_from_row(&row)?;
+        let (job, event) = insert_job(&mut tx, id, &new).await?;
         if let Some(idem) = &new.idempotency {
             sqlx::query(&format!(
                 "INSERT INTO idempotency_keys (owner, key, fingerprint, job_id, created_at) \
@@ -225,8 +379,6 @@ impl JobStore for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        let pos = position(&mut tx, id).await?.unwrap_or(1);
-        let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
         tx.commit().await?;
         Ok(Enqueued::New(job, event))
     }
@@ -272,36 +424,35 @@ impl JobStore for PgStore {
         lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError> {
         let token = Uuid::new_v4();
-        let mut tx = self.pool.begin().await?;
-        // The claim query: best priority, then the model this worker has loaded (and its
-        // LoRA set and VAE), then the oldest; rows other workers are claiming right now are skipped, not waited on.
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
-                    lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
-                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1, preview = NULL \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
-                         ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, \
-                                  created_at, id \
-                         LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(token)
-        .bind(ms(lease))
-        .bind(worker)
-        .bind(loaded_model)
-        .bind(loaded_adapters)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Best priority, then the model this worker has loaded (and its LoRA set and
+        // VAE), then the oldest; rows other workers are claiming right now are skipped,
+        // not waited on (see `CLAIM_PICK`).
+        let started = EventKind::Started {
+            attempt: 0,
+            worker: worker.to_string(),
+        };
+        let row = sqlx::query(&CLAIM)
+            .bind(token)
+            .bind(ms(lease))
+            .bind(worker)
+            .bind(loaded_model)
+            .bind(loaded_adapters)
+            .bind(Json(&started))
+            .bind(Uuid::now_v7())
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let job = job_from_row(&row)?;
-        let started = EventKind::Started {
-            attempt: job.attempt as i64,
-            worker: worker.to_string(),
+        let event = Event {
+            job_id: job.id,
+            seq: job.last_seq,
+            kind: EventKind::Started {
+                attempt: job.attempt as i64,
+                worker: worker.to_string(),
+            },
         };
-        let event = insert_event(&mut tx, job.id, job.last_seq, started).await?;
-        tx.commit().await?;
         Ok(Some((Lease { job, token }, event)))
     }
 
@@ -333,33 +484,35 @@ impl JobStore for PgStore {
             EventKind::Progress { step, total, .. } => Some((*step, *total)),
             _ => None,
         };
-        let mut tx = self.pool.begin().await?;
-        if progress.is_some() {
-            // Progress is committed asynchronously (no WAL flush of its own): a database
-            // crash may lose the last moments of progress of a running job, never a state
-            // change, and the next synchronous commit (the terminal event) flushes
-            // everything before it. Progress is most of a job's commits.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+        // Progress goes through connections that commit asynchronously (no WAL flush of
+        // their own): a database crash may lose the last moments of progress of a running
+        // job, never a state change, and the next synchronous commit (the terminal event)
+        // flushes everything before it. Progress is most of a job's commits.
+        let pool = if progress.is_some() {
+            &self.progress
+        } else {
+            &self.pool
+        };
+        let webhook = WebhookEvent::of(&kind);
+        let sql = record_sql(webhook);
+        let mut query = sqlx::query_scalar(&sql)
+            .bind(id)
+            .bind(token)
+            .bind(progress.map(|p| p.0))
+            .bind(progress.map(|p| p.1))
+            .bind(Json(&kind));
+        if webhook.is_some() {
+            query = query.bind(Uuid::now_v7());
         }
-        // Fence on the lease, take the next seq and note the progress in one statement.
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE jobs SET last_seq = last_seq + 1, \
-                    progress_step = COALESCE($3, progress_step), \
-                    progress_total = COALESCE($4, progress_total) \
-             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(progress.map(|p| p.0))
-        .bind(progress.map(|p| p.1))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::LeaseLost(id))?;
-        let event = insert_event(&mut tx, id, seq, kind).await?;
-        tx.commit().await?;
-        Ok(event)
+        let seq: i64 = query
+            .fetch_optional(pool)
+            .await?
+            .ok_or(StoreError::LeaseLost(id))?;
+        Ok(Event {
+            job_id: id,
+            seq,
+            kind,
+        })
     }
 
     async fn complete(
@@ -369,56 +522,40 @@ impl JobStore for PgStore {
         images: Vec<NewImage>,
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
-             WHERE id = $2 AND lease_token = $3 AND status = 'running' \
-             RETURNING last_seq, owner, model, spec->>'prompt' AS prompt"
-        ))
-        .bind(Json(&timings))
-        .bind(id)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::LeaseLost(id))?;
-        let last_seq: i64 = row.try_get("last_seq")?;
-        let owner: String = row.try_get("owner")?;
-        let model: String = row.try_get("model")?;
-        let prompt: Option<String> = row.try_get("prompt")?;
-        let kinds = super::store::completion_events(&images, timings);
-        let mut seq = last_seq;
-        for image in images {
-            sqlx::query(&format!(
-                "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {NOW})"
-            ))
-            .bind(image.id)
+        let kinds = super::store::completion_events(&images, timings.clone());
+        let bodies = kinds
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let column = |f: fn(&NewImage) -> i64| images.iter().map(f).collect::<Vec<i64>>();
+        let last_seq: i64 = sqlx::query_scalar(&COMPLETE)
+            .bind(Json(&timings))
             .bind(id)
-            .bind(&owner)
-            .bind(&model)
-            .bind(prompt.as_deref().unwrap_or(""))
-            .bind(image.index)
-            .bind(&image.object_key)
-            .bind(image.seed)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(image.bytes)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut events = Vec::with_capacity(kinds.len());
-        for kind in kinds {
-            seq += 1;
-            events.push(insert_event(&mut tx, id, seq, kind).await?);
-        }
-        sqlx::query("UPDATE jobs SET last_seq = $1 WHERE id = $2")
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(events)
+            .bind(token)
+            .bind(kinds.len() as i64)
+            .bind(images.iter().map(|i| i.id).collect::<Vec<Uuid>>())
+            .bind(column(|i| i.index))
+            .bind(images.iter().map(|i| i.object_key.clone()).collect::<Vec<String>>())
+            .bind(column(|i| i.seed))
+            .bind(column(|i| i.width))
+            .bind(column(|i| i.height))
+            .bind(column(|i| i.bytes))
+            .bind(bodies)
+            .bind(Uuid::now_v7())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::LeaseLost(id))?;
+        let first = last_seq - kinds.len() as i64 + 1;
+        Ok(kinds
+            .into_iter()
+            .zip(first..)
+            .map(|(kind, seq)| Event {
+                job_id: id,
+                seq,
+                kind,
+            })
+            .collect())
     }
 
     async fn fail(
