@@ -185,7 +185,12 @@ async fn claim_follows_the_full_preference_order(store: Store) {
     let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
     assert_eq!(lease.job.id, delayed);
     store
-        .fail(delayed, lease.token, "later", Some(Duration::from_secs(3600)))
+        .fail(
+            delayed,
+            lease.token,
+            "later",
+            Some(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
 
@@ -201,7 +206,9 @@ async fn claim_follows_the_full_preference_order(store: Store) {
     // A fixed shuffle (an LCG), so a failure is reproducible.
     let mut state = 0x2545_f491_u64;
     let mut next = move |n: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize % n
     };
     for i in (1..combos.len()).rev() {

@@ -297,7 +297,12 @@ static COMPLETE: LazyLock<String> = LazyLock::new(|| {
 /// one round trip.
 fn record_sql(webhook: Option<WebhookEvent>) -> String {
     let delivery = webhook
-        .map(|kind| format!(", delivery AS ({})", webhooks::insert_from(EVENT_JOB, kind, "$6")))
+        .map(|kind| {
+            format!(
+                ", delivery AS ({})",
+                webhooks::insert_from(EVENT_JOB, kind, "$6")
+            )
+        })
         .unwrap_or_default();
     format!(
         "WITH job AS ( \
@@ -536,7 +541,12 @@ impl JobStore for PgStore {
             .bind(kinds.len() as i64)
             .bind(images.iter().map(|i| i.id).collect::<Vec<Uuid>>())
             .bind(column(|i| i.index))
-            .bind(images.iter().map(|i| i.object_key.clone()).collect::<Vec<String>>())
+            .bind(
+                images
+                    .iter()
+                    .map(|i| i.object_key.clone())
+                    .collect::<Vec<String>>(),
+            )
             .bind(column(|i| i.seed))
             .bind(column(|i| i.width))
             .bind(column(|i| i.height))
