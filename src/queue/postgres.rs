@@ -22,6 +22,7 @@ use super::{
     StoreError, WorkerInfo,
 };
 
+mod batch;
 mod gallery;
 mod keys;
 mod statements;
@@ -877,5 +878,15 @@ impl JobStore for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         super::store::preview_from_column(raw.flatten())
+    }
+
+    async fn claim_batch(
+        &self,
+        lead: &Lease,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<(Lease, Event)>, StoreError> {
+        batch::claim(&self.pool, lead, worker, max, lease).await
     }
 }

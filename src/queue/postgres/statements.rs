@@ -39,8 +39,8 @@ static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH job AS ( \
            INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
-                             webhook_url, webhook_events) \
-           VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9) RETURNING {JOB_COLUMNS}), \
+                             webhook_url, webhook_events, batch_key) \
+           VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9, $11) RETURNING {JOB_COLUMNS}), \
          place AS (SELECT {} AS position FROM job j), \
          event AS ( \
            INSERT INTO job_events (job_id, seq, body, created_at) \
@@ -66,6 +66,7 @@ pub(super) async fn insert_job(
         .bind(&new.spec.webhook_url)
         .bind(new.spec.webhook_mask())
         .bind(Json(EventKind::Queued { position: 0 }))
+        .bind(new.spec.batch_key())
         .fetch_one(&mut *conn)
         .await?;
     let job = job_from_row(&row)?;
