@@ -177,6 +177,123 @@ async fn claim_prefers_the_loaded_model_then_its_loras(store: Store) {
     assert_eq!(claim(None).await, ids[1]);
 }
 
+/// Every tier of the claim (model and adapters, model, adapters, any; within the top
+/// priority that is claimable now) against the order the claim promises, worked out
+/// here from its definition, for a shuffled queue and a worker whose loaded model and
+/// adapters change between claims.
+async fn claim_follows_the_full_preference_order(store: Store) {
+    use sdq::queue::{Job, LoraRef};
+    // A job in backoff at the highest priority must not make that priority the top.
+    let delayed = enqueue(&store, "model-a", "delayed", 9, 3).await;
+    let (lease, _) = store.claim("w", None, LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.job.id, delayed);
+    store
+        .fail(
+            delayed,
+            lease.token,
+            "later",
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+
+    let mut combos = Vec::new();
+    for priority in [0, 1] {
+        for model in ["model-a", "model-b", "model-c"] {
+            for loras in [vec![], vec![("film", 0.8)]] {
+                combos.push((priority, model, loras.clone()));
+                combos.push((priority, model, loras));
+            }
+        }
+    }
+    // A fixed shuffle (an LCG), so a failure is reproducible.
+    let mut state = 0x2545_f491_u64;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    for i in (1..combos.len()).rev() {
+        combos.swap(i, next(i + 1));
+    }
+    let mut queued: Vec<Job> = Vec::new();
+    for (priority, model, loras) in combos {
+        let spec = JobSpec {
+            loras: loras
+                .iter()
+                .map(|(n, w)| LoraRef {
+                    name: n.to_string(),
+                    weight: *w,
+                })
+                .collect(),
+            ..spec(model, "x")
+        };
+        let Enqueued::New(job, _) = store
+            .enqueue(NewJob::local(spec, priority, 3))
+            .await
+            .unwrap()
+        else {
+            panic!("new job")
+        };
+        queued.push(job);
+    }
+    // Place in line ignores what workers prefer: priority, then age; a job in backoff
+    // still holds its place.
+    let waiting = store.get(delayed, &Scope::All).await.unwrap().unwrap();
+    assert_eq!(waiting.status, JobStatus::Queued);
+    for job in &queued {
+        let line = |j: &Job| (-j.priority, j.created_at, j.id);
+        let ahead = queued
+            .iter()
+            .chain([&waiting])
+            .filter(|o| line(o) < line(job))
+            .count() as i64;
+        assert_eq!(store.queue_position(job.id).await.unwrap(), Some(ahead + 1));
+    }
+    let film = sdq::queue::adapters_key(
+        &[LoraRef {
+            name: "film".into(),
+            weight: 0.8,
+        }],
+        None,
+    );
+    let workers: [(Option<&str>, Option<&str>); 6] = [
+        (Some("model-b"), Some(&film)),
+        (Some("model-c"), Some("")),
+        (None, Some(&film)),
+        (Some("model-a"), None),
+        (None, None),
+        (Some("model-z"), Some("")),
+    ];
+    let mut turn = 0;
+    while !queued.is_empty() {
+        let (model, adapters) = workers[turn % workers.len()];
+        turn += 1;
+        let rank = |j: &Job| {
+            (
+                -j.priority,
+                model != Some(j.spec.model.as_str()),
+                adapters != Some(j.spec.adapters_key().as_str()),
+                j.created_at,
+                j.id,
+            )
+        };
+        let best = queued.iter().min_by_key(|j| rank(j)).unwrap().id;
+        let (lease, _) = store
+            .claim_preferring("w", model, adapters, LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            lease.job.id, best,
+            "claim {turn} with model {model:?} and adapters {adapters:?}"
+        );
+        queued.retain(|j| j.id != best);
+    }
+    assert!(store.claim("w", None, LEASE).await.unwrap().is_none());
+}
+
 async fn claim_prefers_the_loaded_model_within_a_priority(store: Store) {
     let a = enqueue(&store, "model-a", "a", 0, 3).await;
     tokio::time::sleep(Duration::from_millis(3)).await;
@@ -1390,6 +1507,7 @@ macro_rules! backend {
             check!(claim_order_is_priority_then_age);
             check!(claim_prefers_the_loaded_model_within_a_priority);
             check!(claim_prefers_the_loaded_model_then_its_loras);
+            check!(claim_follows_the_full_preference_order);
             check!(claim_sets_lease_attempt_and_started_event);
             check!(concurrent_claims_never_share_a_job);
             check!(writes_are_fenced_by_the_lease_token);

@@ -12,15 +12,16 @@
 //! stream's position. A resume is therefore exact for every stored event; previews
 //! missed while disconnected are not replayed (the next one, or the latest, follows).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::auth::Caller;
@@ -44,15 +45,7 @@ pub async fn stream(
         None => 0,
         Some(v) => parse_last_event_id(v.as_bytes())?,
     };
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(forward(
-        state.queue.clone(),
-        id,
-        caller.scope(),
-        last_seen,
-        tx,
-    ));
-    let stream = ReceiverStream::new(rx).map(Ok);
+    let stream = forward(state.queue.clone(), id, caller.scope(), last_seen).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -84,7 +77,7 @@ fn to_sse(event: &Event) -> SseEvent {
 /// Where the stream stands.
 enum Next {
     Continue,
-    /// The terminal event was sent, or the client went away.
+    /// The terminal event is queued for the client (or the job was already over).
     Done,
 }
 
@@ -96,7 +89,8 @@ struct Forwarder {
     /// The step of the last preview sent in this attempt: the snapshot's preview may
     /// also arrive live, and must not go out twice.
     preview_step: i64,
-    tx: mpsc::Sender<SseEvent>,
+    /// Frames ready for the client; the stream hands them out before doing more work.
+    out: VecDeque<SseEvent>,
 }
 
 impl Forwarder {
@@ -104,9 +98,7 @@ impl Forwarder {
         if event.seq <= self.last {
             return Next::Continue;
         }
-        if self.tx.send(to_sse(event)).await.is_err() {
-            return Next::Done;
-        }
+        self.out.push_back(to_sse(event));
         self.last = event.seq;
         if let EventKind::Started { .. } = event.kind {
             // A new attempt counts its steps from 1 again.
@@ -133,9 +125,7 @@ impl Forwarder {
             }
             self.preview_step = preview.step;
         }
-        if self.tx.send(to_sse(event)).await.is_err() {
-            return Next::Done;
-        }
+        self.out.push_back(to_sse(event));
         Next::Continue
     }
 
@@ -189,59 +179,120 @@ impl Forwarder {
     }
 }
 
-async fn forward(queue: Queue, id: Uuid, scope: Scope, last: i64, tx: mpsc::Sender<SseEvent>) {
-    let mut live = match queue.bus.subscribe(id).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(job_id = %id, error = %e, "event bus unavailable; polling the job");
-            None
-        }
-    };
-    let mut f = Forwarder {
+/// The stream of one subscriber, polled by its connection: there is no task or channel
+/// between the bus and the socket, so an event costs each subscriber one wake-up. It
+/// ends after the terminal event; a client that goes away drops it.
+fn forward(
+    queue: Queue,
+    id: Uuid,
+    scope: Scope,
+    last: i64,
+) -> impl Stream<Item = SseEvent> + Send + 'static {
+    let f = Forwarder {
         queue,
         id,
         scope,
         last,
         preview_step: 0,
-        tx,
+        out: VecDeque::new(),
     };
-    if let Next::Done = f.catch_up().await {
-        return;
+    futures::stream::unfold(Stage::Start(f), |mut stage| async move {
+        loop {
+            match stage {
+                Stage::Start(f) => stage = start(f).await,
+                Stage::Live(ref mut live) => {
+                    if let Some(frame) = live.f.out.pop_front() {
+                        return Some((frame, stage));
+                    }
+                    if live.done {
+                        return None;
+                    }
+                    live.step().await;
+                }
+            }
+        }
+    })
+}
+
+enum Stage {
+    Start(Forwarder),
+    Live(Box<Live>),
+}
+
+/// A subscriber past its snapshot.
+struct Live {
+    f: Forwarder,
+    bus: Option<BoxStream<'static, BusMessage>>,
+    poll: tokio::time::Interval,
+    /// When the bus last brought something: the safety poll only reads the store after
+    /// it has been quiet for `SAFETY_POLL`.
+    heard: Instant,
+    /// The terminal event is queued (or the job is over): end once `out` is drained.
+    done: bool,
+}
+
+/// Subscribes first, then sends the snapshot (stored events after `last` and the latest
+/// preview): nothing published in between is missed.
+async fn start(mut f: Forwarder) -> Stage {
+    let bus = match f.queue.bus.subscribe(f.id).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(job_id = %f.id, error = %e, "event bus unavailable; polling the job");
+            None
+        }
+    };
+    let mut done = matches!(f.catch_up().await, Next::Done);
+    if !done {
+        done = matches!(f.send_latest_preview().await, Next::Done);
     }
-    if let Next::Done = f.send_latest_preview().await {
-        return;
-    }
-    let mut poll = tokio::time::interval(if live.is_some() {
+    let mut poll = tokio::time::interval(if bus.is_some() {
         SAFETY_POLL
     } else {
         FALLBACK_POLL
     });
     poll.tick().await;
-    loop {
+    Stage::Live(Box::new(Live {
+        f,
+        bus,
+        poll,
+        heard: Instant::now(),
+        done,
+    }))
+}
+
+impl Live {
+    /// Waits for the next thing to do and does it.
+    async fn step(&mut self) {
         let next = tokio::select! {
-            message = async { live.as_mut().expect("guarded").next().await }, if live.is_some() => {
+            message = async { self.bus.as_mut().expect("guarded").next().await }, if self.bus.is_some() => {
                 // The store is the safety net for a bus gone quiet; while live events
                 // flow it is not needed. Re-reading it on a fixed beat anyway made every
                 // subscriber of a popular job query the database at the same moment
                 // (2,000 reads every 2 s), which delayed the live events behind them.
-                poll.reset();
+                self.heard = Instant::now();
+                let f = &mut self.f;
                 match message {
                     Some(BusMessage::Event(event)) if event.kind.is_live_only() => f.send_live(&event).await,
                     Some(BusMessage::Event(event)) if event.seq <= f.last + 1 => f.send(&event).await,
                     // A gap or a lag: the store has what we missed.
                     Some(BusMessage::Event(_)) | Some(BusMessage::Lagged) => f.catch_up().await,
                     None => {
-                        live = None;
-                        poll = tokio::time::interval(FALLBACK_POLL);
+                        self.bus = None;
+                        self.poll = tokio::time::interval(FALLBACK_POLL);
                         f.catch_up().await
                     }
                 }
             }
-            _ = poll.tick() => f.catch_up().await,
-            _ = f.tx.closed() => Next::Done,
+            _ = self.poll.tick() => {
+                if self.bus.is_some() && self.heard.elapsed() < SAFETY_POLL {
+                    Next::Continue
+                } else {
+                    self.f.catch_up().await
+                }
+            }
         };
         if let Next::Done = next {
-            return;
+            self.done = true;
         }
     }
 }

@@ -55,7 +55,13 @@ pub async fn submit_job(
         .transpose()?;
     // Validation decodes the start image and mask: off the async threads, and only a few
     // at a time, so that large images cannot take the server's memory or its event loop.
-    let submission = {
+    // A text-only request has nothing to decode and is checked in place (a hop to the
+    // blocking pool and a turn at the decode permits cost more than the checks).
+    let has_images = request.init_image.is_some()
+        || request.mask_image.is_some()
+        || files.init.is_some()
+        || files.mask.is_some();
+    let submission = if has_images {
         let _permit = DECODES
             .acquire()
             .await
@@ -64,6 +70,8 @@ pub async fn submit_job(
         tokio::task::spawn_blocking(move || request.into_submission(&settings, files))
             .await
             .map_err(|e| ApiError::Internal(format!("validation crashed: {e}")))??
+    } else {
+        request.into_submission(&state.settings, files)?
     };
     if submission.priority > USER_MAX_PRIORITY && !caller.is_admin() {
         return Err(ApiError::Forbidden(format!(

@@ -446,7 +446,7 @@ impl SubmitRequest {
         let model = self.model.unwrap_or_else(|| settings.default_model.clone());
         let checkpoint = settings
             .models_dir
-            .catalogue()
+            .read()
             .find(crate::inference::catalogue::Kind::Checkpoint, &model)
             .cloned();
         if let Some(error) = checkpoint.as_ref().and_then(|c| c.error.clone()) {

@@ -15,7 +15,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::webhooks::{AttemptOutcome, Delivery};
+use super::webhooks::{AttemptOutcome, Delivery, WebhookEvent};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
     JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
@@ -25,7 +25,10 @@ use super::{
 mod batch;
 mod gallery;
 mod keys;
+mod statements;
 mod webhooks;
+
+use statements::{insert_job, position, record_sql, CLAIM, COMPLETE};
 
 /// The statuses after which a job never changes.
 const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
@@ -39,6 +42,9 @@ const JOB_COLUMNS: &str = "id, owner, status, spec, priority, attempt, max_attem
 /// Jobs, events, images and workers in PostgreSQL.
 pub struct PgStore {
     pool: PgPool,
+    /// Connections whose commits do not wait for the WAL flush, for progress events only
+    /// (see `record`).
+    progress: PgPool,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -54,13 +60,17 @@ impl PgStore {
             .max_connections(10)
             // A database outage should turn into a quick 503, not a hung request.
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let progress = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, progress })
     }
 
     /// The pool, for tests that inspect the database directly.
@@ -136,31 +146,23 @@ async fn insert_event(
     Ok(event)
 }
 
-async fn position(conn: &mut PgConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
-                 (o.priority > j.priority OR (o.priority = j.priority AND \
-                  (o.created_at, o.id) < (j.created_at, j.id)))) + 1 \
-         FROM jobs j WHERE j.id = $1 AND j.status = 'queued'",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
 #[async_trait]
 impl JobStore for PgStore {
     async fn enqueue(&self, new: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await?;
-        if new.idempotency.is_some() || new.max_active.is_some() {
-            // One owner's submissions take turns (on every API process): the quota count
-            // and the idempotency lookup cannot both pass for two racing requests.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-                .bind(&new.owner)
-                .execute(&mut *tx)
-                .await?;
+        if new.idempotency.is_none() && new.max_active.is_none() {
+            // Nothing to check first: the job and its event are one statement, one commit.
+            let mut conn = self.pool.acquire().await?;
+            let (job, event) = insert_job(&mut conn, id, &new).await?;
+            return Ok(Enqueued::New(job, event));
         }
+        let mut tx = self.pool.begin().await?;
+        // One owner's submissions take turns (on every API process): the quota count
+        // and the idempotency lookup cannot both pass for two racing requests.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(&new.owner)
+            .execute(&mut *tx)
+            .await?;
         if let Some(idem) = &new.idempotency {
             let earlier: Option<(String, Uuid)> = sqlx::query_as(&format!(
                 "SELECT fingerprint, job_id FROM idempotency_keys \
@@ -195,24 +197,7 @@ impl JobStore for PgStore {
                 return Err(StoreError::TooManyJobs { active, limit });
             }
         }
-        let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
-                               webhook_url, webhook_events, batch_key) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9, $10) RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(&new.owner)
-        .bind(&new.spec.model)
-        .bind(Json(&new.spec))
-        .bind(new.priority)
-        .bind(new.max_attempts.max(1))
-        .bind(new.spec.adapters_key())
-        .bind(&new.spec.webhook_url)
-        .bind(new.spec.webhook_mask())
-        .bind(new.spec.batch_key())
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = job_from_row(&row)?;
+        let (job, event) = insert_job(&mut tx, id, &new).await?;
         if let Some(idem) = &new.idempotency {
             sqlx::query(&format!(
                 "INSERT INTO idempotency_keys (owner, key, fingerprint, job_id, created_at) \
@@ -227,8 +212,6 @@ impl JobStore for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        let pos = position(&mut tx, id).await?.unwrap_or(1);
-        let event = insert_event(&mut tx, id, 1, EventKind::Queued { position: pos }).await?;
         tx.commit().await?;
         Ok(Enqueued::New(job, event))
     }
@@ -274,36 +257,35 @@ impl JobStore for PgStore {
         lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError> {
         let token = Uuid::new_v4();
-        let mut tx = self.pool.begin().await?;
-        // The claim query: best priority, then the model this worker has loaded (and its
-        // LoRA set and VAE), then the oldest; rows other workers are claiming right now are skipped, not waited on.
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = $1, \
-                    lease_expires_at = {NOW} + $2, worker = $3, started_at = {NOW}, \
-                    progress_step = 0, progress_total = 0, last_seq = last_seq + 1, preview = NULL \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= {NOW} \
-                         ORDER BY priority DESC, (model = $4) IS TRUE DESC, (adapters = $5) IS TRUE DESC, \
-                                  created_at, id \
-                         LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(token)
-        .bind(ms(lease))
-        .bind(worker)
-        .bind(loaded_model)
-        .bind(loaded_adapters)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Best priority, then the model this worker has loaded (and its LoRA set and
+        // VAE), then the oldest; rows other workers are claiming right now are skipped,
+        // not waited on (see `CLAIM_PICK`).
+        let started = EventKind::Started {
+            attempt: 0,
+            worker: worker.to_string(),
+        };
+        let row = sqlx::query(&CLAIM)
+            .bind(token)
+            .bind(ms(lease))
+            .bind(worker)
+            .bind(loaded_model)
+            .bind(loaded_adapters)
+            .bind(Json(&started))
+            .bind(Uuid::now_v7())
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let job = job_from_row(&row)?;
-        let started = EventKind::Started {
-            attempt: job.attempt as i64,
-            worker: worker.to_string(),
+        let event = Event {
+            job_id: job.id,
+            seq: job.last_seq,
+            kind: EventKind::Started {
+                attempt: job.attempt as i64,
+                worker: worker.to_string(),
+            },
         };
-        let event = insert_event(&mut tx, job.id, job.last_seq, started).await?;
-        tx.commit().await?;
         Ok(Some((Lease { job, token }, event)))
     }
 
@@ -335,33 +317,35 @@ impl JobStore for PgStore {
             EventKind::Progress { step, total, .. } => Some((*step, *total)),
             _ => None,
         };
-        let mut tx = self.pool.begin().await?;
-        if progress.is_some() {
-            // Progress is committed asynchronously (no WAL flush of its own): a database
-            // crash may lose the last moments of progress of a running job, never a state
-            // change, and the next synchronous commit (the terminal event) flushes
-            // everything before it. Progress is most of a job's commits.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+        // Progress goes through connections that commit asynchronously (no WAL flush of
+        // their own): a database crash may lose the last moments of progress of a running
+        // job, never a state change, and the next synchronous commit (the terminal event)
+        // flushes everything before it. Progress is most of a job's commits.
+        let pool = if progress.is_some() {
+            &self.progress
+        } else {
+            &self.pool
+        };
+        let webhook = WebhookEvent::of(&kind);
+        let sql = record_sql(webhook);
+        let mut query = sqlx::query_scalar(&sql)
+            .bind(id)
+            .bind(token)
+            .bind(progress.map(|p| p.0))
+            .bind(progress.map(|p| p.1))
+            .bind(Json(&kind));
+        if webhook.is_some() {
+            query = query.bind(Uuid::now_v7());
         }
-        // Fence on the lease, take the next seq and note the progress in one statement.
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE jobs SET last_seq = last_seq + 1, \
-                    progress_step = COALESCE($3, progress_step), \
-                    progress_total = COALESCE($4, progress_total) \
-             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING last_seq",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(progress.map(|p| p.0))
-        .bind(progress.map(|p| p.1))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::LeaseLost(id))?;
-        let event = insert_event(&mut tx, id, seq, kind).await?;
-        tx.commit().await?;
-        Ok(event)
+        let seq: i64 = query
+            .fetch_optional(pool)
+            .await?
+            .ok_or(StoreError::LeaseLost(id))?;
+        Ok(Event {
+            job_id: id,
+            seq,
+            kind,
+        })
     }
 
     async fn complete(
@@ -371,56 +355,45 @@ impl JobStore for PgStore {
         images: Vec<NewImage>,
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = $1, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
-             WHERE id = $2 AND lease_token = $3 AND status = 'running' \
-             RETURNING last_seq, owner, model, spec->>'prompt' AS prompt"
-        ))
-        .bind(Json(&timings))
-        .bind(id)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::LeaseLost(id))?;
-        let last_seq: i64 = row.try_get("last_seq")?;
-        let owner: String = row.try_get("owner")?;
-        let model: String = row.try_get("model")?;
-        let prompt: Option<String> = row.try_get("prompt")?;
-        let kinds = super::store::completion_events(&images, timings);
-        let mut seq = last_seq;
-        for image in images {
-            sqlx::query(&format!(
-                "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {NOW})"
-            ))
-            .bind(image.id)
+        let kinds = super::store::completion_events(&images, timings.clone());
+        let bodies = kinds
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let column = |f: fn(&NewImage) -> i64| images.iter().map(f).collect::<Vec<i64>>();
+        let last_seq: i64 = sqlx::query_scalar(&COMPLETE)
+            .bind(Json(&timings))
             .bind(id)
-            .bind(&owner)
-            .bind(&model)
-            .bind(prompt.as_deref().unwrap_or(""))
-            .bind(image.index)
-            .bind(&image.object_key)
-            .bind(image.seed)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(image.bytes)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut events = Vec::with_capacity(kinds.len());
-        for kind in kinds {
-            seq += 1;
-            events.push(insert_event(&mut tx, id, seq, kind).await?);
-        }
-        sqlx::query("UPDATE jobs SET last_seq = $1 WHERE id = $2")
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(events)
+            .bind(token)
+            .bind(kinds.len() as i64)
+            .bind(images.iter().map(|i| i.id).collect::<Vec<Uuid>>())
+            .bind(column(|i| i.index))
+            .bind(
+                images
+                    .iter()
+                    .map(|i| i.object_key.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(column(|i| i.seed))
+            .bind(column(|i| i.width))
+            .bind(column(|i| i.height))
+            .bind(column(|i| i.bytes))
+            .bind(bodies)
+            .bind(Uuid::now_v7())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::LeaseLost(id))?;
+        let first = last_seq - kinds.len() as i64 + 1;
+        Ok(kinds
+            .into_iter()
+            .zip(first..)
+            .map(|(kind, seq)| Event {
+                job_id: id,
+                seq,
+                kind,
+            })
+            .collect())
     }
 
     async fn fail(

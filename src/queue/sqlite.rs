@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::webhooks::{AttemptOutcome, Delivery};
+use super::webhooks::{AttemptOutcome, Delivery, WebhookEvent};
 use super::{
     ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
     JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
@@ -27,7 +27,10 @@ use super::{
 mod batch;
 mod gallery;
 mod keys;
+mod queue_order;
 mod webhooks;
+
+use queue_order::{position, CLAIM_PICK};
 
 /// The statuses after which a job never changes.
 const FINISHED: &str = "('succeeded', 'failed', 'canceled')";
@@ -195,8 +198,36 @@ fn image_from_row(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
     })
 }
 
-/// Inserts the event row for `seq` (already reserved in `jobs.last_seq`).
+/// Inserts the event row for `seq` (already reserved in `jobs.last_seq`) and the webhook
+/// delivery it calls for.
 async fn insert_event(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    seq: i64,
+    kind: EventKind,
+) -> Result<Event, StoreError> {
+    let event = insert_event_row(conn, id, seq, kind).await?;
+    webhooks::on_event(conn, &event).await?;
+    Ok(event)
+}
+
+/// `insert_event` for a caller that read the job's `webhook_events` in this transaction:
+/// a job that did not subscribe to this event (most have no webhook) skips the lookup.
+async fn insert_event_subscribed(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    seq: i64,
+    kind: EventKind,
+    webhook_events: i64,
+) -> Result<Event, StoreError> {
+    let event = insert_event_row(conn, id, seq, kind).await?;
+    if WebhookEvent::of(&event.kind).is_some_and(|k| webhook_events & k.bit() != 0) {
+        webhooks::on_event(conn, &event).await?;
+    }
+    Ok(event)
+}
+
+async fn insert_event_row(
     conn: &mut SqliteConnection,
     id: Uuid,
     seq: i64,
@@ -210,43 +241,11 @@ async fn insert_event(
         .bind(now_ms())
         .execute(&mut *conn)
         .await?;
-    let event = Event {
+    Ok(Event {
         job_id: id,
         seq,
         kind,
-    };
-    webhooks::on_event(conn, &event).await?;
-    Ok(event)
-}
-
-/// Reserves the next `seq` of a job we hold, or reports the lease lost.
-async fn next_seq_fenced(
-    conn: &mut SqliteConnection,
-    id: Uuid,
-    token: Uuid,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET last_seq = last_seq + 1 \
-         WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING last_seq",
-    )
-    .bind(id.to_string())
-    .bind(token.to_string())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::LeaseLost(id))
-}
-
-async fn position(conn: &mut SqliteConnection, id: Uuid) -> Result<Option<i64>, StoreError> {
-    let n: Option<i64> = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.status = 'queued' AND \
-                 (o.priority > j.priority OR (o.priority = j.priority AND \
-                  (o.created_at < j.created_at OR (o.created_at = j.created_at AND o.id < j.id))))) + 1 \
-         FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
-    )
-    .bind(id.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(n)
+    })
 }
 
 #[async_trait]
@@ -385,9 +384,9 @@ impl JobStore for SqliteStore {
             "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_token = ?1, \
                     lease_expires_at = ?2, worker = ?3, started_at = ?4, progress_step = 0, \
                     progress_total = 0, last_seq = last_seq + 1, preview = NULL \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
-                         ORDER BY priority DESC, (model = ?5) DESC, (adapters = ?6) DESC, created_at, id LIMIT 1) \
-             RETURNING {JOB_COLUMNS}"
+             WHERE id = {} \
+             RETURNING {JOB_COLUMNS}, webhook_events",
+            *CLAIM_PICK
         ))
         .bind(token.to_string())
         .bind(now + ms(lease))
@@ -401,7 +400,7 @@ impl JobStore for SqliteStore {
             return Ok(None);
         };
         let job = job_from_row(&row)?;
-        let event = insert_event(
+        let event = insert_event_subscribed(
             &mut tx,
             job.id,
             job.last_seq,
@@ -409,6 +408,7 @@ impl JobStore for SqliteStore {
                 attempt: job.attempt as i64,
                 worker: worker.to_string(),
             },
+            row.try_get("webhook_events")?,
         )
         .await?;
         tx.commit().await?;
@@ -439,17 +439,27 @@ impl JobStore for SqliteStore {
                 "previews are kept by set_preview, never in the event log".into(),
             ));
         }
+        let progress = match &kind {
+            EventKind::Progress { step, total, .. } => Some((*step, *total)),
+            _ => None,
+        };
         let mut tx = self.write_tx().await?;
-        let seq = next_seq_fenced(&mut tx, id, token).await?;
-        if let EventKind::Progress { step, total, .. } = &kind {
-            sqlx::query("UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?")
-                .bind(step)
-                .bind(total)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let event = insert_event(&mut tx, id, seq, kind).await?;
+        // Fence on the lease, take the next seq and note the progress in one statement.
+        let (seq, webhook_events): (i64, i64) = sqlx::query_as(
+            "UPDATE jobs SET last_seq = last_seq + 1, \
+                    progress_step = COALESCE(?3, progress_step), \
+                    progress_total = COALESCE(?4, progress_total) \
+             WHERE id = ?1 AND lease_token = ?2 AND status = 'running' \
+             RETURNING last_seq, webhook_events",
+        )
+        .bind(id.to_string())
+        .bind(token.to_string())
+        .bind(progress.map(|p| p.0))
+        .bind(progress.map(|p| p.1))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::LeaseLost(id))?;
+        let event = insert_event_subscribed(&mut tx, id, seq, kind, webhook_events).await?;
         tx.commit().await?;
         Ok(event)
     }
@@ -462,15 +472,19 @@ impl JobStore for SqliteStore {
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
         let now = now_ms();
+        let kinds = super::store::completion_events(&images, timings.clone());
         let mut tx = self.write_tx().await?;
+        // The events' seqs are reserved here, all at once: they follow `last_seq`.
         let row = sqlx::query(
             "UPDATE jobs SET status = 'succeeded', finished_at = ?, timings = ?, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL \
+                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL, \
+                    last_seq = last_seq + ? \
              WHERE id = ? AND lease_token = ? AND status = 'running' \
-             RETURNING last_seq, owner, model, json_extract(spec, '$.prompt') AS prompt",
+             RETURNING last_seq, owner, model, json_extract(spec, '$.prompt') AS prompt, webhook_events",
         )
         .bind(now)
         .bind(timings.to_string())
+        .bind(kinds.len() as i64)
         .bind(id.to_string())
         .bind(token.to_string())
         .fetch_optional(&mut *tx)
@@ -480,8 +494,8 @@ impl JobStore for SqliteStore {
         let owner: String = row.try_get("owner")?;
         let model: String = row.try_get("model")?;
         let prompt: Option<String> = row.try_get("prompt")?;
-        let kinds = super::store::completion_events(&images, timings);
-        let mut seq = last_seq;
+        let webhook_events: i64 = row.try_get("webhook_events")?;
+        let mut seq = last_seq - kinds.len() as i64;
         for image in images {
             sqlx::query(
                 "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
@@ -505,13 +519,8 @@ impl JobStore for SqliteStore {
         let mut events = Vec::with_capacity(kinds.len());
         for kind in kinds {
             seq += 1;
-            events.push(insert_event(&mut tx, id, seq, kind).await?);
+            events.push(insert_event_subscribed(&mut tx, id, seq, kind, webhook_events).await?);
         }
-        sqlx::query("UPDATE jobs SET last_seq = ? WHERE id = ?")
-            .bind(seq)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(events)
     }

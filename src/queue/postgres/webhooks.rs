@@ -47,33 +47,46 @@ pub(super) async fn on_event(conn: &mut PgConnection, event: &Event) -> Result<(
     let Some(kind) = WebhookEvent::of(&event.kind) else {
         return Ok(());
     };
-    let progress = kind == WebhookEvent::Progress;
-    // Progress is coalesced (one unsent delivery per job) and spaced by PROGRESS_EVERY.
-    sqlx::query(&format!(
+    let job = "(SELECT id, owner, webhook_url, webhook_events, $2::bigint AS seq FROM jobs WHERE id = $3)";
+    sqlx::query(&insert_from(job, kind, "$1"))
+        .bind(Uuid::now_v7())
+        .bind(event.seq)
+        .bind(event.job_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The `INSERT` of a `kind` delivery for the job row `source` yields (columns `id`,
+/// `owner`, `webhook_url`, `webhook_events` and the event's `seq`), if the job subscribed
+/// to `kind`; `id` is the parameter holding the new delivery's id. Statements that
+/// record an event in one round trip run it as one of their `WITH` parts; the job row
+/// they update is then locked before it runs, as in `on_event`'s transaction.
+pub(super) fn insert_from(source: &str, kind: WebhookEvent, id: &str) -> String {
+    let (next_attempt, coalesce) = if kind == WebhookEvent::Progress {
+        // Progress is coalesced (one unsent delivery per job) and spaced by PROGRESS_EVERY.
+        (
+            format!(
+                "GREATEST({NOW}, COALESCE((SELECT MAX(d.created_at) FROM webhook_deliveries d \
+                  WHERE d.job_id = s.id AND d.event = 'progress') + {}, 0))",
+                ms(PROGRESS_EVERY)
+            ),
+            " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = s.id \
+                AND d.event = 'progress' AND d.status = 'pending' AND d.attempts = 0)",
+        )
+    } else {
+        (NOW.to_string(), "")
+    };
+    format!(
         "INSERT INTO webhook_deliveries (id, job_id, owner, event, seq, url, status, attempts, \
                                          next_attempt_at, created_at) \
-         SELECT $1, j.id, j.owner, $2, $3, j.webhook_url, 'pending', 0, \
-                CASE WHEN $4 THEN GREATEST({NOW}, COALESCE( \
-                    (SELECT MAX(d.created_at) FROM webhook_deliveries d \
-                     WHERE d.job_id = j.id AND d.event = 'progress') + $5, 0)) \
-                ELSE {NOW} END, \
-                {NOW} \
-         FROM jobs j \
-         WHERE j.id = $6 AND j.webhook_url IS NOT NULL AND (j.webhook_events & $7) != 0 \
-           AND NOT ($4 AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = j.id \
-                    AND d.event = 'progress' AND d.status = 'pending' AND d.attempts = 0)) \
-         ON CONFLICT (job_id, seq) DO NOTHING"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(kind.as_str())
-    .bind(event.seq)
-    .bind(progress)
-    .bind(ms(PROGRESS_EVERY))
-    .bind(event.job_id)
-    .bind(kind.bit())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+         SELECT {id}, s.id, s.owner, '{}', s.seq, s.webhook_url, 'pending', 0, {next_attempt}, {NOW} \
+         FROM {source} s \
+         WHERE s.webhook_url IS NOT NULL AND (s.webhook_events & {}) != 0{coalesce} \
+         ON CONFLICT (job_id, seq) DO NOTHING",
+        kind.as_str(),
+        kind.bit(),
+    )
 }
 
 pub(super) async fn claim(
