@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::inference::embeddings::EmbeddingLibrary;
 use crate::inference::lora::Lora;
 use crate::inference::{
-    self, catalogue, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion,
+    self, catalogue, GenerateRequest, InferenceError, SchedulerKind, StableDiffusion, VaeTiling,
 };
 use crate::observability;
 use crate::queue::{
@@ -264,6 +264,12 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         num_images: spec.num_images as usize,
         long_prompt,
         clip_skip: spec.clip_skip.map(|c| c as usize),
+        vae_tiling: match &spec.vae_tiling {
+            None => VaeTiling::default(),
+            Some(name) => VaeTiling::parse(name).ok_or_else(|| {
+                InferenceError::InvalidRequest(format!("unknown vae_tiling '{name}'"))
+            })?,
+        },
         latents: None,
         noise: Vec::new(),
         init_image: None,

@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use sdq::inference::tiny::TinyKind;
 use sdq::inference::tokenizer::LongPrompt;
-use sdq::inference::{GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion};
+use sdq::inference::{
+    GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion, VaeTiling,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +77,9 @@ struct Case {
     /// Decode with the VAE of a tiny model of this seed.
     #[serde(default)]
     vae: Option<VaeCase>,
+    /// diffusers ran with `vae.enable_tiling()` (`on`); absent: untiled.
+    #[serde(default)]
+    vae_tiling: Option<VaeTiling>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +277,7 @@ fn check(name: &str) {
         num_images: case.num_images,
         long_prompt: case.long_prompt,
         clip_skip: case.clip_skip,
+        vae_tiling: case.vae_tiling.unwrap_or(VaeTiling::Off),
         latents: case
             .latents
             .as_deref()
