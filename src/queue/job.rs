@@ -55,7 +55,7 @@ pub struct JobSpec {
     /// With `previews`: one every this many steps (`None`: [`default_preview_every`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_every: Option<u32>,
-    /// VAE tiling: `off`, `on` or `auto` (`None`: `auto`).
+    /// VAE tiling: `off`, `on` or `auto` (absent: `auto`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae_tiling: Option<String>,
 }
