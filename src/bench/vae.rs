@@ -96,15 +96,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("tiny");
         crate::inference::tiny::ensure(&folder, 0).unwrap();
-        let row =
-            vae_decode(&folder, (64, 64), 1, &Device::Cpu, true, VaeTiling::Off).unwrap();
+        let row = vae_decode(&folder, (64, 64), 1, &Device::Cpu, true, VaeTiling::Off).unwrap();
         assert_eq!(row.baseline.as_deref(), Some("candle-transformers"));
-        let alone =
-            vae_decode(&folder, (64, 64), 1, &Device::Cpu, false, VaeTiling::Off).unwrap();
+        let alone = vae_decode(&folder, (64, 64), 1, &Device::Cpu, false, VaeTiling::Off).unwrap();
         assert!(alone.speedup.is_none());
         // The tiny VAE's tiles are 64 pixels: 128² is 3 × 3 of them.
-        let tiled =
-            vae_decode(&folder, (128, 128), 1, &Device::Cpu, false, VaeTiling::On).unwrap();
+        let tiled = vae_decode(&folder, (128, 128), 1, &Device::Cpu, false, VaeTiling::On).unwrap();
         assert_eq!(tiled.case, "decode 128x128 tiled (64 px tiles)");
     }
 }

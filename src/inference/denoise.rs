@@ -114,7 +114,8 @@ impl StableDiffusion {
                     }
                     // Draw order as in diffusers: the posterior sample, then add_noise's noise.
                     None => {
-                        let clean = self.sample_posterior(&pixels, &like, &mut noise, req.vae_tiling)?;
+                        let clean =
+                            self.sample_posterior(&pixels, &like, &mut noise, req.vae_tiling)?;
                         let fresh = noise.randn_like(&clean)?;
                         (start, scheduler.add_noise(&clean, &fresh, start)?, None)
                     }

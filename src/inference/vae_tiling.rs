@@ -167,9 +167,10 @@ impl Plan {
         for i in (0..h).step_by(stride) {
             let mut row = Vec::new();
             for j in (0..w).step_by(stride) {
-                let tile = input
-                    .narrow(2, i, self.tile.min(h - i))?
-                    .narrow(3, j, self.tile.min(w - j))?;
+                let tile =
+                    input
+                        .narrow(2, i, self.tile.min(h - i))?
+                        .narrow(3, j, self.tile.min(w - j))?;
                 let out = f(&tile)?;
                 dtype = out.dtype();
                 row.push(Block::of(&out)?);
@@ -435,8 +436,7 @@ mod tests {
         // 16 × 20 latents: rows start at 0, 6, 12 (the last 4 high), columns at 0, 6,
         // 12, 18 (the last 2 wide, narrower than the 16-pixel blend).
         let mut rng = crate::inference::rng::TorchRng::new(3);
-        let z = Tensor::from_vec(rng.randn(2 * 4 * 16 * 20), (2, 4, 16, 20), &Device::Cpu)
-            .unwrap();
+        let z = Tensor::from_vec(rng.randn(2 * 4 * 16 * 20), (2, 4, 16, 20), &Device::Cpu).unwrap();
         let mut calls = 0;
         let got = tiles
             .decode(&z, |t| {
@@ -464,14 +464,20 @@ mod tests {
         // A stand-in encoder: 8× average pooling to 8 "moment" channels.
         let fake_encode = |t: &Tensor| {
             let pooled = t.avg_pool2d(8).unwrap();
-            Tensor::cat(&[pooled.clone(), pooled.clone(), pooled.affine(2.0, 1.0).unwrap()], 1)
-                .unwrap()
-                .narrow(1, 0, 8)
-                .unwrap()
+            Tensor::cat(
+                &[
+                    pooled.clone(),
+                    pooled.clone(),
+                    pooled.affine(2.0, 1.0).unwrap(),
+                ],
+                1,
+            )
+            .unwrap()
+            .narrow(1, 0, 8)
+            .unwrap()
         };
         let mut rng = crate::inference::rng::TorchRng::new(4);
-        let x = Tensor::from_vec(rng.randn(3 * 136 * 96), (1, 3, 136, 96), &Device::Cpu)
-            .unwrap();
+        let x = Tensor::from_vec(rng.randn(3 * 136 * 96), (1, 3, 136, 96), &Device::Cpu).unwrap();
         let got = tiles.encode(&x, |t| Ok(fake_encode(t))).unwrap();
         assert_eq!(got.dims(), &[1, 8, 17, 12]);
         let want = reference(&x, 64, 48, 2, 6, &fake_encode);
