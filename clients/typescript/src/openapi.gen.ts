@@ -1267,7 +1267,7 @@ export interface components {
             user?: string | null;
             /** @description A VAE of the models directory to decode with instead of the model's own. */
             vae?: string | null;
-            /** @description VAE tiling: `off`, `on` or `auto` (`None`: `auto`). */
+            /** @description VAE tiling: `off`, `on` or `auto` (absent: `auto`). */
             vae_tiling?: string | null;
             /** @description What to post about; empty without `webhook_url`. */
             webhook_events?: components["schemas"]["WebhookEvent"][];
