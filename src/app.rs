@@ -158,6 +158,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.retry_base = serve.retry_base();
         wc.grace = serve.grace();
         wc.poll_interval = serve.poll_interval();
+        wc.batch_size = serve.batch_size as usize;
         wc.device = crate::config::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
         wc.dtype = crate::config::parse_dtype(&serve.dtype)?;

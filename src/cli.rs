@@ -202,6 +202,16 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+    /// Dynamic batching: jobs/s of N compatible tiny-model jobs through an in-process
+    /// server whose worker runs with each --batch-sizes value, against the first one.
+    Batch {
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        batch_sizes: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+    },
     /// SSE fan-out: delivery lag of one live job's events to N subscribers.
     Sse {
         #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
@@ -300,7 +310,8 @@ pub struct GenerateArgs {
     /// path); repeatable. `<lora:NAME:WEIGHT>` in the prompt works too.
     #[arg(long = "lora")]
     pub loras: Vec<String>,
-    /// Decode with this VAE (a name in the models directory's vae/, or a path).
+    /// Decode with this VAE (a name in the models directory's vae/, or a path); `none`
+    /// keeps the checkpoint's own. By default a VAE named like the checkpoint goes with it.
     #[arg(long)]
     pub vae: Option<String>,
     /// A1111's clip skip: 1 = last layer (default), 2 = penultimate, ...
@@ -574,6 +585,22 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 workers,
             };
             rows = runtime()?.block_on(bench::submit::submit(&run))?;
+        }
+        BenchKind::Batch {
+            jobs,
+            batch_sizes,
+            steps,
+        } => {
+            let run = bench::batch::BatchBench {
+                jobs,
+                batch_sizes,
+                sizes: args.sizes.clone(),
+                steps,
+                iterations: args.iterations,
+                device: args.device.clone(),
+                dtype: args.dtype.clone(),
+            };
+            rows = runtime()?.block_on(bench::batch::batch(&run))?;
         }
         BenchKind::Sse {
             subscribers,
@@ -889,9 +916,13 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
     let folder = hub::resolve(&config.model, &models_dir)?;
     let base = StableDiffusion::load(&folder, &device, dtype)?;
     let load = t_load.elapsed();
+    // A VAE named like a models-directory checkpoint goes with it, as over the API.
+    let vae = crate::inference::catalogue::choose_vae(args.vae.clone(), || {
+        crate::inference::catalogue::paired_vae(&models_dir, &config.model)
+    });
     let extras = JobSpec {
         loras: loras.clone(),
-        vae: args.vae.clone(),
+        vae: vae.clone(),
         ..Default::default()
     };
     let sd = crate::worker::build_variant(&base, &extras, &models_dir)?;
@@ -934,7 +965,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         strength: request.init_image.as_ref().map(|i| i.strength),
         user: None,
         loras,
-        vae: args.vae.clone(),
+        vae,
         clip_skip: args.clip_skip.map(|c| c as u32),
         webhook_url: None,
         webhook_events: Vec::new(),

@@ -118,6 +118,12 @@ pub struct ServeConfig {
     /// Worker loops in this process (0: API only).
     #[arg(long, env = "SDQ_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Dynamic batching: each worker runs up to this many compatible txt2img jobs (same
+    /// model, LoRAs and VAE, size, scheduler, steps, guidance, clip skip) as one UNet
+    /// batch. 1 runs every job alone.
+    #[arg(long, env = "SDQ_BATCH_SIZE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch_size: u32,
     /// Where workers run inference: cpu, cuda:N or metal.
     #[arg(long, env = "SDQ_DEVICE", default_value = "cpu")]
     pub device: String,

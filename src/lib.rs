@@ -22,3 +22,8 @@ pub mod queue;
 pub mod storage;
 pub mod view;
 pub mod worker;
+
+// Model weights on the CPU are the model files' own pages; frees of that memory must
+// reach the mapping, not the system allocator (see `inference::mapped`).
+#[global_allocator]
+static ALLOCATOR: inference::mapped::MapAwareAllocator = inference::mapped::MapAwareAllocator;

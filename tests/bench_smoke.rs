@@ -1,4 +1,4 @@
-//! `sdq bench queue|submit|sse` at a tiny size, so the load benchmarks cannot rot. No
+//! `sdq bench queue|submit|sse|batch` at a tiny size, so the load benchmarks cannot rot. No
 //! timing is asserted (speed is measured by `sdq bench`, never in tests): only that each
 //! runs against real PostgreSQL / SQLite / an in-process server and prints sane rows.
 
@@ -129,4 +129,40 @@ fn sse_bench_delivers_every_event_to_every_subscriber() {
         assert!(extra(row, "p99_ms") >= row["ours_ms"].as_f64().unwrap());
     }
     assert_eq!(rows[1]["baseline"], "10 subscribers");
+}
+
+#[test]
+fn batch_bench_runs_each_batch_size_and_really_batches() {
+    let out = run_sdq(&[
+        "bench",
+        "batch",
+        "--jobs",
+        "4",
+        "--batch-sizes",
+        "1,2",
+        "--sizes",
+        "64",
+        "--steps",
+        "2",
+        "--iterations",
+        "1",
+    ]);
+    let rows = rows(&out);
+    let cases: Vec<&str> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(
+        cases,
+        [
+            "64x64, 2 steps, 4 jobs, batch size 1",
+            "64x64, 2 steps, 4 jobs, batch size 2"
+        ]
+    );
+    for row in &rows {
+        assert!(row["ours_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(extra(row, "jobs_per_s") > 0.0, "{row}");
+        assert_eq!(row["baseline"], "batch size 1");
+    }
+    assert_eq!(rows[0]["speedup"], 1.0);
+    // All four were queued together, so they ran alone, then two batches of two.
+    assert_eq!(extra(&rows[0], "mean_batch"), 1.0, "{}", rows[0]);
+    assert_eq!(extra(&rows[1], "mean_batch"), 2.0, "{}", rows[1]);
 }

@@ -7,6 +7,9 @@ mod common;
 #[path = "jobstore_conformance/webhooks.rs"]
 mod webhook_checks;
 use webhook_checks::*;
+#[path = "jobstore_conformance/batch.rs"]
+mod batch_checks;
+use batch_checks::*;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1415,6 +1418,9 @@ macro_rules! backend {
             check!(progress_deliveries_are_coalesced);
             check!(deliveries_are_claimed_once_and_finished_by_their_attempt);
             check!(previews_keep_only_the_latest_and_stay_out_of_the_log);
+            check!(batch_claims_take_compatible_jobs_in_priority_order);
+            check!(batch_claims_need_a_held_batchable_lead);
+            check!(batch_claims_never_share_a_job_with_other_workers);
         }
     };
 }

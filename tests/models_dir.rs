@@ -378,4 +378,39 @@ async fn a_vae_named_like_a_checkpoint_goes_with_it() {
     // The tiny folder model is not a checkpoint of the directory: nothing is paired.
     let plain = run(&server, job(json!({}))).await;
     assert!(plain["request"]["vae"].is_null(), "{plain}");
+
+    // `sdq generate` pairs the same way.
+    let generate = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--model",
+            "mine",
+            "generate",
+            "--prompt",
+            "a red house",
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        common::run_sdq(&args);
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    let (paired, own, other) = (
+        generate("paired.png", &[]),
+        generate("own.png", &["--vae", "none"]),
+        generate("other.png", &["--vae", "other"]),
+    );
+    assert_ne!(paired, own, "the CLI decodes with the paired VAE");
+    assert_eq!(
+        paired, other,
+        "the CLI's paired VAE is the file named like the checkpoint"
+    );
 }

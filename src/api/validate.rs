@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use super::{ApiError, ApiSettings};
+use crate::inference::catalogue::{base_family, choose_vae};
 use crate::inference::{hub, SchedulerKind, VaeTiling};
 use crate::queue::{JobSpec, LoraRef, WebhookEvent};
 
@@ -199,12 +200,7 @@ fn check_extras(
     let catalogue = settings.models_dir.read();
     // A1111's "Automatic": a VAE named like the checkpoint goes with it unless the job
     // names another, or "none" (the checkpoint's own).
-    let vae = match vae {
-        Some(v) if v.eq_ignore_ascii_case("none") => None,
-        Some(v) if v.eq_ignore_ascii_case("automatic") => paired_vae(&catalogue, model),
-        None => paired_vae(&catalogue, model),
-        named => named,
-    };
+    let vae = choose_vae(vae, || catalogue.paired_vae(model));
     if all.is_empty() && vae.is_none() {
         return Ok((all, vae, clip_skip));
     }
@@ -276,24 +272,6 @@ fn check_extras(
         }
     }
     Ok((all, vae, clip_skip))
-}
-
-/// The usable VAE of the models directory named like checkpoint `model`, if its family
-/// fits.
-fn paired_vae(catalogue: &crate::inference::catalogue::Catalogue, model: &str) -> Option<String> {
-    use crate::inference::catalogue::Kind;
-    let checkpoint = catalogue.find(Kind::Checkpoint, model)?;
-    let vae = catalogue.find(Kind::Vae, model)?;
-    let fits = match (vae.family.as_deref(), checkpoint.family.as_deref()) {
-        (Some(theirs), Some(ours)) => base_family(theirs) == base_family(ours),
-        _ => true,
-    };
-    (vae.error.is_none() && fits).then(|| vae.name.clone())
-}
-
-/// `sd1`, `sd2` or `sdxl` without the `-inpaint` mark.
-fn base_family(family: &str) -> &str {
-    family.strip_suffix("-inpaint").unwrap_or(family)
 }
 
 /// The family of a model a request names, when it is known.

@@ -19,6 +19,11 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts the API with `workers` workers on the tiny model.
     pub async fn start(role: Role, workers: usize) -> anyhow::Result<Self> {
+        Self::start_with(role, workers, &[]).await
+    }
+
+    /// Like `start`, with more `sdq serve` flags.
+    pub async fn start_with(role: Role, workers: usize, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "sdq-bench-server-{}-{}",
             std::process::id(),
@@ -26,7 +31,7 @@ impl LocalServer {
         ));
         std::fs::create_dir_all(&dir)?;
         let workers = workers.to_string();
-        let args = [
+        let mut args = vec![
             "sdq",
             "--data-dir",
             dir.to_str().context("temp dir is not UTF-8")?,
@@ -38,6 +43,7 @@ impl LocalServer {
             "--workers",
             &workers,
         ];
+        args.extend_from_slice(extra);
         let cli = crate::cli::Cli::try_parse_from(args)?;
         let crate::cli::Command::Serve(serve) = cli.command else {
             unreachable!("parsed a serve command")

@@ -6,6 +6,7 @@
 //! table (for people) and as JSON lines (for scripts and for diffing two runs: a
 //! regression is a `speedup` that fell).
 
+pub mod batch;
 pub mod e2e;
 pub mod kernels;
 pub mod load;
@@ -23,7 +24,7 @@ use serde::Serialize;
 /// One measured case: ours, and the baseline it ran beside.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Which benchmark (`unet`, `vae`, `e2e`, `kernels`, `queue`, `submit`, `sse`).
+    /// Which benchmark (`unet`, `vae`, `e2e`, `kernels`, `queue`, `submit`, `sse`, `batch`).
     pub bench: String,
     /// What was measured, e.g. `512x512 CFG batch 2`.
     pub case: String,

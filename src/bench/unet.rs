@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use super::{interleaved, Row};
 use crate::inference::model_config::{read_json, UNetConfig};
@@ -51,9 +50,9 @@ pub fn unet_step(
     let config: UNetConfig = read_json(&folder.join("unet/config.json"))?;
     let sdxl = config.addition_embed_type.is_some();
     let weights = folder.join("unet/diffusion_pytorch_model.safetensors");
-    // SAFETY: read-only mapping of a model file that is not rewritten while we run.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-        .map_err(|e| InferenceError::invalid_model(&weights, e))?;
+    // Loaded as a worker loads it (on the CPU, the file's own pages), shared by both sides.
+    let vb = crate::inference::weights::Weights::read(&weights, DType::F32, device)?
+        .var_builder(DType::F32, device);
     let ours = RefCell::new(UNet::new(vb.clone(), &config)?);
     let our_path = ours.borrow().path();
 

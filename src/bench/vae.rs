@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use super::{interleaved, Row};
 use crate::inference::model_config::{read_json, VaeConfig};
@@ -26,9 +25,9 @@ pub fn vae_decode(
 ) -> Result<Row, InferenceError> {
     let config: VaeConfig = read_json(&folder.join("vae/config.json"))?;
     let weights = folder.join("vae/diffusion_pytorch_model.safetensors");
-    // SAFETY: read-only mapping of a model file that is not rewritten while we run.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-        .map_err(|e| InferenceError::invalid_model(&weights, e))?;
+    // Loaded as a worker loads it (on the CPU, the file's own pages), shared by both sides.
+    let vb = crate::inference::weights::Weights::read(&weights, DType::F32, device)?
+        .var_builder(DType::F32, device);
     let blocks = crate::inference::load::vae_blocks(&config);
     let ours = AutoEncoderKL::new(
         vb.clone(),

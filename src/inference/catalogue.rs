@@ -94,6 +94,18 @@ impl Catalogue {
         }
     }
 
+    /// A1111's "Automatic" VAE: the usable VAE named like checkpoint `model`, if its
+    /// family fits.
+    pub fn paired_vae(&self, model: &str) -> Option<String> {
+        let checkpoint = self.find(Kind::Checkpoint, model)?;
+        let vae = self.find(Kind::Vae, model)?;
+        let fits = match (vae.family.as_deref(), checkpoint.family.as_deref()) {
+            (Some(theirs), Some(ours)) => base_family(theirs) == base_family(ours),
+            _ => true,
+        };
+        (vae.error.is_none() && fits).then(|| vae.name.clone())
+    }
+
     /// The entry of `kind` called `name` (a file name with its extension works too).
     pub fn find(&self, kind: Kind, name: &str) -> Option<&Entry> {
         self.of(kind).iter().find(|e| {
@@ -141,6 +153,37 @@ pub fn locate(models_dir: &Path, kind: Kind, name: &str) -> Result<PathBuf, Infe
     )))
 }
 
+/// [`Catalogue::paired_vae`] without scanning (and hashing) the whole directory: only
+/// the checkpoint `model` and a VAE of the same name are looked at, as the command line
+/// needs.
+pub fn paired_vae(models_dir: &Path, model: &str) -> Option<String> {
+    let mut two = Catalogue::default();
+    for kind in [Kind::Checkpoint, Kind::Vae] {
+        let path = locate(models_dir, kind, model).ok()?;
+        two.of_mut(kind).push(describe(kind, &path, None)?);
+    }
+    two.paired_vae(model)
+}
+
+/// The VAE a job decodes with, as A1111 picks it: the one it names, the checkpoint's own
+/// for `none`, and for `automatic` or nothing the VAE paired with the checkpoint, if any.
+pub fn choose_vae(
+    asked: Option<String>,
+    paired: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    match asked {
+        Some(v) if v.eq_ignore_ascii_case("none") => None,
+        Some(v) if v.eq_ignore_ascii_case("automatic") => paired(),
+        None => paired(),
+        named => named,
+    }
+}
+
+/// `sd1`, `sd2` or `sdxl` without the `-inpaint` mark.
+pub fn base_family(family: &str) -> &str {
+    family.strip_suffix("-inpaint").unwrap_or(family)
+}
+
 /// Creates the four folders if they are missing (so users see where files go).
 pub fn create_folders(models_dir: &Path) -> std::io::Result<()> {
     for kind in Kind::ALL {
@@ -162,7 +205,7 @@ pub fn scan(models_dir: &Path) -> Catalogue {
         let mut paths: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            if let Some(entry) = describe(kind, &path, &mut cache) {
+            if let Some(entry) = describe(kind, &path, Some(&mut cache)) {
                 catalogue.of_mut(kind).push(entry);
             }
         }
@@ -172,7 +215,8 @@ pub fn scan(models_dir: &Path) -> Catalogue {
     catalogue
 }
 
-fn describe(kind: Kind, path: &Path, cache: &mut HashCache) -> Option<Entry> {
+/// One entry; its SHA-256 only with a `cache` to keep it in.
+fn describe(kind: Kind, path: &Path, cache: Option<&mut HashCache>) -> Option<Entry> {
     let file_name = path.file_name()?.to_str()?.to_string();
     if file_name.starts_with('.') {
         return None;
@@ -222,7 +266,7 @@ fn describe(kind: Kind, path: &Path, cache: &mut HashCache) -> Option<Entry> {
                     if kind == Kind::Embedding {
                         entry.vectors = embedding_vectors(&tensors);
                     }
-                    entry.sha256 = cache.hash(&relative, path);
+                    entry.sha256 = cache.and_then(|c| c.hash(&relative, path));
                 }
                 Err(e) => entry.error = Some(e),
             }
@@ -242,7 +286,7 @@ pub fn header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, String> {
     Ok(file
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
+        .map(|(name, info)| (name, info.shape.clone()))
         .collect())
 }
 

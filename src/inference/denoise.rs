@@ -15,11 +15,97 @@ use super::pipeline::StableDiffusion;
 use super::preview::preview_due;
 use super::request::{GenerateRequest, StepProgress};
 use super::rng::TorchRng;
-use super::schedulers::NoiseSource;
+use super::schedulers::{NoiseSource, Scheduler};
 use super::unet::AddedConditions;
 use super::InferenceError;
 
+/// A request's random draws: its supplied arrays (shaped like the latents `like`), then
+/// one generator per image, seeded `seed + i`.
+pub(super) fn draws(
+    req: &GenerateRequest,
+    shape: &[usize],
+    like: &Tensor,
+) -> Result<Draws, InferenceError> {
+    let supplied = req
+        .noise
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.to_tensor(&format!("noise array {}", i + 1), shape, like))
+        .collect::<Result<_, _>>()?;
+    Ok(Draws {
+        supplied,
+        per_image: (0..req.num_images)
+            .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
+            .collect(),
+    })
+}
+
 impl StableDiffusion {
+    /// The latent shape of a request: `[num_images, channels, height / f, width / f]`.
+    pub(super) fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {
+        let multiple = self.size_multiple();
+        [
+            req.num_images,
+            self.vae_config.latent_channels,
+            req.height / multiple,
+            req.width / multiple,
+        ]
+    }
+
+    /// The request's scheduler, refusing configs sdq does not implement and step counts
+    /// that leave the schedule empty.
+    pub(super) fn scheduler(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<Box<dyn Scheduler>, InferenceError> {
+        if let Some(what) = self.scheduler_config.unsupported() {
+            return Err(InferenceError::invalid_model(
+                &self.folder,
+                format!("scheduler_config.json asks for {what}, which sdq does not implement"),
+            ));
+        }
+        let scheduler = req.scheduler.build(&self.scheduler_config, req.steps);
+        if scheduler.timesteps().is_empty() {
+            // PNDM's Runge-Kutta warm-up needs more steps than a very short run has.
+            return Err(InferenceError::InvalidRequest(format!(
+                "{} cannot run {} steps with this model's scheduler config",
+                req.scheduler, req.steps
+            )));
+        }
+        Ok(scheduler)
+    }
+
+    /// txt2img's starting latents, shaped like `like`: the given ones, or unit normals
+    /// from the per-image generators, scaled by the scheduler's initial sigma.
+    pub(super) fn txt2img_latents(
+        &self,
+        req: &GenerateRequest,
+        like: &Tensor,
+        noise: &mut Draws,
+        scheduler: &dyn Scheduler,
+    ) -> Result<Tensor, InferenceError> {
+        if self.unet_in_channels != 4 {
+            return Err(InferenceError::InvalidRequest(
+                "this is an inpainting model: give an init image and a mask".into(),
+            ));
+        }
+        // Given latents do not consume the generators, and drawn ones never come from the
+        // supplied arrays, exactly as in diffusers.
+        let initial = match &req.latents {
+            Some(given) => given.to_tensor("latents", like.dims(), like)?,
+            None => {
+                let mut rng_only = Draws {
+                    supplied: Default::default(),
+                    per_image: std::mem::take(&mut noise.per_image),
+                };
+                let drawn = rng_only.randn_like(like)?;
+                noise.per_image = rng_only.per_image;
+                drawn
+            }
+        };
+        Ok((initial * scheduler.init_noise_sigma())?)
+    }
+
     pub(super) fn denoise(
         &self,
         req: &GenerateRequest,
@@ -28,12 +114,6 @@ impl StableDiffusion {
         started: Instant,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<Vec<FloatImage>, InferenceError> {
-        if let Some(what) = self.scheduler_config.unsupported() {
-            return Err(InferenceError::invalid_model(
-                &self.folder,
-                format!("scheduler_config.json asks for {what}, which sdq does not implement"),
-            ));
-        }
         let added = conditioning
             .added
             .as_ref()
@@ -41,54 +121,15 @@ impl StableDiffusion {
                 text_embeds,
                 time_ids,
             });
-        let batch = req.num_images;
-        let multiple = self.size_multiple();
-        let (lh, lw) = (req.height / multiple, req.width / multiple);
-        let channels = self.vae_config.latent_channels;
-        let mut scheduler = req.scheduler.build(&self.scheduler_config, req.steps);
-        let shape = [batch, channels, lh, lw];
+        let mut scheduler = self.scheduler(req)?;
+        let shape = self.latent_shape(req);
         let like = Tensor::zeros(&shape, self.dtype, &self.device)?;
-        let supplied = req
-            .noise
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.to_tensor(&format!("noise array {}", i + 1), &shape, &like))
-            .collect::<Result<_, _>>()?;
-        let mut noise = Draws {
-            supplied,
-            per_image: (0..batch)
-                .map(|i| TorchRng::new(req.seed.wrapping_add(i as u64)))
-                .collect(),
-        };
+        let mut noise = draws(req, &shape, &like)?;
         let timesteps = scheduler.timesteps().to_vec();
-        if timesteps.is_empty() {
-            // PNDM's Runge-Kutta warm-up needs more steps than a very short run has.
-            return Err(InferenceError::InvalidRequest(format!(
-                "{} cannot run {} steps with this model's scheduler config",
-                req.scheduler, req.steps
-            )));
-        }
         let (start, mut latents, inpaint) = match &req.init_image {
             None => {
-                if self.unet_in_channels != 4 {
-                    return Err(InferenceError::InvalidRequest(
-                        "this is an inpainting model: give an init image and a mask".into(),
-                    ));
-                }
-                // Given latents do not consume the generators, exactly as in diffusers.
-                let initial = match &req.latents {
-                    Some(given) => given.to_tensor("latents", &shape, &like)?,
-                    None => {
-                        let mut rng_only = Draws {
-                            supplied: Default::default(),
-                            per_image: std::mem::take(&mut noise.per_image),
-                        };
-                        let drawn = rng_only.randn_like(&like)?;
-                        noise.per_image = rng_only.per_image;
-                        drawn
-                    }
-                };
-                (0, (initial * scheduler.init_noise_sigma())?, None)
+                let initial = self.txt2img_latents(req, &like, &mut noise, scheduler.as_ref())?;
+                (0, initial, None)
             }
             Some(init) => {
                 // Inpainting takes given latents as its starting noise, as diffusers'

@@ -3,6 +3,7 @@
 //! Nothing here knows about jobs, HTTP or storage, so it can be benchmarked and
 //! parity-tested on its own.
 
+pub mod batch;
 pub mod catalogue;
 pub mod clip;
 pub mod conditioning;
@@ -20,6 +21,7 @@ pub mod kernels;
 pub mod ldm_keys;
 pub mod load;
 pub mod lora;
+pub mod mapped;
 pub mod model_config;
 pub mod ops;
 pub mod pipeline;
@@ -39,6 +41,7 @@ pub mod vae_tiling;
 pub mod variants;
 pub mod weights;
 
+pub use batch::BatchObserver;
 pub use conditioning::add_time_ids;
 pub use decode::{FloatImage, GeneratedImage};
 pub use draws::NoiseArray;

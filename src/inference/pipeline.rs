@@ -133,6 +133,16 @@ impl StableDiffusion {
         req: &GenerateRequest,
         on_step: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<Vec<FloatImage>, InferenceError> {
+        self.check_request(req)?;
+        let started = Instant::now();
+        let use_cfg = req.guidance_scale > 1.0;
+
+        let conditioning = self.conditioning(req, use_cfg)?;
+        self.denoise(req, conditioning, use_cfg, started, on_step)
+    }
+
+    /// Refuses sizes the VAE cannot produce and empty runs.
+    pub(super) fn check_request(&self, req: &GenerateRequest) -> Result<(), InferenceError> {
         let multiple = self.size_multiple();
         if !req.width.is_multiple_of(multiple)
             || !req.height.is_multiple_of(multiple)
@@ -148,11 +158,7 @@ impl StableDiffusion {
                 "steps and num_images must be at least 1".into(),
             ));
         }
-        let started = Instant::now();
-        let use_cfg = req.guidance_scale > 1.0;
-
-        let conditioning = self.conditioning(req, use_cfg)?;
-        self.denoise(req, conditioning, use_cfg, started, on_step)
+        Ok(())
     }
 }
 

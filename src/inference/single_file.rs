@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -23,6 +22,7 @@ use serde_json::json;
 use super::clip::{ClipTextModel, ClipTextModelWithProjection};
 use super::ldm_keys::{self, Transform};
 use super::load::{vae_blocks, vae_dtype, Parts, XlParts};
+use super::mapped::SafetensorsFile;
 use super::model_config::{ClipTextConfig, PerBlock, UNetConfig, VaeConfig};
 use super::schedulers::SchedulerConfigFile;
 use super::tiny::{TinyConfigs, TinyKind};
@@ -41,7 +41,7 @@ type NameMap<'a> = Box<dyn Fn(&str) -> Option<(String, Transform)> + Send + Sync
 /// A var-builder backend that reads a single file through a name map and keeps every
 /// tensor it hands out, so the weights can be kept by their diffusers names.
 struct Mapped<'a> {
-    file: &'a MmapedSafetensors,
+    file: &'a SafetensorsFile,
     path: PathBuf,
     map: NameMap<'a>,
     taken: Mutex<HashMap<String, Tensor>>,
@@ -121,13 +121,13 @@ impl SimpleBackend for Mapped<'_> {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        (self.map)(name).is_some_and(|(key, _)| self.file.get(&key).is_ok())
+        (self.map)(name).is_some_and(|(key, _)| self.file.info(&key).is_some())
     }
 }
 
 /// Builds a module once through `map` and returns the weights it read.
 fn read_through<'a>(
-    file: &'a MmapedSafetensors,
+    file: &'a SafetensorsFile,
     path: &Path,
     map: NameMap<'a>,
     dtype: DType,
@@ -522,7 +522,7 @@ pub(super) fn parts(path: &Path, device: &Device, dtype: DType) -> Result<Parts,
     let header: Header = file
         .tensors()
         .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec()))
+        .map(|(n, info)| (n, info.shape.clone()))
         .collect();
     let bad = |why: String| InferenceError::invalid_model(path, why);
     let family = family_of(&header).ok_or_else(|| {
@@ -542,7 +542,7 @@ pub(super) fn parts(path: &Path, device: &Device, dtype: DType) -> Result<Parts,
     let vae_config = infer_vae(&header, VAE, &t.vae).map_err(&bad)?;
     let mut scheduler: serde_json::Value = t.scheduler.clone();
     // ModelSpec metadata may say how the model predicts.
-    if let Some(meta) = file_metadata(path) {
+    if let Some(meta) = file.file_metadata() {
         match meta.get("modelspec.prediction_type").map(String::as_str) {
             Some("v") | Some("v_prediction") => {
                 scheduler["prediction_type"] = json!("v_prediction")
@@ -644,27 +644,6 @@ pub(super) fn parts(path: &Path, device: &Device, dtype: DType) -> Result<Parts,
     })
 }
 
-/// The `__metadata__` strings of a safetensors file, if it has any.
-fn file_metadata(path: &Path) -> Option<HashMap<String, String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 {
-        return None;
-    }
-    let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&buf).ok()?;
-    let meta = header.get("__metadata__")?.as_object()?;
-    Some(
-        meta.iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-            .collect(),
-    )
-}
-
 /// A VAE for [`super::StableDiffusion::with_vae`]: a diffusers `vae/` folder (its
 /// config and weights), or a `.safetensors` file in the original layout (with or without
 /// `first_stage_model.`) or diffusers' layout, whose architecture is read from its
@@ -694,7 +673,7 @@ pub(super) fn vae_parts(
     let header: Header = file
         .tensors()
         .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec()))
+        .map(|(n, info)| (n, info.shape.clone()))
         .collect();
     let template =
         serde_json::to_value(model_vae).map_err(|e| InferenceError::invalid_model(path, e))?;

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::mapped::SafetensorsFile;
 use super::InferenceError;
 
 /// Tensors of one component (UNet, VAE, a text encoder) by their diffusers names.
@@ -26,15 +26,10 @@ impl std::fmt::Debug for Weights {
     }
 }
 
-/// Opens a `.safetensors` file, memory-mapped, with a clear error for anything that is
-/// not one (pickles are never read).
-pub fn open_safetensors(path: &Path) -> Result<MmapedSafetensors, InferenceError> {
-    refuse_pickle(path)?;
-    // SAFETY: the file is memory-mapped read-only; model files are not rewritten while a
-    // process runs from them.
-    unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-        InferenceError::invalid_model(path, format!("not a readable .safetensors file: {e}"))
-    })
+/// Opens a `.safetensors` file, memory-mapped (see [`SafetensorsFile`]), with a clear
+/// error for anything that is not one (pickles are never read).
+pub fn open_safetensors(path: &Path) -> Result<SafetensorsFile, InferenceError> {
+    SafetensorsFile::open(path)
 }
 
 /// `.ckpt`, `.pt`, `.pth` and `.bin` files are Python pickles, which can run code when

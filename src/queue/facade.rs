@@ -89,6 +89,21 @@ impl Queue {
         Ok(Some(lease))
     }
 
+    /// Claims up to `max` more jobs that can share a UNet batch with `lead`, and
+    /// publishes their `started` events.
+    pub async fn claim_batch(
+        &self,
+        lead: &Lease,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let claimed = self.store.claim_batch(lead, worker, max, lease).await?;
+        let (leases, events): (Vec<Lease>, Vec<Event>) = claimed.into_iter().unzip();
+        self.publish(&events).await;
+        Ok(leases)
+    }
+
     pub async fn record(&self, lease: &Lease, kind: EventKind) -> Result<(), StoreError> {
         let event = self.store.record(lease.job.id, lease.token, kind).await?;
         self.publish(&[event]).await;

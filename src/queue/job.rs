@@ -88,6 +88,29 @@ impl JobSpec {
         adapters_key(&self.loras, self.vae.as_deref())
     }
 
+    /// What a job must share with others to run in one UNet batch with them (dynamic
+    /// batching): the model and its LoRA set and VAE, the size, the scheduler and its
+    /// step count, the guidance scale and clip skip. Prompts, seeds, image counts and
+    /// previews may differ. `None` for img2img and inpainting, which always run alone.
+    /// Stored in the `batch_key` column at enqueue.
+    pub fn batch_key(&self) -> Option<String> {
+        if self.init_image.is_some() || self.mask_image.is_some() {
+            return None;
+        }
+        // `{:?}` of an f64 is its shortest exact form: 7.5 and 7.50000001 differ.
+        Some(format!(
+            "txt2img|{}|{}|{}x{}|{}|{}|{:?}|{}",
+            self.model,
+            self.adapters_key(),
+            self.width,
+            self.height,
+            self.scheduler,
+            self.steps,
+            self.guidance_scale,
+            self.clip_skip.unwrap_or(1),
+        ))
+    }
+
     /// The `webhook_events` bit mask the jobs table keeps (0 without a webhook).
     pub fn webhook_mask(&self) -> i64 {
         if self.webhook_url.is_some() {
@@ -293,4 +316,97 @@ pub struct WorkerInfo {
     pub current_job: Option<Uuid>,
     pub started_at: i64,
     pub last_seen_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txt2img() -> JobSpec {
+        JobSpec {
+            prompt: "a cat".into(),
+            model: "tiny".into(),
+            width: 64,
+            height: 64,
+            steps: 4,
+            guidance_scale: 7.5,
+            seed: 1,
+            scheduler: "euler".into(),
+            num_images: 1,
+            long_prompt: "chunk".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batch_keys_ignore_what_each_job_keeps_and_separate_the_rest() {
+        let base = txt2img();
+        let key = base.batch_key().expect("txt2img batches");
+        let own = JobSpec {
+            prompt: "a dog".into(),
+            negative_prompt: "blurry".into(),
+            seed: 99,
+            num_images: 2,
+            previews: true,
+            ..txt2img()
+        };
+        assert_eq!(own.batch_key().as_ref(), Some(&key));
+        // Clip skip 1 is the default layer.
+        let skip_one = JobSpec {
+            clip_skip: Some(1),
+            ..txt2img()
+        };
+        assert_eq!(skip_one.batch_key().as_ref(), Some(&key));
+        let differing = [
+            JobSpec {
+                model: "other".into(),
+                ..txt2img()
+            },
+            JobSpec {
+                width: 128,
+                ..txt2img()
+            },
+            JobSpec {
+                height: 128,
+                ..txt2img()
+            },
+            JobSpec {
+                steps: 5,
+                ..txt2img()
+            },
+            JobSpec {
+                scheduler: "ddim".into(),
+                ..txt2img()
+            },
+            JobSpec {
+                guidance_scale: 7.0,
+                ..txt2img()
+            },
+            JobSpec {
+                clip_skip: Some(2),
+                ..txt2img()
+            },
+            JobSpec {
+                vae: Some("ft-mse".into()),
+                ..txt2img()
+            },
+            JobSpec {
+                loras: vec![LoraRef {
+                    name: "film".into(),
+                    weight: 0.5,
+                }],
+                ..txt2img()
+            },
+        ];
+        for spec in differing {
+            let other = spec.batch_key().expect("txt2img batches");
+            assert_ne!(other, key, "{spec:?}");
+        }
+        let img2img = JobSpec {
+            init_image: Some("inputs/x/init".into()),
+            strength: Some(0.5),
+            ..txt2img()
+        };
+        assert_eq!(img2img.batch_key(), None, "img2img runs alone");
+    }
 }

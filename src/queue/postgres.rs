@@ -22,6 +22,7 @@ use super::{
     StoreError, WorkerInfo,
 };
 
+mod batch;
 mod gallery;
 mod keys;
 mod webhooks;
@@ -196,8 +197,8 @@ impl JobStore for PgStore {
         }
         let row = sqlx::query(&format!(
             "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
-                               webhook_url, webhook_events) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9) RETURNING {JOB_COLUMNS}"
+                               webhook_url, webhook_events, batch_key) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, {NOW}, {NOW}, 1, $7, $8, $9, $10) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
         .bind(&new.owner)
@@ -208,6 +209,7 @@ impl JobStore for PgStore {
         .bind(new.spec.adapters_key())
         .bind(&new.spec.webhook_url)
         .bind(new.spec.webhook_mask())
+        .bind(new.spec.batch_key())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -903,5 +905,15 @@ impl JobStore for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         super::store::preview_from_column(raw.flatten())
+    }
+
+    async fn claim_batch(
+        &self,
+        lead: &Lease,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<(Lease, Event)>, StoreError> {
+        batch::claim(&self.pool, lead, worker, max, lease).await
     }
 }

@@ -24,6 +24,7 @@ use super::{
     StoreError, WorkerInfo,
 };
 
+mod batch;
 mod gallery;
 mod keys;
 mod webhooks;
@@ -296,8 +297,8 @@ impl JobStore for SqliteStore {
         }
         let row = sqlx::query(&format!(
             "INSERT INTO jobs (id, owner, status, model, spec, priority, max_attempts, run_at, created_at, last_seq, adapters, \
-                               webhook_url, webhook_events) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+                               webhook_url, webhook_events, batch_key) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id.to_string())
         .bind(&new.owner)
@@ -310,6 +311,7 @@ impl JobStore for SqliteStore {
         .bind(new.spec.adapters_key())
         .bind(&new.spec.webhook_url)
         .bind(new.spec.webhook_mask())
+        .bind(new.spec.batch_key())
         .fetch_one(&mut *tx)
         .await?;
         let job = job_from_row(&row)?;
@@ -1055,5 +1057,15 @@ impl JobStore for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         super::store::preview_from_column(raw.flatten())
+    }
+
+    async fn claim_batch(
+        &self,
+        lead: &Lease,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<(Lease, Event)>, StoreError> {
+        batch::claim(self, lead, worker, max, lease).await
     }
 }

@@ -123,6 +123,18 @@ pub trait JobStore: Send + Sync {
         loaded_adapters: Option<&str>,
         lease: Duration,
     ) -> Result<Option<(Lease, Event)>, StoreError>;
+    /// Dynamic batching: claims, in one statement, up to `max` more claimable queued jobs
+    /// with the same `batch_key` as `lead` (a job this worker claimed and still holds),
+    /// best priority first, then the oldest. Each is claimed exactly as `claim` claims
+    /// one: its own lease token, `attempt += 1`, its own `started` event. Empty when the
+    /// lead cannot batch (no key) or its lease is no longer held.
+    async fn claim_batch(
+        &self,
+        lead: &Lease,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<(Lease, Event)>, StoreError>;
     /// Extends the lease; returns whether a cancel was requested.
     async fn heartbeat(&self, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, StoreError>;
     /// Appends a non-terminal event (progress) for a job we hold.
