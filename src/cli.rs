@@ -12,7 +12,7 @@ use crate::app::Role;
 use crate::config::{check_device_dtype, parse_device, parse_dtype, Config, ServeConfig};
 use crate::inference::tokenizer::LongPrompt;
 use crate::inference::{
-    hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion,
+    hub, tiny, GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion, VaeTiling,
 };
 use crate::queue::{JobSpec, LoraRef};
 use crate::storage::png::encode;
@@ -144,6 +144,9 @@ pub enum BenchKind {
         /// Time ours alone (for runs beside another process).
         #[arg(long)]
         no_baseline: bool,
+        /// Decode ours in tiles (`on`: whenever larger than one tile; default off).
+        #[arg(long, value_enum, default_value_t = VaeTiling::Off)]
+        vae_tiling: VaeTiling,
     },
     /// Load time, then seconds per image for each size and step count.
     E2e {
@@ -314,6 +317,10 @@ pub struct GenerateArgs {
     /// A1111's clip skip: 1 = last layer (default), 2 = penultimate, ...
     #[arg(long)]
     pub clip_skip: Option<usize>,
+    /// VAE tiling: off, on (whenever the image is larger than the VAE's sample_size), or
+    /// auto (only when one full-resolution VAE feature map would exceed 1 GiB).
+    #[arg(long, value_enum, default_value_t = VaeTiling::Auto)]
+    pub vae_tiling: VaeTiling,
     /// Random numbers: torch-cpu reproduces torch.Generator("cpu").manual_seed(seed).
     #[arg(long, default_value = "torch-cpu")]
     pub rng: String,
@@ -505,7 +512,10 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 )?);
             }
         }
-        BenchKind::Vae { no_baseline } => {
+        BenchKind::Vae {
+            no_baseline,
+            vae_tiling,
+        } => {
             let folder = folder()?;
             for &size in &args.sizes {
                 rows.push(bench::vae::vae_decode(
@@ -514,6 +524,7 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                     args.iterations,
                     &device,
                     !no_baseline,
+                    vae_tiling,
                 )?);
             }
         }
@@ -871,6 +882,7 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         num_images: args.num_images,
         long_prompt: args.long_prompt,
         clip_skip: args.clip_skip,
+        vae_tiling: args.vae_tiling,
         latents: args
             .latents
             .as_deref()
@@ -959,6 +971,9 @@ fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()> {
         webhook_events: Vec::new(),
         previews: false,
         preview_every: None,
+        // Stored only when chosen, as the API stores it.
+        vae_tiling: (request.vae_tiling != VaeTiling::Auto)
+            .then(|| request.vae_tiling.name().into()),
     };
     let count = images.len();
     for (i, image) in images.iter().enumerate() {

@@ -34,6 +34,7 @@ fn a_loaded_model_runs_on_its_files_pages_and_gives_them_back() {
         num_images: 1,
         long_prompt: Default::default(),
         clip_skip: None,
+        vae_tiling: Default::default(),
         latents: None,
         noise: Vec::new(),
         init_image: None,

@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use sdq::inference::tiny::TinyKind;
 use sdq::inference::tokenizer::LongPrompt;
-use sdq::inference::{GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion};
+use sdq::inference::{
+    GenerateRequest, InitImage, NoiseArray, SchedulerKind, StableDiffusion, VaeTiling,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +77,9 @@ struct Case {
     /// Decode with the VAE of a tiny model of this seed.
     #[serde(default)]
     vae: Option<VaeCase>,
+    /// diffusers ran with `vae.enable_tiling()` (`on`); absent: untiled.
+    #[serde(default)]
+    vae_tiling: Option<VaeTiling>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +277,7 @@ fn check(name: &str) {
         num_images: case.num_images,
         long_prompt: case.long_prompt,
         clip_skip: case.clip_skip,
+        vae_tiling: case.vae_tiling.unwrap_or(VaeTiling::Off),
         latents: case
             .latents
             .as_deref()
@@ -347,6 +353,9 @@ cases! {
     vae_override_single_file => "vae-single-file",
     inpaint_unet_with_given_latents => "inpaint-latents",
     inpaint_blending_with_given_latents => "inpaint-blend-latents",
+    vae_tiling_decode_in_overlapping_tiles => "vae-tiling",
+    vae_tiling_img2img_encodes_in_tiles_too => "vae-tiling-img2img",
+    vae_tiling_sdxl_not_square => "vae-tiling-sdxl",
     ddim => "ddim",
     euler => "euler",
     euler_ancestral => "euler-a",

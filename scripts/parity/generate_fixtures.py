@@ -91,6 +91,8 @@ LONG = (
 
 INIT_IMAGE = "img2img.init.png"
 MASK = "inpaint.mask.png"
+# Larger than the tiny VAE's 64-pixel tile, for the tiled encode.
+INIT_IMAGE_LARGE = "img2img-160x128.init.png"
 
 
 def write_init_image() -> None:
@@ -106,6 +108,17 @@ def write_init_image() -> None:
     bar = ((x > 0.6) & (x < 0.85) & (y > 0.1) & (y < 0.9)).astype(np.float32)
     mask = (np.maximum(disc, bar) * 255).round().astype(np.uint8)
     PIL.Image.fromarray(mask, mode="L").save(OUT / MASK)
+
+
+def write_large_init_image() -> None:
+    """The same kind of picture at 160 x 128, so that a tiled encode has tiles to blend."""
+    y, x = np.mgrid[0:128, 0:160].astype(np.float32)
+    y, x = y / 127.0, x / 159.0
+    r = 0.5 + 0.5 * np.sin(9.0 * x + 4.0 * y)
+    g = ((x - 0.3) ** 2 + (y - 0.5) ** 2 < 0.05).astype(np.float32) * 0.8 + 0.1 * y
+    b = np.where(x + 2.0 * y > 1.2, 0.9, 0.2) * (1.0 - 0.5 * x)
+    rgb = (np.stack([r, g, b], axis=-1).clip(0, 1) * 255).round().astype(np.uint8)
+    PIL.Image.fromarray(rgb).save(OUT / INIT_IMAGE_LARGE)
 
 
 def case(name, scheduler, **kw):
@@ -134,6 +147,8 @@ def case(name, scheduler, **kw):
         "embeddings": [],
         "vae": None,
         "given_latents": False,
+        # "on": diffusers runs with vae.enable_tiling() (sdq with vae_tiling "on").
+        "vae_tiling": None,
     }
     c.update(kw)
     return c
@@ -246,6 +261,13 @@ CASES = [
     # Inpainting with caller-supplied latents (diffusers' latents=).
     case("inpaint-latents", "ddim", model="inpaint", init_image=INIT_IMAGE, mask=MASK, strength=1.0, given_latents=True),
     case("inpaint-blend-latents", "euler-a", init_image=INIT_IMAGE, mask=MASK, strength=0.75, given_latents=True),
+    # VAE tiling: the tiny VAE's tiles are 64 pixels (8 latents), starting every 48
+    # pixels, so 160 x 128 is 4 x 3 tiles with a last column 16 pixels wide and a last row
+    # 32 high; img2img encodes in tiles too.
+    case("vae-tiling", "euler", width=160, height=128, vae_tiling="on"),
+    case("vae-tiling-img2img", "euler-a", init_image=INIT_IMAGE_LARGE, width=160, height=128, strength=0.6, steps=5,
+         vae_tiling="on"),
+    case("vae-tiling-sdxl", "euler", model="sdxl", width=128, height=160, vae_tiling="on", seed=4),
 ]
 
 TOKENIZER_PROMPTS = [
@@ -482,6 +504,8 @@ class Extras:
                 pipe.text_encoder, "text_model", types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
             )
             self.shimmed = True
+        if c["vae_tiling"] == "on":
+            pipe.vae.enable_tiling()
         if c["vae"]:
             other = self.tmp / f"vae-seed-{c['vae']['seed']}"
             if not other.exists():
@@ -508,6 +532,8 @@ class Extras:
             pipe.unload_textual_inversion()
             if isinstance(pipe, StableDiffusionXLPipeline):
                 pipe.unload_textual_inversion(tokens=None, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+        if self.c["vae_tiling"] == "on":
+            pipe.vae.disable_tiling()
         if self.old_vae is not None:
             pipe.vae = self.old_vae
         if self.shimmed:
@@ -593,6 +619,9 @@ def write_pipeline_cases(pipes: dict, sdq=None, tmp=None, folders=None) -> list:
         images = result.images.astype(np.float32)
         stem = c["name"]
         entry = dict(c)
+        if entry["vae_tiling"] is None:
+            # Only the tiling cases carry the key, so the other entries stay as they were.
+            del entry["vae_tiling"]
         entry["latents"] = None
         entry["noise"] = None
         if c["mask"]:
@@ -695,6 +724,8 @@ def main() -> None:
                 write_tokenizer_ids(pipe.tokenizer_2, folder / "tokenizer_2", f"{model}.tokenizer_2")
             pipes[model] = pipe
             models[model] = {"kind": model, "seed": TINY_SEED, "fingerprint": fingerprint(folder)}
+        if any(c["init_image"] == INIT_IMAGE_LARGE for c in CASES):
+            write_large_init_image()
         if keep is None:
             write_init_image()
             write_loras(pipes)
@@ -703,7 +734,10 @@ def main() -> None:
         cases = write_pipeline_cases(pipes, args.sdq, tmp, folders)
         if keep is not None:
             fresh = {c["name"]: c for c in cases}
+            kept = {c["name"] for c in keep["cases"]}
             keep["cases"] = [fresh.get(c["name"], c) for c in keep["cases"]]
+            # New cases go last, where a full run puts them.
+            keep["cases"] += [c for c in cases if c["name"] not in kept]
             (OUT / "manifest.json").write_text(json.dumps(keep, indent=1) + "\n")
             print(f"rewrote {len(cases)} cases in {OUT.relative_to(ROOT)}")
             return

@@ -23,6 +23,7 @@ const TEXT_FIELDS: &[&str] = &[
     "from_image",
     "webhook_url",
     "vae",
+    "vae_tiling",
 ];
 
 /// Most parts one request may have (each part costs a little to parse).

@@ -226,6 +226,7 @@ pub fn recipe_of(spec: &JobSpec, seed: i64) -> SubmitRequest {
         num_images: Some(1),
         long_prompt: Some(spec.long_prompt.clone()),
         strength: spec.init_image.as_ref().and(spec.strength),
+        vae_tiling: spec.vae_tiling.clone(),
         ..Default::default()
     }
 }

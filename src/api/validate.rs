@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiSettings};
 use crate::inference::catalogue::{base_family, choose_vae};
-use crate::inference::{hub, SchedulerKind};
+use crate::inference::{hub, SchedulerKind, VaeTiling};
 use crate::queue::{JobSpec, LoraRef, WebhookEvent};
 
 /// Bodies larger than this are refused with 413 before parsing (room for a base64 start
@@ -129,6 +129,13 @@ pub struct SubmitRequest {
     /// step up to 10 steps, else about ten in all).
     #[serde(default)]
     pub preview_every: Option<u32>,
+    /// VAE tiling for large images: `off`, `on` (tiles whenever the image is larger than
+    /// the VAE's `sample_size`, as diffusers' `enable_tiling()`), or `auto` (the default:
+    /// tiles only when one full-resolution VAE feature map would exceed 1 GiB, i.e. above
+    /// about 2 megapixels for SD 1.5 / SDXL in f32).
+    #[serde(default)]
+    #[schema(example = "auto")]
+    pub vae_tiling: Option<String>,
 }
 
 /// One entry of `loras`.
@@ -631,6 +638,14 @@ impl SubmitRequest {
             }
             Some(n) => Some(n),
         };
+        if let Some(mode) = &self.vae_tiling {
+            if VaeTiling::parse(mode).is_none() {
+                return Err(ApiError::invalid(
+                    "vae_tiling",
+                    "vae_tiling must be 'off', 'on' or 'auto'",
+                ));
+            }
+        }
         // A seed chosen here is stored with the job, so every image can be reproduced.
         let seed = self
             .seed
@@ -662,6 +677,7 @@ impl SubmitRequest {
                 webhook_events,
                 previews,
                 preview_every,
+                vae_tiling: self.vae_tiling,
             },
             priority,
             init_image: init.map(|(bytes, _)| bytes),
@@ -836,6 +852,12 @@ mod tests {
             r#"{"prompt":"a","previews":true,"preview_every":-1}"#,
         ] {
             assert_eq!(field_of(bad).1.as_deref(), Some("preview_every"), "{bad}");
+        }
+        for bad in [
+            r#"{"prompt":"a","vae_tiling":"yes"}"#,
+            r#"{"prompt":"a","vae_tiling":true}"#,
+        ] {
+            assert_eq!(field_of(bad).1.as_deref(), Some("vae_tiling"), "{bad}");
         }
         assert_eq!(
             field_of(r#"{"prompt":"a","previews":"yes"}"#).1.as_deref(),

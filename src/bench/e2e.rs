@@ -40,6 +40,7 @@ pub fn end_to_end(
                 num_images: 1,
                 long_prompt: Default::default(),
                 clip_skip: None,
+                vae_tiling: Default::default(),
                 latents: None,
                 noise: Vec::new(),
                 init_image: None,

@@ -8,16 +8,20 @@ use super::{interleaved, Row};
 use crate::inference::model_config::{read_json, VaeConfig};
 use crate::inference::rng::TorchRng;
 use crate::inference::vae_decoder::AutoEncoderKL;
+use crate::inference::vae_tiling::{Tiles, VaeTiling};
 use crate::inference::InferenceError;
 
 /// Times `iterations` decodes of a `width × height` image on each side; `baseline`
-/// false times ours alone (for runs beside another process).
+/// false times ours alone (for runs beside another process). `tiling` applies to ours
+/// (the baseline always decodes in one pass); peak RSS is the process's, so compare
+/// tiled and untiled runs in separate processes.
 pub fn vae_decode(
     folder: &Path,
     (width, height): (usize, usize),
     iterations: usize,
     device: &Device,
     baseline: bool,
+    tiling: VaeTiling,
 ) -> Result<Row, InferenceError> {
     let config: VaeConfig = read_json(&folder.join("vae/config.json"))?;
     let weights = folder.join("vae/diffusion_pytorch_model.safetensors");
@@ -53,14 +57,27 @@ pub fn vae_decode(
     let mut run_theirs = |_: usize| -> Result<(), InferenceError> {
         sync(theirs.as_ref().expect("baseline built").decode(&z)?)
     };
+    let tiles = Tiles::for_vae(&config, DType::F32);
+    let tiled = tiles.decode_tiled(tiling, lh, lw);
+    let decode = |z: &Tensor| -> Result<Tensor, InferenceError> {
+        Ok(if tiled {
+            tiles.decode(z, |tile| ours.decode(tile))?
+        } else {
+            ours.decode(z)?
+        })
+    };
     let (a, b) = interleaved(
         iterations,
-        |_| sync(ours.decode(&z)?),
+        |_| sync(decode(&z)?),
         theirs
             .is_some()
             .then_some(&mut run_theirs as &mut dyn FnMut(usize) -> _),
     )?;
-    let case = format!("decode {width}x{height}");
+    let case = if tiled {
+        format!("decode {width}x{height} tiled ({} px tiles)", tiles.sample)
+    } else {
+        format!("decode {width}x{height}")
+    };
     Ok(Row::new(
         "vae",
         case,
@@ -78,9 +95,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("tiny");
         crate::inference::tiny::ensure(&folder, 0).unwrap();
-        let row = vae_decode(&folder, (64, 64), 1, &Device::Cpu, true).unwrap();
+        let row = vae_decode(&folder, (64, 64), 1, &Device::Cpu, true, VaeTiling::Off).unwrap();
         assert_eq!(row.baseline.as_deref(), Some("candle-transformers"));
-        let alone = vae_decode(&folder, (64, 64), 1, &Device::Cpu, false).unwrap();
+        let alone = vae_decode(&folder, (64, 64), 1, &Device::Cpu, false, VaeTiling::Off).unwrap();
         assert!(alone.speedup.is_none());
+        // The tiny VAE's tiles are 64 pixels: 128² is 3 × 3 of them.
+        let tiled = vae_decode(&folder, (128, 128), 1, &Device::Cpu, false, VaeTiling::On).unwrap();
+        assert_eq!(tiled.case, "decode 128x128 tiled (64 px tiles)");
     }
 }

@@ -4,6 +4,7 @@ use candle_core::{DType, Tensor};
 
 use super::pipeline::StableDiffusion;
 use super::request::GenerateRequest;
+use super::vae_tiling::{Tiles, VaeTiling};
 use super::InferenceError;
 
 /// One RGB image as the VAE decoded it: floats in [0, 1], row-major, channels last
@@ -55,7 +56,7 @@ impl StableDiffusion {
         let mut images = Vec::with_capacity(req.num_images);
         for i in 0..req.num_images {
             let one = latents.narrow(0, i, 1)?;
-            let decoded = self.vae.decode(&one)?;
+            let decoded = self.vae_decode(&one, req.vae_tiling)?;
             let pixels = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?
                 .clamp(0.0, 1.0)?
                 .squeeze(0)?
@@ -70,6 +71,22 @@ impl StableDiffusion {
             });
         }
         Ok(images)
+    }
+
+    /// How this model's VAE tiles (its config's `sample_size`, its dtype).
+    pub(super) fn vae_tiles(&self) -> Tiles {
+        Tiles::for_vae(&self.vae_config, self.vae_dtype)
+    }
+
+    /// Unscaled latents to pixels in [-1, 1], in tiles when `tiling` asks for them.
+    fn vae_decode(&self, latents: &Tensor, tiling: VaeTiling) -> Result<Tensor, InferenceError> {
+        let (_, _, lh, lw) = latents.dims4()?;
+        let tiles = self.vae_tiles();
+        Ok(if tiles.decode_tiled(tiling, lh, lw) {
+            tiles.decode(latents, |tile| self.vae.decode(tile))?
+        } else {
+            self.vae.decode(latents)?
+        })
     }
 }
 

@@ -155,7 +155,8 @@ impl StableDiffusion {
                     }
                     // Draw order as in diffusers: the posterior sample, then add_noise's noise.
                     None => {
-                        let clean = self.sample_posterior(&pixels, &like, &mut noise)?;
+                        let clean =
+                            self.sample_posterior(&pixels, &like, &mut noise, req.vae_tiling)?;
                         let fresh = noise.randn_like(&clean)?;
                         (start, scheduler.add_noise(&clean, &fresh, start)?, None)
                     }
@@ -174,6 +175,7 @@ impl StableDiffusion {
                             scheduler.as_ref(),
                             start,
                             given,
+                            req.vae_tiling,
                         )?;
                         (start, latents, Some(inpaint))
                     }

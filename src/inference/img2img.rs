@@ -8,6 +8,8 @@ use super::draws::Draws;
 use super::pipeline::StableDiffusion;
 use super::request::InitImage;
 use super::schedulers::{NoiseSource, Scheduler};
+use super::vae_encoder::Posterior;
+use super::vae_tiling::VaeTiling;
 use super::InferenceError;
 
 /// What an inpainting run carries through the denoising loop.
@@ -100,8 +102,16 @@ impl StableDiffusion {
         pixels: &Tensor,
         like: &Tensor,
         noise: &mut Draws,
+        tiling: VaeTiling,
     ) -> Result<Tensor, InferenceError> {
-        let posterior = self.vae_encoder.encode(&pixels.to_dtype(self.vae_dtype)?)?;
+        let pixels = pixels.to_dtype(self.vae_dtype)?;
+        let (_, _, height, width) = pixels.dims4()?;
+        let tiles = self.vae_tiles();
+        let posterior = if tiles.encode_tiled(tiling, height, width) {
+            Posterior::of(&tiles.encode(&pixels, |tile| self.vae_encoder.moments(tile))?)?
+        } else {
+            self.vae_encoder.encode(&pixels)?
+        };
         let z = noise.randn_like(like)?.to_dtype(self.vae_dtype)?;
         let sample = posterior
             .mean
@@ -127,6 +137,7 @@ impl StableDiffusion {
         scheduler: &dyn Scheduler,
         start: usize,
         given: Option<Tensor>,
+        tiling: VaeTiling,
     ) -> Result<(Tensor, Inpaint), InferenceError> {
         if mask.len() != init.width * init.height {
             return Err(InferenceError::InvalidRequest(
@@ -138,7 +149,7 @@ impl StableDiffusion {
         // Strength 1 starts from pure noise rather than from the noised image.
         let from_noise = init.strength >= 1.0;
         let image_latents = if !nine_channels || (!from_noise && given.is_none()) {
-            Some(self.sample_posterior(pixels, like, noise)?)
+            Some(self.sample_posterior(pixels, like, noise, tiling)?)
         } else {
             None
         };
@@ -165,7 +176,7 @@ impl StableDiffusion {
             .to_dtype(self.dtype)?;
         let keep = full.affine(-1.0, 1.0)?;
         let masked = pixels.broadcast_mul(&keep)?;
-        let masked_latents = self.sample_posterior(&masked, like, noise)?;
+        let masked_latents = self.sample_posterior(&masked, like, noise, tiling)?;
         // torch's nearest interpolation to the latent size picks every 8th pixel.
         let step = self.size_multiple();
         let small: Vec<f32> = {

@@ -37,6 +37,7 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae_decoder;
 pub mod vae_encoder;
+pub mod vae_tiling;
 pub mod variants;
 pub mod weights;
 
@@ -49,3 +50,4 @@ pub use pipeline::StableDiffusion;
 pub use preview::{Preview, PreviewFamily};
 pub use request::{GenerateRequest, InitImage, StepProgress};
 pub use schedulers::SchedulerKind;
+pub use vae_tiling::VaeTiling;

@@ -6,6 +6,7 @@ use super::draws::NoiseArray;
 use super::preview::Preview;
 use super::schedulers::SchedulerKind;
 use super::tokenizer::LongPrompt;
+use super::vae_tiling::VaeTiling;
 
 /// One generation, as the pipeline sees it (already validated by the caller).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +26,9 @@ pub struct GenerateRequest {
     /// A1111's clip skip: 1 (or none) conditions on the last layer, 2 on the one before.
     #[serde(default)]
     pub clip_skip: Option<usize>,
+    /// Whether the VAE decodes (and encodes) large images in overlapping tiles.
+    #[serde(default)]
+    pub vae_tiling: VaeTiling,
     /// Starting latents instead of drawing them, exactly as diffusers' `latents=`
     /// (unit normals, `[num_images, channels, height / 8, width / 8]`).
     #[serde(skip)]
@@ -83,6 +87,7 @@ impl GenerateRequest {
             num_images: 1,
             long_prompt: LongPrompt::Chunk,
             clip_skip: None,
+            vae_tiling: VaeTiling::Auto,
             latents: None,
             noise: Vec::new(),
             init_image: None,

@@ -91,6 +91,12 @@ impl VaeEncoder {
 
     /// Encodes images in [-1, 1], `[batch, 3, height, width]`.
     pub fn encode(&self, images: &Tensor) -> candle_core::Result<Posterior> {
+        Posterior::of(&self.moments(images)?)
+    }
+
+    /// The encoder's raw output, `[batch, 2 × latent_channels, h, w]`: the means, then the
+    /// log-variances (what diffusers' tiled encoder blends).
+    pub fn moments(&self, images: &Tensor) -> candle_core::Result<Tensor> {
         let mut xs = self.conv_in.forward(images)?;
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
@@ -101,6 +107,13 @@ impl VaeEncoder {
         if let Some(q) = &self.quant_conv {
             moments = q.forward(&moments)?;
         }
+        Ok(moments)
+    }
+}
+
+impl Posterior {
+    /// diffusers' `DiagonalGaussianDistribution` of the encoder's moments.
+    pub fn of(moments: &Tensor) -> candle_core::Result<Self> {
         let parts = moments.chunk(2, 1)?;
         let logvar = parts[1].clamp(-30.0, 20.0)?;
         Ok(Posterior {

@@ -55,6 +55,9 @@ pub struct JobSpec {
     /// With `previews`: one every this many steps (`None`: [`default_preview_every`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_every: Option<u32>,
+    /// VAE tiling: `off`, `on` or `auto` (absent: `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_tiling: Option<String>,
 }
 
 /// The preview interval of a job of `steps` steps that did not choose one: about ten

@@ -1,6 +1,6 @@
 //! From a stored job spec to what inference takes and what its PNGs carry.
 
-use crate::inference::{GenerateRequest, InferenceError, SchedulerKind};
+use crate::inference::{GenerateRequest, InferenceError, SchedulerKind, VaeTiling};
 use crate::queue::JobSpec;
 use crate::storage::png::PngMetadata;
 
@@ -25,6 +25,12 @@ pub fn generate_request(spec: &JobSpec) -> Result<GenerateRequest, InferenceErro
         num_images: spec.num_images as usize,
         long_prompt,
         clip_skip: spec.clip_skip.map(|c| c as usize),
+        vae_tiling: match &spec.vae_tiling {
+            None => VaeTiling::default(),
+            Some(name) => VaeTiling::parse(name).ok_or_else(|| {
+                InferenceError::InvalidRequest(format!("unknown vae_tiling '{name}'"))
+            })?,
+        },
         latents: None,
         noise: Vec::new(),
         init_image: None,

@@ -1267,6 +1267,8 @@ export interface components {
             user?: string | null;
             /** @description A VAE of the models directory to decode with instead of the model's own. */
             vae?: string | null;
+            /** @description VAE tiling: `off`, `on` or `auto` (absent: `auto`). */
+            vae_tiling?: string | null;
             /** @description What to post about; empty without `webhook_url`. */
             webhook_events?: components["schemas"]["WebhookEvent"][];
             /** @description Where to post the job as it changes (vetted by the SSRF guard). */
@@ -1568,6 +1570,14 @@ export interface components {
             user?: string | null;
             /** @description A VAE of the models directory to decode with instead of the model's own. */
             vae?: string | null;
+            /**
+             * @description VAE tiling for large images: `off`, `on` (tiles whenever the image is larger than
+             *     the VAE's `sample_size`, as diffusers' `enable_tiling()`), or `auto` (the default:
+             *     tiles only when one full-resolution VAE feature map would exceed 1 GiB, i.e. above
+             *     about 2 megapixels for SD 1.5 / SDXL in f32).
+             * @example auto
+             */
+            vae_tiling?: string | null;
             /**
              * @description Which changes to post: a list (or, in multipart, a comma-separated string) of
              *     `started`, `progress`, `completed`; default `["completed"]`.

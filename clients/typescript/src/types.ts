@@ -64,6 +64,10 @@ export interface SubmitRequest {
   clip_skip?: number;
   /** An end user's id, stored with the job. */
   user?: string;
+  /** VAE tiling for large images: `off`, `on` (whenever the image is larger than the
+   * VAE's tile), or `auto` (the default: only when the untiled pass would need over 1 GiB
+   * per feature map). */
+  vae_tiling?: "off" | "on" | "auto";
 }
 
 /** Where a job's resources live. */
@@ -111,6 +115,8 @@ export interface JobSpec {
   preview_every?: number;
   webhook_url?: string;
   webhook_events?: WebhookEvent[];
+  /** `off`, `on` or `auto`; absent: `auto`. */
+  vae_tiling?: string;
 }
 
 /** A LoRA of the models directory at a weight (1 when left out of a request). */
