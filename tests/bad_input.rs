@@ -72,8 +72,8 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     assert_eq!(body["error"]["code"], "malformed_json");
     assert_eq!(raw("").await.unwrap().status(), 400);
 
-    // The server answers 413 at once and closes the connection, so a client still
-    // writing the body may see a reset instead of the answer: send it on a
+    // The server answers 413 once the limit is read and closes the connection, so a
+    // client still writing the rest may see a reset instead of the answer: send it on a
     // client of its own (the shared one's pooled connection would be the broken one) and
     // try again on a reset.
     let huge = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(17 << 20));
@@ -94,29 +94,6 @@ async fn bad_requests_are_4xx_json_naming_the_field() {
     assert_eq!(too_big.status(), 413);
     let body: serde_json::Value = too_big.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
-
-    // A declared length over the limit is refused from the headers alone: the answer
-    // comes although not one byte of the (1 GiB) body is ever sent.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let url = url::Url::parse(&server.url("/")).unwrap();
-        let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
-        let mut socket = tokio::net::TcpStream::connect(&host).await.unwrap();
-        let head = format!(
-            "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            1u64 << 30
-        );
-        socket.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
-            .await
-            .expect("no answer before the body was sent")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("payload_too_large"), "{answer}");
-    }
 
     for path in [
         "/v1/jobs/not-a-uuid",

@@ -3,7 +3,6 @@
 //! A browser sends "simple" requests (a form post, `text/plain`, multipart, or a bodyless
 //! POST) from any page without asking first, and a page can rebind its own DNS name to
 //! 127.0.0.1. So:
-//! - a body whose declared `Content-Length` is over the limit is 413 before it is read;
 //! - a request that carries a body must say it is JSON (or multipart on the routes that
 //!   read multipart): a simple `text/plain` or form post is 415;
 //! - with auth off (where nothing else would stop it), a state-changing request whose
@@ -20,7 +19,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::AuthMode;
-use super::validate::MAX_BODY_BYTES;
 use super::{ApiError, AppState};
 
 /// Routes whose POST body may be `multipart/form-data` besides JSON.
@@ -45,11 +43,6 @@ fn check(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    if content_length(headers).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        // Refused before a byte of the body is read, rather than after reading up to the
-        // limit: a hostile upload costs nothing.
-        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
     let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if changes_state && has_body(headers) {
         check_media_type(path, headers)?;
@@ -78,15 +71,12 @@ fn check(
     Ok(())
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
-
-fn has_body(headers: &HeaderMap) -> bool {
-    match content_length(headers) {
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
         Some(n) => n > 0,
         None => headers.contains_key(header::TRANSFER_ENCODING),
     }
