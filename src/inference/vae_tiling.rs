@@ -294,6 +294,12 @@ mod tests {
 
     use super::*;
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     fn config(sample_size: Option<usize>, levels: usize) -> VaeConfig {
         let mut c: VaeConfig =
             serde_json::from_value(serde_json::json!({"block_out_channels": vec![128; levels]}))
@@ -447,14 +453,7 @@ mod tests {
         assert_eq!(calls, 12);
         assert_eq!(got.dims(), &[2, 3, 128, 160]);
         let want = reference(&z, 8, 6, 16, 48, &fake_decode);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-5, "max diff {diff}");
     }
 
@@ -481,14 +480,7 @@ mod tests {
         let got = tiles.encode(&x, |t| Ok(fake_encode(t))).unwrap();
         assert_eq!(got.dims(), &[1, 8, 17, 12]);
         let want = reference(&x, 64, 48, 2, 6, &fake_encode);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-5, "max diff {diff}");
     }
 
