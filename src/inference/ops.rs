@@ -11,7 +11,8 @@
 //! serves both paths. `SDQ_KERNELS=candle` forces candle's path on the CPU (for A/B
 //! benchmarks and for bisecting a numerical difference).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -238,12 +239,51 @@ fn winograd_policy() -> WinogradPolicy {
     })
 }
 
+/// A weight matrix transposed for the kernels (see [`transposed`]); `None` where the
+/// original is not a file's pages.
+type Transposed = OnceLock<Option<Arc<Vec<f32>>>>;
+
+/// The transpose of a row-major `rows × cols` weight, made once and shared by every
+/// layer built on the same mapped tensor (a LoRA variant's unpatched layers and its base
+/// model's), after which the original's pages are dropped (they come back from the page
+/// cache if the candle path or a LoRA reads them), so the copy costs no memory. Weights
+/// that are not a file's pages (converted from f16, renamed from a single-file
+/// checkpoint) get no copy, which would double their memory: the kernels read them
+/// through strides instead, more slowly.
+fn transposed(
+    cell: &Transposed,
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Option<Arc<Vec<f32>>> {
+    static SHARED: Mutex<Option<HashMap<(usize, usize, usize), Weak<Vec<f32>>>>> = Mutex::new(None);
+    cell.get_or_init(|| {
+        if !super::mapped::holds(weight) {
+            return None;
+        }
+        let key = (weight.as_ptr() as usize, weight.len(), rows);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = shared.get_or_insert_with(HashMap::new);
+        if let Some(made) = shared.get(&key).and_then(Weak::upgrade) {
+            return Some(made);
+        }
+        shared.retain(|_, w| w.strong_count() > 0);
+        let made = Arc::new(kernels::gemm::transpose(weight, rows, cols));
+        super::mapped::evict(weight);
+        shared.insert(key, Arc::downgrade(&made));
+        Some(made)
+    })
+    .clone()
+}
+
 /// A 2-D convolution layer (`weight`, optional `bias`) usable on both paths.
 #[derive(Debug)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
     /// Weights in the Winograd domain, made on first use on a large map.
     winograd: OnceLock<Option<kernels::winograd::WinogradWeights>>,
+    /// The weight as a `(cin·k·k) × cout` matrix, made on first direct use.
+    kn: Transposed,
 }
 
 /// Loads a convolution, as `candle_nn::conv2d` does.
@@ -257,6 +297,7 @@ pub fn conv2d(
     Ok(Conv2d {
         inner: candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?,
         winograd: OnceLock::new(),
+        kn: OnceLock::new(),
     })
 }
 
@@ -279,6 +320,7 @@ impl Conv2d {
         let weight = self.inner.weight().contiguous()?;
         let view = F32View::of(&weight)?;
         let made = kernels::winograd::WinogradWeights::new(view.slice(), cout, cin);
+        super::mapped::evict(view.slice());
         Ok(self.winograd.get_or_init(|| Some(made)).as_ref())
     }
 }
@@ -347,6 +389,17 @@ pub fn conv(path: Path, layer: &Conv2d, x: &Tensor, extras: ConvExtras) -> Resul
                 residual: residual.as_ref().map(|v| v.slice()),
                 scale: extras.scale.map(|s| (1.0 / s) as f32),
             };
+            let kn;
+            let direct = match layer.winograd(h * w)? {
+                Some(_) => kernels::conv2d::ConvWeights::Oihw(wv.slice()),
+                None => {
+                    kn = transposed(&layer.kn, wv.slice(), cout, cin * kh * kw);
+                    match &kn {
+                        Some(kn) => kernels::conv2d::ConvWeights::Kn(kn),
+                        None => kernels::conv2d::ConvWeights::Oihw(wv.slice()),
+                    }
+                }
+            };
             match layer.winograd(h * w)? {
                 Some(weights) => kernels::winograd::conv3x3_winograd(
                     xv.slice(),
@@ -358,7 +411,7 @@ pub fn conv(path: Path, layer: &Conv2d, x: &Tensor, extras: ConvExtras) -> Resul
                 None => kernels::conv2d::conv2d_nhwc(
                     xv.slice(),
                     shape,
-                    wv.slice(),
+                    direct,
                     epilogue,
                     &mut out,
                     kernels::threads(),
@@ -367,6 +420,104 @@ pub fn conv(path: Path, layer: &Conv2d, x: &Tensor, extras: ConvExtras) -> Resul
             let (oh, ow) = shape.output_hw();
             from_vec(out, &[b, oh, ow, cout])
         }
+    }
+}
+
+/// A linear layer (`weight` `[out, in]`, optional `bias`) usable on both paths.
+#[derive(Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    /// The weight as an `in × out` matrix, made on first use on the kernel path.
+    kn: Transposed,
+}
+
+/// Loads a linear layer with a bias, as `candle_nn::linear` does.
+pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        inner: candle_nn::linear(in_features, out_features, vb)?,
+        kn: OnceLock::new(),
+    })
+}
+
+/// Loads a linear layer without a bias.
+pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        inner: candle_nn::linear_no_bias(in_features, out_features, vb)?,
+        kn: OnceLock::new(),
+    })
+}
+
+impl Linear {
+    /// `x · Wᵀ + b` over the last dimension of `x`.
+    pub fn forward(&self, path: Path, x: &Tensor) -> Result<Tensor> {
+        self.forward_add(path, x, None)
+    }
+
+    /// `x · Wᵀ + b + residual`, the residual (of the output's shape) added in the same
+    /// pass on the kernel path.
+    pub fn forward_add(&self, path: Path, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        if path == Path::Candle {
+            let y = self.inner.forward(x)?;
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
+        }
+        let weight = self.inner.weight().contiguous()?;
+        let (outs, ins) = weight.dims2()?;
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&ins) {
+            candle_core::bail!("linear layer expects {ins} features, got {dims:?}");
+        }
+        let rows = x.elem_count() / ins.max(1);
+        *dims.last_mut().expect("checked") = outs;
+        let x = x.contiguous()?;
+        let residual = residual.map(|t| t.contiguous()).transpose()?;
+        let xv = F32View::of(&x)?;
+        let wv = F32View::of(&weight)?;
+        let bias = self.inner.bias().map(F32View::of).transpose()?;
+        let residual = residual.as_ref().map(F32View::of).transpose()?;
+        if let Some(r) = &residual {
+            if r.slice().len() != rows * outs {
+                candle_core::bail!("residual does not match the linear layer's output");
+            }
+        }
+        let kn = transposed(&self.kn, wv.slice(), outs, ins);
+        let rhs = match &kn {
+            Some(kn) => kernels::gemm::MatRef::row_major(kn, ins, outs),
+            None => kernels::gemm::MatRef {
+                data: wv.slice(),
+                offset: 0,
+                rows: ins,
+                cols: outs,
+                row_stride: 1,
+                col_stride: ins,
+            },
+        };
+        let mut out = vec![0f32; rows * outs];
+        kernels::gemm::matmul(
+            &mut out,
+            outs,
+            kernels::gemm::MatRef::row_major(xv.slice(), rows, ins),
+            rhs,
+            kernels::gemm::Accumulate::Overwrite,
+            kernels::threads(),
+        );
+        let epilogue = kernels::conv2d::Epilogue {
+            bias: bias.as_ref().map(|v| v.slice()),
+            residual: residual.as_ref().map(|v| v.slice()),
+            ..Default::default()
+        };
+        if !epilogue.is_identity() {
+            use rayon::prelude::*;
+            const ROWS: usize = 64;
+            out.par_chunks_mut(ROWS * outs)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    kernels::conv2d::finish(dst, i * ROWS, (rows, outs), &epilogue)
+                });
+        }
+        from_vec(out, &dims)
     }
 }
 

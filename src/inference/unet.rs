@@ -6,7 +6,7 @@
 //! follow diffusers' `UNet2DConditionModel`, so diffusers checkpoints load as they are.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, linear, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
 use super::model_config::UNetConfig;
 use super::ops::{self, conv2d, Conv2d, ConvExtras, GroupNorm, Path};
@@ -142,10 +142,10 @@ impl ResnetBlock {
 
 #[derive(Debug)]
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: ops::Linear,
+    to_k: ops::Linear,
+    to_v: ops::Linear,
+    to_out: ops::Linear,
     heads: usize,
     scale: f64,
 }
@@ -154,21 +154,28 @@ impl Attention {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
-            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out").pp("0"))?,
+            to_q: ops::linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: ops::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: ops::linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: ops::linear(dim, dim, vb.pp("to_out").pp("0"))?,
             heads,
             scale: (head_dim as f64).powf(-0.5),
         })
     }
 
-    fn forward(&self, path: Path, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let q = self.to_q.forward(xs)?;
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
+    /// Attention of `xs` over `context`, plus `residual`.
+    fn forward(
+        &self,
+        path: Path,
+        xs: &Tensor,
+        context: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let q = self.to_q.forward(path, xs)?;
+        let k = self.to_k.forward(path, context)?;
+        let v = self.to_v.forward(path, context)?;
         let out = ops::attention(path, &q, &k, &v, self.heads, self.scale)?;
-        self.to_out.forward(&out)
+        self.to_out.forward_add(path, &out, Some(residual))
     }
 }
 
@@ -188,8 +195,8 @@ struct TransformerBlock {
     norm2: LayerNorm,
     attn2: Attention,
     norm3: LayerNorm,
-    ff_in: Linear,
-    ff_out: Linear,
+    ff_in: ops::Linear,
+    ff_out: ops::Linear,
     gelu: Gelu,
 }
 
@@ -208,29 +215,28 @@ impl TransformerBlock {
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
-            ff_in: linear(dim, inner * 2, vb.pp("ff").pp("net").pp("0").pp("proj"))?,
-            ff_out: linear(inner, dim, vb.pp("ff").pp("net").pp("2"))?,
+            ff_in: ops::linear(dim, inner * 2, vb.pp("ff").pp("net").pp("0").pp("proj"))?,
+            ff_out: ops::linear(inner, dim, vb.pp("ff").pp("net").pp("2"))?,
             gelu,
         })
     }
 
     fn forward(&self, path: Path, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.attn1.forward(path, &normed, &normed)? + xs)?;
-        let xs = (self
+        let xs = self.attn1.forward(path, &normed, &normed, xs)?;
+        let xs = self
             .attn2
-            .forward(path, &self.norm2.forward(&xs)?, context)?
-            + &xs)?;
+            .forward(path, &self.norm2.forward(&xs)?, context, &xs)?;
         // GEGLU: half of the projection gates the other half.
-        let proj = self.ff_in.forward(&self.norm3.forward(&xs)?)?;
+        let proj = self.ff_in.forward(path, &self.norm3.forward(&xs)?)?;
         let gated = ops::geglu(path, &proj, self.gelu == Gelu::Exact)?;
-        self.ff_out.forward(&gated)? + xs
+        self.ff_out.forward_add(path, &gated, Some(&xs))
     }
 }
 
 #[derive(Debug)]
 enum Projection {
-    Linear(Linear),
+    Linear(ops::Linear),
     Conv(Conv2d),
 }
 
@@ -253,8 +259,8 @@ impl Transformer2D {
     ) -> Result<Self> {
         let (proj_in, proj_out) = if c.use_linear_projection {
             (
-                Projection::Linear(linear(channels, channels, vb.pp("proj_in"))?),
-                Projection::Linear(linear(channels, channels, vb.pp("proj_out"))?),
+                Projection::Linear(ops::linear(channels, channels, vb.pp("proj_in"))?),
+                Projection::Linear(ops::linear(channels, channels, vb.pp("proj_out"))?),
             )
         } else {
             (
@@ -301,7 +307,7 @@ impl Transformer2D {
                 path,
                 &ops::conv(path, conv, &normed, ConvExtras::default())?,
             )?,
-            Projection::Linear(lin) => lin.forward(&ops::to_tokens(path, &normed)?)?,
+            Projection::Linear(lin) => lin.forward(path, &ops::to_tokens(path, &normed)?)?,
         };
         for block in &self.blocks {
             tokens = block.forward(path, &tokens, context)?;
@@ -316,7 +322,9 @@ impl Transformer2D {
                     ..Default::default()
                 },
             ),
-            Projection::Linear(lin) => ops::from_tokens(path, &lin.forward(&tokens)?, h, w)? + xs,
+            Projection::Linear(lin) => {
+                ops::from_tokens(path, &lin.forward(path, &tokens)?, h, w)? + xs
+            }
         }
     }
 }

@@ -8,8 +8,8 @@
 //! (diffusers' current `to_q` ... `to_out.0` attention names, or the older `query` ...
 //! `proj_attn` ones).
 
-use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::{Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 
 use super::ops::{self, conv2d, Conv2d, ConvExtras, GroupNorm, Path};
@@ -87,10 +87,10 @@ impl Resnet {
 #[derive(Debug)]
 struct Attention {
     norm: GroupNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: ops::Linear,
+    k: ops::Linear,
+    v: ops::Linear,
+    out: ops::Linear,
     channels: usize,
 }
 
@@ -100,10 +100,10 @@ impl Attention {
         let name = |new: &'static str, old: &'static str| if modern { new } else { old };
         Ok(Self {
             norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, EPS)?,
-            q: linear(channels, channels, vb.pp(name("to_q", "query")))?,
-            k: linear(channels, channels, vb.pp(name("to_k", "key")))?,
-            v: linear(channels, channels, vb.pp(name("to_v", "value")))?,
-            out: linear(
+            q: ops::linear(channels, channels, vb.pp(name("to_q", "query")))?,
+            k: ops::linear(channels, channels, vb.pp(name("to_k", "key")))?,
+            v: ops::linear(channels, channels, vb.pp(name("to_v", "value")))?,
+            out: ops::linear(
                 channels,
                 channels,
                 if modern {
@@ -120,13 +120,13 @@ impl Attention {
         let (_, _, h, w) = ops::dims(path, xs)?;
         let tokens = ops::to_tokens(path, &self.norm.forward(path, xs, false)?)?;
         let (q, k, v) = (
-            self.q.forward(&tokens)?,
-            self.k.forward(&tokens)?,
-            self.v.forward(&tokens)?,
+            self.q.forward(path, &tokens)?,
+            self.k.forward(path, &tokens)?,
+            self.v.forward(path, &tokens)?,
         );
         let scale = (self.channels as f64).powf(-0.5);
         let attended = ops::attention(path, &q, &k, &v, 1, scale)?;
-        ops::from_tokens(path, &self.out.forward(&attended)?, h, w)? + xs
+        ops::from_tokens(path, &self.out.forward(path, &attended)?, h, w)? + xs
     }
 }
 

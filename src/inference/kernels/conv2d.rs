@@ -1,14 +1,18 @@
-//! 2-D convolution on channels-last (NHWC) activations as a sum of matrix products.
+//! 2-D convolution on channels-last (NHWC) activations as matrix products.
 //!
-//! For each kernel tap (ky, kx) the output rows (one per output pixel, every image of
-//! the batch folded into the same rows) gain `shifted input · W[:, :, ky, kx]ᵀ`. The
-//! weight tap is read in place from candle's `[cout, cin, kh, kw]` tensor through
-//! strides, so weights are never re-laid out; the shifted input is either the input
-//! itself (1×1 convolutions and the centre tap of a padded 3×3) or a gather of whole
-//! `cin`-long pixel rows into a buffer one chunk of output rows long, never a full
-//! im2col matrix. Bias (per channel, or per image and channel: the time embedding of a
-//! resnet), a residual and an output scale are applied in the same pass over the
-//! chunk while it is in cache.
+//! A 1×1 convolution is one product, `x (pixels × cin) · Wᵀ`, with candle's
+//! `[cout, cin, 1, 1]` weight read in place as the right operand. A k×k convolution
+//! gathers, for a chunk of output rows (one per output pixel, every image of the batch
+//! folded into the same rows), each row's receptive field in the weight's own order
+//! (`cin`-major, then the k·k taps), so the product is one `(rows × cin·k·k) ·
+//! (cin·k·k × cout)` per chunk. The right operand is the weight either transposed once
+//! into that row-major matrix ([`ConvWeights::Kn`], what `gemm` reads fastest: unit
+//! stride along `cout`) or read in place through strides ([`ConvWeights::Oihw`], which
+//! `gemm` packs one scalar at a time on every call). One product per chunk also lets the products run over all rows at once on small maps,
+//! where splitting rows across threads would make each thread pack the whole weight.
+//! Bias (per channel, or per image and channel: the time embedding of a resnet), a
+//! residual and an output scale are applied in the same pass over the chunk while it is
+//! in cache.
 
 use rayon::prelude::*;
 
@@ -54,15 +58,49 @@ pub struct Epilogue<'a> {
     pub scale: Option<f32>,
 }
 
-/// Output rows (pixels) per task: large enough that a task's matrix products run near
-/// the machine's peak, small enough that the gathered input stays in the core's cache.
-const MAX_CHUNK_ROWS: usize = 1024;
+/// A convolution's weight, as the kernel reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvWeights<'a> {
+    /// candle's `[cout, cin, k, k]`.
+    Oihw(&'a [f32]),
+    /// The same transposed: a row-major `(cin·k·k) × cout` matrix (`gemm::transpose`).
+    Kn(&'a [f32]),
+}
 
-/// Convolves `x` (NHWC) with `weight` (`[cout, cin, k, k]`) into `out` (NHWC).
+impl<'a> ConvWeights<'a> {
+    fn data(&self) -> &'a [f32] {
+        match self {
+            ConvWeights::Oihw(w) | ConvWeights::Kn(w) => w,
+        }
+    }
+
+    /// The weight as a `depth × cout` matrix.
+    fn matrix(&self, depth: usize, cout: usize) -> MatRef<'a> {
+        match *self {
+            ConvWeights::Oihw(data) => MatRef {
+                data,
+                offset: 0,
+                rows: depth,
+                cols: cout,
+                row_stride: 1,
+                col_stride: depth,
+            },
+            ConvWeights::Kn(data) => MatRef::row_major(data, depth, cout),
+        }
+    }
+}
+
+/// Bytes of gathered input a task may hold: the products stream their left operand
+/// from this buffer, so it need not fit in cache, only stay small next to the model.
+const MAX_GATHER_BYTES: usize = 8 << 20;
+/// Fewer rows than this per product and the weight's packing outweighs the products.
+const MIN_CHUNK_ROWS: usize = 256;
+
+/// Convolves `x` (NHWC) with `weight` into `out` (NHWC).
 pub fn conv2d_nhwc(
     x: &[f32],
     shape: Conv2dShape,
-    weight: &[f32],
+    weight: ConvWeights,
     epilogue: Epilogue,
     out: &mut [f32],
     threads: usize,
@@ -71,7 +109,7 @@ pub fn conv2d_nhwc(
     let (oh, ow) = s.output_hw();
     let (cin, cout, k) = (s.in_channels, s.out_channels, s.kernel);
     assert_eq!(x.len(), s.batch * s.height * s.width * cin, "input size");
-    assert_eq!(weight.len(), cout * cin * k * k, "weight size");
+    assert_eq!(weight.data().len(), cout * cin * k * k, "weight size");
     assert_eq!(out.len(), s.output_len(), "output size");
     if let Some(b) = epilogue.bias {
         assert_eq!(b.len(), cout);
@@ -87,53 +125,43 @@ pub fn conv2d_nhwc(
         return;
     }
     let threads = threads.max(1);
-    let chunk = rows.div_ceil(2 * threads).clamp(16, MAX_CHUNK_ROWS);
+    let depth = cin * k * k;
+    // The weight as the right operand: row (ci, ky, kx), column co.
+    let rhs = weight.matrix(depth, cout);
+    let pointwise = k == 1 && s.stride == 1 && s.padding == 0;
+    // Rows per task: one task per thread when each gets enough rows, else one task whose
+    // products use every thread; never more gathered input than MAX_GATHER_BYTES.
+    let per_thread = rows.div_ceil(threads);
+    let mut chunk = if threads > 1 && per_thread >= MIN_CHUNK_ROWS {
+        per_thread
+    } else {
+        rows
+    };
+    if !pointwise {
+        chunk = chunk.min((MAX_GATHER_BYTES / (4 * depth)).max(MIN_CHUNK_ROWS));
+    }
     let tasks = rows.div_ceil(chunk);
-    // With fewer tasks than threads the products themselves are split instead.
     let inner_threads = if tasks < threads { threads } else { 1 };
     let run = |(task, dst): (usize, &mut [f32])| {
         let first = task * chunk;
         let n = dst.len() / cout;
-        let mut gathered = Vec::new();
-        let mut wrote = false;
-        for ky in 0..k {
-            for kx in 0..k {
-                let tap = ky * k + kx;
-                let direct = s.stride == 1
-                    && ky == s.padding
-                    && kx == s.padding
-                    && (oh, ow) == (s.height, s.width);
-                let lhs = if direct {
-                    // The centre tap of a same-size convolution reads the input itself.
-                    MatRef {
-                        data: x,
-                        offset: first * cin,
-                        rows: n,
-                        cols: cin,
-                        row_stride: cin,
-                        col_stride: 1,
-                    }
-                } else {
-                    gathered.resize(n * cin, 0.0);
-                    gather(x, &s, (oh, ow), first, ky, kx, &mut gathered);
-                    MatRef::row_major(&gathered, n, cin)
-                };
-                let rhs = MatRef {
-                    data: weight,
-                    offset: tap,
-                    rows: cin,
-                    cols: cout,
-                    row_stride: k * k,
-                    col_stride: cin * k * k,
-                };
-                let mode = if wrote {
-                    Accumulate::Add
-                } else {
-                    Accumulate::Overwrite
-                };
-                matmul(dst, cout, lhs, rhs, mode, inner_threads);
-                wrote = true;
-            }
+        if pointwise {
+            let lhs = MatRef {
+                data: x,
+                offset: first * cin,
+                rows: n,
+                cols: cin,
+                row_stride: cin,
+                col_stride: 1,
+            };
+            matmul(dst, cout, lhs, rhs, Accumulate::Overwrite, inner_threads);
+        } else {
+            GATHERED.with_borrow_mut(|buf| {
+                buf.resize(n * depth, 0.0);
+                gather(x, &s, (oh, ow), first, &mut buf[..n * depth]);
+                let lhs = MatRef::row_major(&buf[..n * depth], n, depth);
+                matmul(dst, cout, lhs, rhs, Accumulate::Overwrite, inner_threads);
+            });
         }
         finish(dst, first, (oh * ow, cout), &epilogue);
     };
@@ -144,35 +172,45 @@ pub fn conv2d_nhwc(
     }
 }
 
-/// Copies, for output rows `first..first + n`, the input pixel that tap (ky, kx) reads
-/// (zeros where it falls in the padding).
-fn gather(
-    x: &[f32],
-    s: &Conv2dShape,
-    (oh, ow): (usize, usize),
-    first: usize,
-    ky: usize,
-    kx: usize,
-    buf: &mut [f32],
-) {
-    let cin = s.in_channels;
-    for (i, row) in buf.chunks_exact_mut(cin).enumerate() {
+thread_local! {
+    /// Each thread's gather buffer, kept between calls: a fresh one per call would be
+    /// fresh pages, and the kernel zeroing them cost more than the gather.
+    static GATHERED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes, for output rows `first..first + n`, each row's receptive field in the
+/// weight's order: `buf[i][ci·k·k + ky·k + kx]` is the input pixel that tap (ky, kx)
+/// of output pixel `first + i` reads, channel `ci` (zero where it falls in the padding).
+fn gather(x: &[f32], s: &Conv2dShape, (oh, ow): (usize, usize), first: usize, buf: &mut [f32]) {
+    let (cin, k) = (s.in_channels, s.kernel);
+    let taps = k * k;
+    for (i, row) in buf.chunks_exact_mut(cin * taps).enumerate() {
         let p = first + i;
         let (b, rest) = (p / (oh * ow), p % (oh * ow));
         let (oy, ox) = (rest / ow, rest % ow);
-        let iy = (oy * s.stride + ky) as isize - s.padding as isize;
-        let ix = (ox * s.stride + kx) as isize - s.padding as isize;
-        if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
-            row.fill(0.0);
-        } else {
-            let src = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
-            row.copy_from_slice(&x[src..src + cin]);
+        for ky in 0..k {
+            for kx in 0..k {
+                let tap = ky * k + kx;
+                let iy = (oy * s.stride + ky) as isize - s.padding as isize;
+                let ix = (ox * s.stride + kx) as isize - s.padding as isize;
+                if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
+                    for ci in 0..cin {
+                        row[ci * taps + tap] = 0.0;
+                    }
+                } else {
+                    let src = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
+                    for (ci, v) in x[src..src + cin].iter().enumerate() {
+                        row[ci * taps + tap] = *v;
+                    }
+                }
+            }
         }
     }
 }
 
-/// Bias, residual and scale over one chunk of output rows starting at row `first`.
-fn finish(dst: &mut [f32], first: usize, (pixels, cout): (usize, usize), e: &Epilogue) {
+/// Bias, residual and scale over one chunk of output rows starting at row `first`
+/// (`pixels` rows per image, for the per-image bias).
+pub fn finish(dst: &mut [f32], first: usize, (pixels, cout): (usize, usize), e: &Epilogue) {
     if e.is_identity() {
         return;
     }
@@ -307,11 +345,19 @@ pub(crate) mod tests {
                 },
             ] {
                 let want = naive(&x, s, &w, e);
-                for threads in [1, 2] {
-                    let mut out = vec![f32::NAN; s.output_len()];
-                    conv2d_nhwc(&x, s, &w, e, &mut out, threads);
-                    for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                        assert!((a - b).abs() < 1e-4, "{s:?} at {i}: {a} vs {b}");
+                let kn =
+                    crate::inference::kernels::gemm::transpose(&w, cout, cin * kernel * kernel);
+                let layouts = [
+                    ("oihw", ConvWeights::Oihw(&w)),
+                    ("kn", ConvWeights::Kn(&kn)),
+                ];
+                for (layout, weights) in layouts {
+                    for threads in [1, 2] {
+                        let mut out = vec![f32::NAN; s.output_len()];
+                        conv2d_nhwc(&x, s, weights, e, &mut out, threads);
+                        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                            assert!((a - b).abs() < 1e-4, "{s:?} {layout} at {i}: {a} vs {b}");
+                        }
                     }
                 }
             }

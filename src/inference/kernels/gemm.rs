@@ -102,9 +102,57 @@ pub fn matmul(
     }
 }
 
+/// The transpose of a row-major `rows × cols` matrix, as a row-major `cols × rows` one.
+///
+/// Weights are transposed once so that `gemm` finds the unit stride it packs fastest
+/// along the output dimension; tiles keep both the reads and the writes in cache lines.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    assert_eq!(src.len(), rows * cols, "matrix size");
+    let mut dst = vec![0f32; src.len()];
+    if src.is_empty() {
+        return dst;
+    }
+    // Each task owns TILE rows of the result (TILE columns of the source).
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * TILE;
+            let width = out.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                let height = TILE.min(rows - r0);
+                for c in 0..width {
+                    let row = &mut out[c * rows + r0..c * rows + r0 + height];
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = src[(r0 + i) * cols + c0 + c];
+                    }
+                }
+            }
+        });
+    dst
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transposes_every_element_once() {
+        for (rows, cols) in [(1, 1), (3, 70), (33, 65), (64, 32)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn strided_products_match_the_naive_sum() {

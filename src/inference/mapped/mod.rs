@@ -20,6 +20,18 @@ use safetensors::SafeTensors;
 use window::WindowMap;
 pub use window::{usage, MapAwareAllocator};
 
+/// Drops a mapped tensor's pages from memory once a kernel has made its own copy of them
+/// in another layout (they are re-read from the file if anything needs them again);
+/// returns false, doing nothing, for data that is not a file's pages.
+pub fn evict<T>(data: &[T]) -> bool {
+    window::evict(data.as_ptr() as usize, std::mem::size_of_val(data))
+}
+
+/// Whether `data` is a mapped file's pages (so that [`evict`] would free its memory).
+pub fn holds<T>(data: &[T]) -> bool {
+    window::in_window(data.as_ptr() as usize)
+}
+
 use super::InferenceError;
 
 /// Where the file's bytes are.

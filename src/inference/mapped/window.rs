@@ -94,7 +94,7 @@ unsafe fn reserve_at(addr: *mut libc::c_void, len: usize) -> *mut libc::c_void {
     )
 }
 
-fn in_window(addr: usize) -> bool {
+pub(super) fn in_window(addr: usize) -> bool {
     let base = BASE.load(Ordering::Acquire);
     base != 0 && addr.wrapping_sub(base) < WINDOW_BYTES
 }
@@ -257,6 +257,31 @@ fn release(addr: usize, size: usize) {
     if s.live == 0 && !s.open {
         unmap(&mut t, i);
     }
+}
+
+/// Takes the resident pages of `len` bytes at `addr` out of this process if they lie in
+/// the window, leaving them in the page cache: a later read faults them back in from the
+/// file. Returns whether anything was in the window. Only for data nobody writes (model
+/// weights): a written page of a private mapping would revert to the file's contents.
+pub fn evict(addr: usize, len: usize) -> bool {
+    if !in_window(addr) {
+        return false;
+    }
+    let page = page_size();
+    let first = addr.div_ceil(page) * page;
+    let last = (addr + len) / page * page;
+    if last > first {
+        // SAFETY: whole pages inside a live tensor of a private file mapping; their
+        // contents are the file's, so discarding them only costs a re-read.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+    true
 }
 
 /// Live tensors taken from files in the window, and files mapped there (for tests).
