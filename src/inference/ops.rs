@@ -243,6 +243,9 @@ fn winograd_policy() -> WinogradPolicy {
 /// original is not a file's pages.
 type Transposed = OnceLock<Option<Arc<Vec<f32>>>>;
 
+/// Transposed weights made so far, by the original's (address, length, rows).
+type SharedTransposes = HashMap<(usize, usize, usize), Weak<Vec<f32>>>;
+
 /// The transpose of a row-major `rows × cols` weight, made once and shared by every
 /// layer built on the same mapped tensor (a LoRA variant's unpatched layers and its base
 /// model's), after which the original's pages are dropped (they come back from the page
@@ -256,7 +259,7 @@ fn transposed(
     rows: usize,
     cols: usize,
 ) -> Option<Arc<Vec<f32>>> {
-    static SHARED: Mutex<Option<HashMap<(usize, usize, usize), Weak<Vec<f32>>>>> = Mutex::new(None);
+    static SHARED: Mutex<Option<SharedTransposes>> = Mutex::new(None);
     cell.get_or_init(|| {
         if !super::mapped::holds(weight) {
             return None;

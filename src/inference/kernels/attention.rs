@@ -6,8 +6,11 @@
 //! block of queries, walks the keys a block at a time, and keeps a running maximum and
 //! sum per query (the "online softmax" of FlashAttention), so only a
 //! `QUERY_BLOCK × KEY_BLOCK` tile of scores ever exists, and it stays in cache.
-//! Queries, keys and values are read in the token-major layout the projections produce
-//! (`[batch, tokens, heads · head_dim]`), heads selected through strides: no transposes.
+//! Queries and values are read in the token-major layout the projections produce
+//! (`[batch, tokens, heads · head_dim]`), heads selected through strides. Keys are
+//! transposed once per call into `[batch, head, head_dim, keys]`: `q kᵀ` then reads them
+//! with unit stride along the keys, which `gemm` packs with vector copies; through
+//! strides it packed every key block one scalar at a time for every query block.
 
 use rayon::prelude::*;
 
@@ -54,6 +57,7 @@ pub fn attention(
     if q.is_empty() {
         return;
     }
+    let kt = keys_by_head(k, shape);
     let q_blocks = queries.div_ceil(QUERY_BLOCK);
     // Every (image, query block) writes its own rows of `out`; heads are columns of it.
     let tasks: Vec<(usize, usize, usize)> = (0..batch)
@@ -64,7 +68,7 @@ pub fn attention(
         .map(|(b, qb, h)| {
             let q0 = qb * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(queries - q0);
-            let acc = block(q, k, v, shape, scale, (b, q0, rows, h));
+            let acc = block(q, &kt, v, shape, scale, (b, q0, rows, h));
             (b, q0, h, acc)
         })
         .collect();
@@ -76,10 +80,36 @@ pub fn attention(
     }
 }
 
-/// One head of one query block: returns `rows × head_dim` normalised outputs.
+/// `k` (`[batch, keys, heads · d]`) as `[batch, head, d, keys]`.
+fn keys_by_head(k: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let AttentionShape {
+        keys,
+        heads,
+        head_dim: d,
+        ..
+    } = shape;
+    let width = heads * d;
+    let mut kt = vec![0f32; k.len()];
+    // One task per (image, head): a d × keys matrix gathered from d columns of k.
+    kt.par_chunks_mut(d * keys)
+        .enumerate()
+        .for_each(|(bh, dst)| {
+            let (b, h) = (bh / heads, bh % heads);
+            for j in 0..keys {
+                let src = &k[(b * keys + j) * width + h * d..][..d];
+                for (c, v) in src.iter().enumerate() {
+                    dst[c * keys + j] = *v;
+                }
+            }
+        });
+    kt
+}
+
+/// One head of one query block: returns `rows × head_dim` normalised outputs; `kt` is
+/// the keys as `keys_by_head` lays them out.
 fn block(
     q: &[f32],
-    k: &[f32],
+    kt: &[f32],
     v: &[f32],
     shape: AttentionShape,
     scale: f32,
@@ -108,14 +138,14 @@ fn block(
     for k0 in (0..keys).step_by(KEY_BLOCK) {
         let n = KEY_BLOCK.min(keys - k0);
         let scores = &mut scores[..rows * n];
-        // scores = q · kᵀ: k's rows read as columns through strides.
+        // scores = q · kᵀ, kᵀ being this head's d × keys matrix.
         let k_view = MatRef {
-            data: k,
-            offset: (b * keys + k0) * width + h * d,
+            data: kt,
+            offset: (b * heads + h) * d * keys + k0,
             rows: d,
             cols: n,
-            row_stride: 1,
-            col_stride: width,
+            row_stride: keys,
+            col_stride: 1,
         };
         matmul(scores, n, q_view, k_view, Accumulate::Overwrite, 1);
         softmax_block(scores, n, scale, &mut max, &mut sum, &mut acc, d);

@@ -313,11 +313,12 @@ pub(crate) mod tests {
     fn matches_the_definition_for_every_geometry_the_models_use() {
         let cases = [
             // (batch, h, w, cin, cout, kernel, stride, padding)
-            (2, 9, 7, 5, 6, 3, 1, 1),   // same-size 3×3, odd sizes
-            (1, 8, 8, 4, 3, 3, 2, 1),   // downsampler
-            (2, 7, 9, 3, 4, 3, 2, 0),   // downsampler without padding
-            (2, 6, 5, 7, 5, 1, 1, 0),   // 1×1 shortcut / projection
-            (1, 40, 33, 3, 2, 3, 1, 1), // many chunks
+            (2, 9, 7, 5, 6, 3, 1, 1),      // same-size 3×3, odd sizes
+            (1, 8, 8, 4, 3, 3, 2, 1),      // downsampler
+            (2, 7, 9, 3, 4, 3, 2, 0),      // downsampler without padding
+            (2, 6, 5, 7, 5, 1, 1, 0),      // 1×1 shortcut / projection
+            (1, 40, 33, 3, 2, 3, 1, 1),    // many chunks
+            (1, 24, 24, 1000, 2, 3, 1, 1), // wide input: chunks capped by the gather buffer
         ];
         for (batch, height, width, cin, cout, kernel, stride, padding) in cases {
             let s = Conv2dShape {
