@@ -39,23 +39,36 @@ impl WinogradWeights {
     pub fn new(weight: &[f32], cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9);
         let mut u = vec![0f32; 36 * cin * cout];
-        u.par_chunks_mut(cin * cout)
-            .enumerate()
-            .for_each(|(xi, dst)| {
-                let (i, j) = (xi / 6, xi % 6);
+        // One task per input channel: it owns row `ci` of each of the 36 matrices, and
+        // forms each channel pair's whole 6×6 tile at once (in f64: the coefficients
+        // reach 1/24, and this runs once per layer).
+        let rows: Vec<Vec<f32>> = (0..cin)
+            .into_par_iter()
+            .map(|ci| {
+                let mut row = vec![0f32; 36 * cout];
                 for co in 0..cout {
-                    for ci in 0..cin {
-                        let g = &weight[(co * cin + ci) * 9..][..9];
-                        let mut acc = 0f64;
-                        for a in 0..3 {
-                            for b in 0..3 {
-                                acc += G[i][a] as f64 * g[a * 3 + b] as f64 * G[j][b] as f64;
-                            }
+                    let g = &weight[(co * cin + ci) * 9..][..9];
+                    let mut gg = [[0f64; 3]; 6];
+                    for (i, gi) in G.iter().enumerate() {
+                        for b in 0..3 {
+                            gg[i][b] = (0..3).map(|a| gi[a] as f64 * g[a * 3 + b] as f64).sum();
                         }
-                        dst[ci * cout + co] = acc as f32;
+                    }
+                    for i in 0..6 {
+                        for (j, gj) in G.iter().enumerate() {
+                            let v: f64 = (0..3).map(|b| gg[i][b] * gj[b] as f64).sum();
+                            row[(i * 6 + j) * cout + co] = v as f32;
+                        }
                     }
                 }
-            });
+                row
+            })
+            .collect();
+        for (ci, row) in rows.iter().enumerate() {
+            for (xi, part) in row.chunks_exact(cout).enumerate() {
+                u[xi * cin * cout + ci * cout..][..cout].copy_from_slice(part);
+            }
+        }
         Self { cin, cout, u }
     }
 
