@@ -84,7 +84,7 @@ impl Worker {
                 permanent: false,
             },
         };
-        self.settle(&lease, &flags, outcome, started).await
+        self.settle(&lease, &flags, outcome, started, None).await
     }
 
     /// Awaits `work`; after a shutdown signal, lets it run for the grace period, then

@@ -9,9 +9,11 @@
 //!
 //! `engine.rs` holds the loaded model, `spec.rs` turns a job spec into a request,
 //! `lease.rs` the heartbeat, stop flags and progress reporter, `render.rs` the blocking
-//! half, `job.rs` one job alone, `batch.rs` a batch, `finish.rs` how each attempt ends.
+//! half, `job.rs` one job alone, `batch.rs` a batch, `finish.rs` how each attempt ends,
+//! `commit.rs` how a batch's jobs complete in one store call.
 
 mod batch;
+mod commit;
 mod engine;
 mod finish;
 mod job;
