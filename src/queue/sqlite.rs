@@ -25,6 +25,7 @@ use super::{
 };
 
 mod batch;
+mod checkpoint;
 mod complete;
 mod gallery;
 mod keys;
@@ -44,6 +45,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     options: SqliteConnectOptions,
+    /// Held while the store lives; the checkpoint task stops when it is gone.
+    _alive: std::sync::Arc<()>,
 }
 
 fn now_ms() -> i64 {
@@ -89,7 +92,13 @@ impl SqliteStore {
                     Ok(sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) == 0)
                 })
             })
-            .connect_with(options.clone())
+            // WAL checkpoints run beside the writer (`checkpoint.rs`), not inside one of
+            // its commits.
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES),
+            )
             .await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&writer)
@@ -100,10 +109,13 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
+        let alive = std::sync::Arc::new(());
+        checkpoint::spawn(options.clone(), std::sync::Arc::downgrade(&alive));
         Ok(Self {
             writer,
             reader,
             options,
+            _alive: alive,
         })
     }
 
