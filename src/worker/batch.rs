@@ -201,7 +201,7 @@ impl Worker {
             let engine = self.engine.clone();
             let lead = jobs[0].lease.job.spec.clone();
             let span = batch_span.clone();
-            tokio::task::spawn_blocking(move || {
+            super::priority::spawn_inference(self.config.inference_nice, move || {
                 span.in_scope(|| {
                     let size = members.len();
                     let t0 = Instant::now();

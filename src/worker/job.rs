@@ -68,7 +68,7 @@ impl Worker {
             let flags = flags.clone();
             let spec = job.spec.clone();
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
+            super::priority::spawn_inference(self.config.inference_nice, move || {
                 span.in_scope(|| render(&engine, &spec, request, inputs, &flags, steps_tx))
             })
         };
