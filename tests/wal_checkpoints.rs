@@ -55,7 +55,11 @@ async fn committed_jobs_reach_the_database_file_without_a_writer_checkpoint() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(seen, Some(300), "every committed job is in the database file");
+    assert_eq!(
+        seen,
+        Some(300),
+        "every committed job is in the database file"
+    );
     // The store keeps working after its checkpoints.
     assert_eq!(
         store

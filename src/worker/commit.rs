@@ -76,6 +76,7 @@ impl CommitGroup {
                 .collect();
             match queue.complete_many(items).await {
                 Ok(results) => {
+                    tracing::debug!(jobs = results.len(), "batch completed in one commit");
                     for (p, result) in batch.into_iter().zip(results) {
                         let _ = p.done.send(result);
                     }
