@@ -159,6 +159,7 @@ pub async fn start(config: &Config, serve: &ServeConfig, role: Role) -> anyhow::
         wc.grace = serve.grace();
         wc.poll_interval = serve.poll_interval();
         wc.batch_size = serve.batch_size as usize;
+        wc.inference_nice = serve.inference_nice;
         wc.device = crate::config::parse_device(&serve.device)?;
         wc.device_name = serve.device.clone();
         wc.dtype = crate::config::parse_dtype(&serve.dtype)?;

@@ -180,9 +180,13 @@ pub enum BenchKind {
         jobs: usize,
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
         workers: Vec<usize>,
-        /// Progress events each job records.
+        /// Progress events each job records (0: none).
         #[arg(long, default_value_t = 4)]
         progress: usize,
+        /// Also drain claiming up to N jobs at a time (claim, then `claim_batch`) and
+        /// completing them in one call; those rows compare with one at a time.
+        #[arg(long, default_value_t = 1)]
+        claim_batch: usize,
     },
     /// `POST /v1/jobs` latency percentiles at a fixed rate (open loop) against an
     /// in-process embedded server whose worker runs the jobs, or against --url.
@@ -557,6 +561,7 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             jobs,
             workers,
             progress,
+            claim_batch,
         } => {
             let url = config.database_url();
             let postgres =
@@ -565,6 +570,7 @@ fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 jobs,
                 workers,
                 progress,
+                claim_batch,
                 iterations: args.iterations,
                 postgres,
             };

@@ -124,6 +124,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SDQ_BATCH_SIZE", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub batch_size: u32,
+    /// Nice value (0-19) of the threads that run inference: above 0 the API, and any
+    /// other work on the machine, takes the cores first when it needs them. 0 runs
+    /// inference at the same priority as everything else.
+    #[arg(long, env = "SDQ_INFERENCE_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub inference_nice: i32,
     /// Where workers run inference: cpu, cuda:N or metal.
     #[arg(long, env = "SDQ_DEVICE", default_value = "cpu")]
     pub device: String,

@@ -58,6 +58,44 @@ fn queue_bench_runs_on_sqlite_and_postgres_and_cleans_up() {
         assert!(extra(row, "jobs_per_s") > 0.0, "{row}");
     }
     assert_eq!(rows[0]["speedup"], 1.0);
+    // Batched draining: every count also runs claiming up to 4 at a time, compared with
+    // the one-at-a-time run of as many workers; every job completed (or the run fails).
+    let out = run_sdq(&[
+        "--database-url",
+        &admin,
+        "bench",
+        "queue",
+        "--jobs",
+        "30",
+        "--workers",
+        "2",
+        "--iterations",
+        "1",
+        "--progress",
+        "0",
+        "--claim-batch",
+        "4",
+    ]);
+    let batched = crate::rows(&out);
+    let cases: Vec<&str> = batched
+        .iter()
+        .map(|r| r["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            "sqlite, 2 workers, 30 jobs",
+            "sqlite, 2 workers, 30 jobs, claim batch 4",
+            "postgres, 2 workers, 30 jobs",
+            "postgres, 2 workers, 30 jobs, claim batch 4"
+        ]
+    );
+    for row in &batched {
+        assert_eq!(extra(row, "events_per_job"), 3.0, "{row}");
+        assert!(extra(row, "claim_complete_per_s") > 0.0, "{row}");
+    }
+    assert_eq!(batched[1]["baseline"], "one at a time");
+    assert_eq!(extra(&batched[1], "claim_batch"), 4.0);
     // The benchmark's own database is gone again.
     let after = databases(&admin);
     let left: Vec<_> = after.iter().filter(|d| !before.contains(d)).collect();

@@ -10,6 +10,9 @@ use webhook_checks::*;
 #[path = "jobstore_conformance/batch.rs"]
 mod batch_checks;
 use batch_checks::*;
+#[path = "jobstore_conformance/complete_many.rs"]
+mod complete_many_checks;
+use complete_many_checks::*;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1539,6 +1542,9 @@ macro_rules! backend {
             check!(batch_claims_take_compatible_jobs_in_priority_order);
             check!(batch_claims_need_a_held_batchable_lead);
             check!(batch_claims_never_share_a_job_with_other_workers);
+            check!(batched_completion_matches_one_by_one);
+            check!(batched_completion_fences_each_job);
+            check!(batched_completion_is_all_or_nothing_on_error);
         }
     };
 }

@@ -6,6 +6,11 @@
 //! Each row's baseline is one worker on the same backend, so `speedup` is how well the
 //! store scales with workers: lock contention or a starved pool shows as a ratio that
 //! fell, while `jobs_per_s` gives the absolute figure to compare across runs.
+//!
+//! With `claim_batch` above 1 each count also runs as a throughput-oriented worker
+//! drains: it claims a job, then up to `claim_batch - 1` more with `claim_batch`, and
+//! completes them all with one `complete_many`. Those rows' baseline is the
+//! one-at-a-time run with as many workers, so `speedup` is the gain of batching.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +31,8 @@ pub struct QueueBench {
     pub workers: Vec<usize>,
     /// Progress events each job records between claim and complete.
     pub progress: usize,
+    /// Jobs a worker claims and completes at once (1: one at a time only).
+    pub claim_batch: usize,
     pub iterations: usize,
     /// A PostgreSQL server URL; the benchmark creates (and drops) its own database there.
     pub postgres: Option<String>,
@@ -119,7 +126,69 @@ struct Pass {
     drain: Duration,
 }
 
-async fn pass(queue: &Queue, jobs: usize, workers: usize, progress: usize) -> anyhow::Result<Pass> {
+/// How one pass drains the queue: `workers` workers taking `batch` jobs at a time.
+#[derive(Clone, Copy)]
+struct Shape {
+    workers: usize,
+    batch: usize,
+    progress: usize,
+}
+
+fn progress_event(step: usize, total: usize) -> EventKind {
+    EventKind::Progress {
+        step: step as i64,
+        total: total as i64,
+        elapsed_ms: 0,
+        eta_ms: 0,
+    }
+}
+
+/// One worker's drain: claims until the queue is empty; returns how many jobs it did.
+async fn drain_queue(queue: Queue, name: String, shape: Shape) -> anyhow::Result<usize> {
+    let lease = Duration::from_secs(60);
+    let mut done = 0usize;
+    while let Some(lead) = queue.claim(&name, Some("tiny"), lease).await? {
+        if shape.batch <= 1 {
+            for step in 1..=shape.progress {
+                queue
+                    .record(&lead, progress_event(step, shape.progress))
+                    .await?;
+            }
+            queue
+                .complete(&lead, Vec::new(), serde_json::json!({}))
+                .await?;
+            done += 1;
+            continue;
+        }
+        let more = queue
+            .claim_batch(&lead, &name, shape.batch - 1, lease)
+            .await?;
+        let held: Vec<_> = std::iter::once(lead).chain(more).collect();
+        // Each job of a batch reports its own steps, as in a UNet batch.
+        for step in 1..=shape.progress {
+            for job in &held {
+                queue
+                    .record(job, progress_event(step, shape.progress))
+                    .await?;
+            }
+        }
+        let results = queue
+            .complete_many(
+                held.iter()
+                    .map(|l| (l, Vec::new(), serde_json::json!({})))
+                    .collect(),
+            )
+            .await?;
+        for result in results {
+            result?;
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+async fn pass(queue: &Queue, jobs: usize, shape: Shape) -> anyhow::Result<Pass> {
+    let workers = shape.workers;
     let start = Instant::now();
     let mut submitters = Vec::new();
     for w in 0..workers {
@@ -140,30 +209,8 @@ async fn pass(queue: &Queue, jobs: usize, workers: usize, progress: usize) -> an
     let start = Instant::now();
     let mut drainers = Vec::new();
     for w in 0..workers {
-        let queue = queue.clone();
-        drainers.push(tokio::spawn(async move {
-            let name = format!("bench-worker-{w}");
-            let mut done = 0usize;
-            while let Some(lease) = queue
-                .claim(&name, Some("tiny"), Duration::from_secs(60))
-                .await?
-            {
-                for step in 1..=progress {
-                    let kind = EventKind::Progress {
-                        step: step as i64,
-                        total: progress as i64,
-                        elapsed_ms: 0,
-                        eta_ms: 0,
-                    };
-                    queue.record(&lease, kind).await?;
-                }
-                queue
-                    .complete(&lease, Vec::new(), serde_json::json!({}))
-                    .await?;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        }));
+        let name = format!("bench-worker-{w}");
+        drainers.push(tokio::spawn(drain_queue(queue.clone(), name, shape)));
     }
     let mut done = 0;
     for d in drainers {
@@ -183,8 +230,11 @@ fn per_s(jobs: usize, d: Duration) -> f64 {
 /// Runs every worker count on each backend, interleaved per iteration so that a slow
 /// spell of the machine hits all counts alike; returns one row per backend and count.
 pub async fn queue(bench: &QueueBench) -> anyhow::Result<Vec<Row>> {
-    if bench.jobs == 0 || bench.workers.contains(&0) {
-        bail!("--jobs and every --workers count must be positive");
+    if bench.jobs == 0 || bench.workers.contains(&0) || bench.claim_batch == 0 {
+        bail!("--jobs, --claim-batch and every --workers count must be positive");
+    }
+    if spec().batch_key().is_none() {
+        bail!("the benchmark's jobs cannot be claimed in batches");
     }
     let mut backends = vec!["sqlite"];
     if bench.postgres.is_some() {
@@ -206,40 +256,68 @@ pub async fn queue(bench: &QueueBench) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn measure(queue: &Queue, bench: &QueueBench, backend: &str) -> anyhow::Result<Vec<Row>> {
-    // Warm-up: connections, statement caches, the first pages of the tables.
-    pass(queue, bench.jobs.min(50), 1, bench.progress).await?;
+    let shape = |workers, batch| Shape {
+        workers,
+        batch,
+        progress: bench.progress,
+    };
     let counts = &bench.workers;
-    let mut samples: Vec<Vec<Pass>> = counts.iter().map(|_| Vec::new()).collect();
+    let mut batches = vec![1];
+    if bench.claim_batch > 1 {
+        batches.push(bench.claim_batch);
+    }
+    // Warm-up: connections, statement caches, the first pages of the tables.
+    for &batch in &batches {
+        pass(queue, bench.jobs.min(50), shape(1, batch)).await?;
+    }
+    // samples[b][i]: batch size `batches[b]`, worker count `counts[i]`.
+    let mut samples: Vec<Vec<Vec<Pass>>> = batches
+        .iter()
+        .map(|_| counts.iter().map(|_| Vec::new()).collect())
+        .collect();
     for _ in 0..bench.iterations.max(1) {
         for (i, &w) in counts.iter().enumerate() {
-            samples[i].push(pass(queue, bench.jobs, w, bench.progress).await?);
+            for (b, &batch) in batches.iter().enumerate() {
+                samples[b][i].push(pass(queue, bench.jobs, shape(w, batch)).await?);
+            }
         }
     }
     let total = |p: &Pass| p.enqueue + p.drain;
-    let one: Option<Vec<Duration>> = counts
-        .iter()
-        .position(|w| *w == 1)
-        .map(|i| samples[i].iter().map(total).collect());
+    let totals =
+        |b: usize, i: usize| -> Vec<Duration> { samples[b][i].iter().map(total).collect() };
+    let one: Option<Vec<Duration>> = counts.iter().position(|w| *w == 1).map(|i| totals(0, i));
     let mut rows = Vec::new();
-    for (i, &w) in counts.iter().enumerate() {
-        let totals: Vec<Duration> = samples[i].iter().map(total).collect();
-        let enqueues: Vec<Duration> = samples[i].iter().map(|p| p.enqueue).collect();
-        let drains: Vec<Duration> = samples[i].iter().map(|p| p.drain).collect();
-        let baseline = one.as_deref().map(|t| ("1 worker", t));
-        let row = Row::new(
-            "queue",
-            format!("{backend}, {w} workers, {} jobs", bench.jobs),
-            &totals,
-            baseline,
-        )
-        .with("jobs_per_s", per_s(bench.jobs, super::median(&totals)))
-        .with("enqueue_per_s", per_s(bench.jobs, super::median(&enqueues)))
-        .with(
-            "claim_complete_per_s",
-            per_s(bench.jobs, super::median(&drains)),
-        )
-        .with("events_per_job", (bench.progress + 3) as f64);
-        rows.push(row);
+    for (b, &batch) in batches.iter().enumerate() {
+        for (i, &w) in counts.iter().enumerate() {
+            let ours = totals(b, i);
+            let enqueues: Vec<Duration> = samples[b][i].iter().map(|p| p.enqueue).collect();
+            let drains: Vec<Duration> = samples[b][i].iter().map(|p| p.drain).collect();
+            let one_at_a_time = totals(0, i);
+            let (case, baseline) = if batch == 1 {
+                (
+                    format!("{backend}, {w} workers, {} jobs", bench.jobs),
+                    one.as_deref().map(|t| ("1 worker", t)),
+                )
+            } else {
+                (
+                    format!(
+                        "{backend}, {w} workers, {} jobs, claim batch {batch}",
+                        bench.jobs
+                    ),
+                    Some(("one at a time", one_at_a_time.as_slice())),
+                )
+            };
+            let row = Row::new("queue", case, &ours, baseline)
+                .with("jobs_per_s", per_s(bench.jobs, super::median(&ours)))
+                .with("enqueue_per_s", per_s(bench.jobs, super::median(&enqueues)))
+                .with(
+                    "claim_complete_per_s",
+                    per_s(bench.jobs, super::median(&drains)),
+                )
+                .with("events_per_job", (bench.progress + 3) as f64)
+                .with("claim_batch", batch as f64);
+            rows.push(row);
+        }
     }
     Ok(rows)
 }

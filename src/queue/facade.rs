@@ -9,8 +9,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    CancelOutcome, Enqueued, Event, EventBus, EventKind, JobStore, Lease, NewImage, NewJob,
-    PreviewImage, Scope, StoreError,
+    CancelOutcome, Completion, Enqueued, Event, EventBus, EventKind, JobStore, Lease, NewImage,
+    NewJob, PreviewImage, Scope, StoreError,
 };
 
 #[derive(Clone)]
@@ -138,6 +138,35 @@ impl Queue {
             .await?;
         self.publish(&events).await;
         Ok(())
+    }
+
+    /// Completes several held jobs in one store call and publishes the events of those
+    /// that completed; each job's own result says whether its lease still held.
+    pub async fn complete_many(
+        &self,
+        completions: Vec<(&Lease, Vec<NewImage>, serde_json::Value)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let completions = completions
+            .into_iter()
+            .map(|(lease, images, timings)| Completion {
+                id: lease.job.id,
+                token: lease.token,
+                images,
+                timings,
+            })
+            .collect();
+        let results = self.store.complete_many(completions).await?;
+        let mut outcomes = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Ok(events) => {
+                    self.publish(&events).await;
+                    outcomes.push(Ok(()));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        Ok(outcomes)
     }
 
     pub async fn fail(

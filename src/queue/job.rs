@@ -230,6 +230,15 @@ pub struct NewImage {
     pub bytes: i64,
 }
 
+/// One job's completion in a batched `JobStore::complete_many`: what `complete` takes.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: Uuid,
+    pub token: Uuid,
+    pub images: Vec<NewImage>,
+    pub timings: serde_json::Value,
+}
+
 /// An image row.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRecord {

@@ -23,8 +23,8 @@ pub use bus::{BusError, BusMessage, EventBus};
 pub use events::{Event, EventKind, ImageSummary, PreviewImage};
 pub use facade::Queue;
 pub use job::{
-    adapters_key, default_preview_every, Cursor, Enqueued, Idempotency, ImageQuery, ImageRecord,
-    Job, JobSpec, Lease, ListQuery, LoraRef, NewImage, NewJob, WorkerInfo,
+    adapters_key, default_preview_every, Completion, Cursor, Enqueued, Idempotency, ImageQuery,
+    ImageRecord, Job, JobSpec, Lease, ListQuery, LoraRef, NewImage, NewJob, WorkerInfo,
 };
 pub use keys::{ApiKey, NewApiKey};
 pub use scope::Scope;

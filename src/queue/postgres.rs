@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::webhooks::{AttemptOutcome, Delivery, WebhookEvent};
 use super::{
-    ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
-    StoreError, WorkerInfo,
+    ApiKey, CancelOutcome, Completion, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job,
+    JobSpec, JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob,
+    Scope, StoreError, WorkerInfo,
 };
 
 mod batch;
@@ -394,6 +394,13 @@ impl JobStore for PgStore {
                 kind,
             })
             .collect())
+    }
+
+    async fn complete_many(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+        batch::complete_many(&self.pool, completions).await
     }
 
     async fn fail(

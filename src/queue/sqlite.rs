@@ -19,12 +19,14 @@ use uuid::Uuid;
 
 use super::webhooks::{AttemptOutcome, Delivery, WebhookEvent};
 use super::{
-    ApiKey, CancelOutcome, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job, JobSpec,
-    JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob, Scope,
-    StoreError, WorkerInfo,
+    ApiKey, CancelOutcome, Completion, Enqueued, Event, EventKind, ImageQuery, ImageRecord, Job,
+    JobSpec, JobStatus, JobStore, Lease, ListQuery, NewImage, NewJob, PreviewImage, PurgedJob,
+    Scope, StoreError, WorkerInfo,
 };
 
 mod batch;
+mod checkpoint;
+mod complete;
 mod gallery;
 mod keys;
 mod queue_order;
@@ -43,6 +45,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     options: SqliteConnectOptions,
+    /// Held while the store lives; the checkpoint task stops when it is gone.
+    _alive: std::sync::Arc<()>,
 }
 
 fn now_ms() -> i64 {
@@ -88,7 +92,13 @@ impl SqliteStore {
                     Ok(sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) == 0)
                 })
             })
-            .connect_with(options.clone())
+            // WAL checkpoints run beside the writer (`checkpoint.rs`), not inside one of
+            // its commits.
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES),
+            )
             .await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&writer)
@@ -99,10 +109,13 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
+        let alive = std::sync::Arc::new(());
+        checkpoint::spawn(options.clone(), std::sync::Arc::downgrade(&alive));
         Ok(Self {
             writer,
             reader,
             options,
+            _alive: alive,
         })
     }
 
@@ -471,58 +484,17 @@ impl JobStore for SqliteStore {
         images: Vec<NewImage>,
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError> {
-        let now = now_ms();
-        let kinds = super::store::completion_events(&images, timings.clone());
         let mut tx = self.write_tx().await?;
-        // The events' seqs are reserved here, all at once: they follow `last_seq`.
-        let row = sqlx::query(
-            "UPDATE jobs SET status = 'succeeded', finished_at = ?, timings = ?, lease_token = NULL, \
-                    lease_expires_at = NULL, progress_step = progress_total, error = NULL, preview = NULL, \
-                    last_seq = last_seq + ? \
-             WHERE id = ? AND lease_token = ? AND status = 'running' \
-             RETURNING last_seq, owner, model, json_extract(spec, '$.prompt') AS prompt, webhook_events",
-        )
-        .bind(now)
-        .bind(timings.to_string())
-        .bind(kinds.len() as i64)
-        .bind(id.to_string())
-        .bind(token.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::LeaseLost(id))?;
-        let last_seq: i64 = row.try_get("last_seq")?;
-        let owner: String = row.try_get("owner")?;
-        let model: String = row.try_get("model")?;
-        let prompt: Option<String> = row.try_get("prompt")?;
-        let webhook_events: i64 = row.try_get("webhook_events")?;
-        let mut seq = last_seq - kinds.len() as i64;
-        for image in images {
-            sqlx::query(
-                "INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(image.id.to_string())
-            .bind(id.to_string())
-            .bind(&owner)
-            .bind(&model)
-            .bind(prompt.as_deref().unwrap_or(""))
-            .bind(image.index)
-            .bind(&image.object_key)
-            .bind(image.seed)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(image.bytes)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut events = Vec::with_capacity(kinds.len());
-        for kind in kinds {
-            seq += 1;
-            events.push(insert_event_subscribed(&mut tx, id, seq, kind, webhook_events).await?);
-        }
+        let events = complete::complete_in(&mut tx, id, token, images, timings).await?;
         tx.commit().await?;
         Ok(events)
+    }
+
+    async fn complete_many(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+        complete::complete_many(self, completions).await
     }
 
     async fn fail(

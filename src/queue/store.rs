@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use super::webhooks::{AttemptOutcome, Delivery};
 use super::{
-    ApiKey, Enqueued, Event, EventKind, ImageQuery, ImageRecord, ImageSummary, Job, JobStatus,
-    Lease, ListQuery, NewImage, NewJob, PreviewImage, Scope, WorkerInfo,
+    ApiKey, Completion, Enqueued, Event, EventKind, ImageQuery, ImageRecord, ImageSummary, Job,
+    JobStatus, Lease, ListQuery, NewImage, NewJob, PreviewImage, Scope, WorkerInfo,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("job {0} not found")]
     NotFound(Uuid),
@@ -147,6 +147,15 @@ pub trait JobStore: Send + Sync {
         images: Vec<NewImage>,
         timings: serde_json::Value,
     ) -> Result<Vec<Event>, StoreError>;
+    /// Completes several jobs we hold in one transaction (one statement on PostgreSQL),
+    /// each exactly as `complete` would, so a worker whose batch finishes together pays
+    /// for one commit. Results follow the order of `completions`: a job whose lease is
+    /// no longer held gets its own `LeaseLost` and the others still complete; the outer
+    /// error means nothing was written. A job may appear only once per call.
+    async fn complete_many(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError>;
     /// Fails the attempt: requeued after `retry_after` if attempts remain, else failed.
     async fn fail(
         &self,
@@ -328,6 +337,19 @@ pub(crate) fn completion_events(images: &[NewImage], timings: serde_json::Value)
         timings,
     });
     kinds
+}
+
+/// Refuses a batched completion that names a job twice: only one of the two could
+/// complete, and which one would depend on the backend's row order.
+pub(crate) fn check_distinct(completions: &[Completion]) -> Result<(), StoreError> {
+    let mut seen = HashSet::with_capacity(completions.len());
+    match completions.iter().find(|c| !seen.insert(c.id)) {
+        Some(c) => Err(StoreError::Database(format!(
+            "job {} appears twice in one batched completion",
+            c.id
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What the rescuer does with a running job whose lease expired: cancel it if a cancel

@@ -2,7 +2,8 @@
 //! batch (`StableDiffusion::generate_batch`).
 //!
 //! Every job keeps its own lease (and heartbeat), progress events, previews, cancel and
-//! outcome: each ends on its own as soon as its result is known. A job canceled mid-run
+//! outcome: each ends on its own as soon as its result is known, except that the jobs
+//! that succeed together commit together (`commit.rs`). A job canceled mid-run
 //! is dropped from the batch after the step in which its cancel arrived and ends
 //! `canceled` at once; the others carry on without it. A failure of the whole batch
 //! (the model does not load, the UNet fails) ends each job with that error, retried or
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::commit::{CommitGroup, CommitTicket};
 use super::lease::{heartbeat_loop, spawn_reporter, StopFlags};
 use super::render::{encode_images, Outcome, Rendered};
 use super::spec::generate_request;
@@ -159,6 +161,7 @@ impl Worker {
 
         let mut members = Vec::with_capacity(jobs.len());
         let mut drivers = Vec::with_capacity(jobs.len());
+        let mut tickets = CommitGroup::tickets(self.queue.clone(), jobs.len());
         for (i, (job, request)) in jobs.iter().zip(&requests).enumerate() {
             let heartbeat = tokio::spawn(
                 heartbeat_loop(
@@ -189,7 +192,7 @@ impl Worker {
                 done: Some(done_tx),
             });
             drivers.push(
-                self.drive(job, done_rx, reporter, heartbeat, started)
+                self.drive(job, done_rx, reporter, heartbeat, started, tickets.pop())
                     .instrument(job.span.clone()),
             );
         }
@@ -198,7 +201,7 @@ impl Worker {
             let engine = self.engine.clone();
             let lead = jobs[0].lease.job.spec.clone();
             let span = batch_span.clone();
-            tokio::task::spawn_blocking(move || {
+            super::priority::spawn_inference(self.config.inference_nice, move || {
                 span.in_scope(|| {
                     let size = members.len();
                     let t0 = Instant::now();
@@ -245,6 +248,7 @@ impl Worker {
         reporter: tokio::task::JoinHandle<()>,
         heartbeat: tokio::task::JoinHandle<()>,
         started: Instant,
+        ticket: Option<CommitTicket>,
     ) -> (&'static str, Duration) {
         // No outcome means the inference thread died (a panic): a retry may help.
         let outcome = done.await.unwrap_or_else(|_| Outcome::Failed {
@@ -258,7 +262,9 @@ impl Worker {
             .lock()
             .expect("current lock")
             .retain(|(running, _)| *running != id);
-        let outcome = self.settle(&job.lease, &job.flags, outcome, started).await;
+        let outcome = self
+            .settle(&job.lease, &job.flags, outcome, started, ticket)
+            .await;
         (outcome, started.elapsed())
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::commit::CommitTicket;
 use super::lease::StopFlags;
 use super::render::{Outcome, Rendered};
 use super::Worker;
@@ -17,14 +18,20 @@ use crate::storage::ImageStore;
 
 impl Worker {
     /// Records how a job's generation ended (unless its lease was lost meanwhile) and
-    /// returns the outcome's name for the metrics.
+    /// returns the outcome's name for the metrics. A job of a batch passes its `ticket`,
+    /// so that its completion commits with its batch-mates'.
     pub(super) async fn settle(
         &self,
         lease: &Lease,
         flags: &Arc<StopFlags>,
         outcome: Outcome,
         started: Instant,
+        mut ticket: Option<CommitTicket>,
     ) -> &'static str {
+        if !matches!(outcome, Outcome::Rendered(_)) || StopFlags::is(&flags.lease_lost) {
+            // Nothing of this job will commit with the batch: the others need not wait.
+            drop(ticket.take());
+        }
         if StopFlags::is(&flags.lease_lost) {
             tracing::warn!("lease lost; dropping this attempt's results");
             return "lease_lost";
@@ -32,7 +39,8 @@ impl Worker {
         match outcome {
             Outcome::Rendered(rendered) => {
                 observability::model_load(Duration::from_millis(rendered.load_ms));
-                self.finish_succeeded(lease, rendered, started).await
+                self.finish_succeeded(lease, rendered, started, ticket)
+                    .await
             }
             Outcome::Stopped if StopFlags::is(&flags.release) => {
                 match self.queue.release(lease).await {
@@ -78,13 +86,15 @@ impl Worker {
         }
     }
 
-    /// Uploads first, then commits the job and its image rows in one fenced transaction;
-    /// if that commit loses, the uploads are orphans and are deleted.
+    /// Uploads first, then commits the job and its image rows in one fenced transaction
+    /// (with its batch's, given a ticket); if that commit loses, the uploads are orphans
+    /// and are deleted.
     async fn finish_succeeded(
         &self,
         lease: &Lease,
         rendered: Rendered,
         started: Instant,
+        ticket: Option<CommitTicket>,
     ) -> &'static str {
         let job_id = lease.job.id;
         let upload_started = Instant::now();
@@ -103,6 +113,7 @@ impl Worker {
                     .await
             };
             if let Err(e) = stored.await {
+                drop(ticket);
                 let _ = self.images.delete(&key).await;
                 self.delete_objects(&uploaded).await;
                 let retry = Some(crate::queue::retry::backoff(
@@ -140,7 +151,11 @@ impl Worker {
         if rendered.batch_size > 1 {
             timings["batch_size"] = rendered.batch_size.into();
         }
-        match self.queue.complete(lease, uploaded.clone(), timings).await {
+        let committed = match ticket {
+            Some(ticket) => ticket.complete(lease, uploaded.clone(), timings).await,
+            None => self.queue.complete(lease, uploaded.clone(), timings).await,
+        };
+        match committed {
             Ok(()) => {
                 tracing::info!(
                     images = uploaded.len(),

@@ -68,7 +68,7 @@ impl Worker {
             let flags = flags.clone();
             let spec = job.spec.clone();
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
+            super::priority::spawn_inference(self.config.inference_nice, move || {
                 span.in_scope(|| render(&engine, &spec, request, inputs, &flags, steps_tx))
             })
         };
@@ -84,7 +84,7 @@ impl Worker {
                 permanent: false,
             },
         };
-        self.settle(&lease, &flags, outcome, started).await
+        self.settle(&lease, &flags, outcome, started, None).await
     }
 
     /// Awaits `work`; after a shutdown signal, lets it run for the grace period, then

@@ -9,13 +9,17 @@
 //!
 //! `engine.rs` holds the loaded model, `spec.rs` turns a job spec into a request,
 //! `lease.rs` the heartbeat, stop flags and progress reporter, `render.rs` the blocking
-//! half, `job.rs` one job alone, `batch.rs` a batch, `finish.rs` how each attempt ends.
+//! half, `job.rs` one job alone, `batch.rs` a batch, `finish.rs` how each attempt ends,
+//! `commit.rs` how a batch's jobs complete in one store call, `priority.rs` the threads
+//! inference runs on.
 
 mod batch;
+mod commit;
 mod engine;
 mod finish;
 mod job;
 mod lease;
+mod priority;
 mod render;
 mod spec;
 
@@ -62,6 +66,9 @@ pub struct WorkerConfig {
     /// more that can share its batch (txt2img of the same model, adapters, size,
     /// scheduler, steps, guidance, clip skip). 1 runs every job alone.
     pub batch_size: usize,
+    /// Nice value of the threads that run inference (0: the API's priority), so that
+    /// requests to an API in the same process are not kept waiting (see `priority.rs`).
+    pub inference_nice: i32,
     /// Test-only (`SDQ_TEST_PAUSE_BEFORE_COMMIT`): after uploading a job's images, write
     /// the job id to this file and stop before committing, so a test can kill the
     /// process at exactly that moment and leave orphaned objects behind.
@@ -87,6 +94,7 @@ impl WorkerConfig {
             device: Device::Cpu,
             dtype: DType::F32,
             batch_size: 1,
+            inference_nice: 10,
             pause_before_commit: None,
         }
     }
@@ -114,6 +122,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(queue: Queue, images: ImageStore, config: WorkerConfig) -> Self {
+        priority::lower_compute_pool(config.inference_nice);
         let engine = Arc::new(Engine::new(
             config.models_dir.clone(),
             config.device.clone(),

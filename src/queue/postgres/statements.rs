@@ -162,6 +162,44 @@ pub(super) static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `COMPLETE` for several jobs at once: `$1`…`$5` one element per job (id, token,
+/// timings, event count, delivery id), numbered by `WITH ORDINALITY`; the image rows
+/// (`$6`…`$13`) and event bodies (`$14`…`$16`) name their job by that number. A job whose
+/// fence fails yields no row, and so none of its images, events or delivery.
+pub(super) static COMPLETE_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::bigint[], $5::uuid[]) \
+             WITH ORDINALITY AS b(bid, btoken, btimings, bcount, bdelivery, k)), \
+         job AS ( \
+           UPDATE jobs SET status = 'succeeded', finished_at = {NOW}, timings = input.btimings, \
+                  lease_token = NULL, lease_expires_at = NULL, progress_step = progress_total, \
+                  error = NULL, preview = NULL, last_seq = last_seq + input.bcount \
+           FROM input \
+           WHERE jobs.id = input.bid AND jobs.lease_token = input.btoken AND jobs.status = 'running' \
+           RETURNING jobs.id, jobs.owner, jobs.model, jobs.spec->>'prompt' AS prompt, jobs.last_seq, \
+                     jobs.webhook_url, jobs.webhook_events, input.k, input.bcount, input.bdelivery), \
+         image AS ( \
+           INSERT INTO images (id, job_id, owner, model, prompt, idx, object_key, seed, width, height, bytes, created_at) \
+           SELECT i.id, job.id, job.owner, job.model, COALESCE(job.prompt, ''), i.idx, i.object_key, i.seed, \
+                  i.width, i.height, i.bytes, {NOW} \
+           FROM unnest($6::bigint[], $7::uuid[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], \
+                       $12::bigint[], $13::bigint[]) AS i(k, id, idx, object_key, seed, width, height, bytes) \
+           JOIN job ON job.k = i.k), \
+         event AS ( \
+           INSERT INTO job_events (job_id, seq, body, created_at) \
+           SELECT job.id, job.last_seq - job.bcount + e.n, e.body, {NOW} \
+           FROM unnest($14::bigint[], $15::bigint[], $16::jsonb[]) AS e(k, n, body) JOIN job ON job.k = e.k), \
+         delivery AS ({}) \
+         SELECT k, last_seq FROM job",
+        webhooks::insert_from(
+            "(SELECT id, owner, webhook_url, webhook_events, last_seq AS seq, bdelivery FROM job)",
+            WebhookEvent::Completed,
+            "s.bdelivery"
+        ),
+    )
+});
+
 /// Appends a non-terminal event of a job we hold (`$3`/`$4` its progress step and total,
 /// if it is progress): fence, next `seq`, progress, the event and its webhook delivery in
 /// one round trip.
