@@ -392,17 +392,6 @@ pub fn conv(path: Path, layer: &Conv2d, x: &Tensor, extras: ConvExtras) -> Resul
                 residual: residual.as_ref().map(|v| v.slice()),
                 scale: extras.scale.map(|s| (1.0 / s) as f32),
             };
-            let kn;
-            let direct = match layer.winograd(h * w)? {
-                Some(_) => kernels::conv2d::ConvWeights::Oihw(wv.slice()),
-                None => {
-                    kn = transposed(&layer.kn, wv.slice(), cout, cin * kh * kw);
-                    match &kn {
-                        Some(kn) => kernels::conv2d::ConvWeights::Kn(kn),
-                        None => kernels::conv2d::ConvWeights::Oihw(wv.slice()),
-                    }
-                }
-            };
             match layer.winograd(h * w)? {
                 Some(weights) => kernels::winograd::conv3x3_winograd(
                     xv.slice(),
@@ -411,14 +400,21 @@ pub fn conv(path: Path, layer: &Conv2d, x: &Tensor, extras: ConvExtras) -> Resul
                     epilogue,
                     &mut out,
                 ),
-                None => kernels::conv2d::conv2d_nhwc(
-                    xv.slice(),
-                    shape,
-                    direct,
-                    epilogue,
-                    &mut out,
-                    kernels::threads(),
-                ),
+                None => {
+                    let kn = transposed(&layer.kn, wv.slice(), cout, cin * kh * kw);
+                    let weights = match &kn {
+                        Some(kn) => kernels::conv2d::ConvWeights::Kn(kn),
+                        None => kernels::conv2d::ConvWeights::Oihw(wv.slice()),
+                    };
+                    kernels::conv2d::conv2d_nhwc(
+                        xv.slice(),
+                        shape,
+                        weights,
+                        epilogue,
+                        &mut out,
+                        kernels::threads(),
+                    )
+                }
             }
             let (oh, ow) = shape.output_hw();
             from_vec(out, &[b, oh, ow, cout])

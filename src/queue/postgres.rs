@@ -384,16 +384,7 @@ impl JobStore for PgStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::LeaseLost(id))?;
-        let first = last_seq - kinds.len() as i64 + 1;
-        Ok(kinds
-            .into_iter()
-            .zip(first..)
-            .map(|(kind, seq)| Event {
-                job_id: id,
-                seq,
-                kind,
-            })
-            .collect())
+        Ok(numbered_up_to(id, kinds, last_seq))
     }
 
     async fn complete_many(
@@ -896,4 +887,14 @@ impl JobStore for PgStore {
     ) -> Result<Vec<(Lease, Event)>, StoreError> {
         batch::claim(&self.pool, lead, worker, max, lease).await
     }
+}
+
+/// A job's new events, in order, given the `seq` the last of them was stored with.
+pub(super) fn numbered_up_to(job_id: Uuid, kinds: Vec<EventKind>, last_seq: i64) -> Vec<Event> {
+    let first = last_seq - kinds.len() as i64 + 1;
+    kinds
+        .into_iter()
+        .zip(first..)
+        .map(|(kind, seq)| Event { job_id, seq, kind })
+        .collect()
 }

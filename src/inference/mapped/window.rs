@@ -229,20 +229,8 @@ fn unmap(t: &mut Table, slot: usize) {
 /// (pages shared with a neighbouring tensor stay), and the file is unmapped when it was
 /// the last.
 fn release(addr: usize, size: usize) {
-    let page = page_size();
-    let first = addr.div_ceil(page) * page;
-    let last = (addr + size) / page * page;
-    if last > first {
-        // SAFETY: these pages lie inside the freed allocation only; dropping them from a
-        // private mapping discards nothing anyone will read.
-        unsafe {
-            libc::madvise(
-                first as *mut libc::c_void,
-                last - first,
-                libc::MADV_DONTNEED,
-            )
-        };
-    }
+    // The allocation is freed: nobody will read these pages again.
+    drop_whole_pages(addr, size);
     let base = BASE.load(Ordering::Acquire);
     let mut t = table();
     let count = t.count;
@@ -267,12 +255,20 @@ pub fn evict(addr: usize, len: usize) -> bool {
     if !in_window(addr) {
         return false;
     }
+    // Unwritten pages of a private file mapping: discarding them only costs a re-read.
+    drop_whole_pages(addr, len);
+    true
+}
+
+/// Drops from memory the pages lying wholly inside `len` bytes at `addr`, a range of a
+/// private file mapping in the window (pages shared with a neighbour stay).
+fn drop_whole_pages(addr: usize, len: usize) {
     let page = page_size();
     let first = addr.div_ceil(page) * page;
     let last = (addr + len) / page * page;
     if last > first {
-        // SAFETY: whole pages inside a live tensor of a private file mapping; their
-        // contents are the file's, so discarding them only costs a re-read.
+        // SAFETY: the pages lie inside the given range of a mapping the window owns, and
+        // the callers guarantee nobody needs their current contents (see above).
         unsafe {
             libc::madvise(
                 first as *mut libc::c_void,
@@ -281,7 +277,6 @@ pub fn evict(addr: usize, len: usize) -> bool {
             )
         };
     }
-    true
 }
 
 /// Live tensors taken from files in the window, and files mapped there (for tests).

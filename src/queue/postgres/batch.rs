@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::statements::COMPLETE_MANY;
-use super::{insert_event, job_from_row, ms, JOB_COLUMNS, NOW};
+use super::{insert_event, job_from_row, ms, numbered_up_to, JOB_COLUMNS, NOW};
 use crate::queue::{Completion, Event, EventKind, Lease, StoreError};
 
 /// Claims up to `max` queued jobs with the lead's `batch_key`, in one statement inside
@@ -171,16 +171,7 @@ pub(super) async fn complete_many(
         .zip(kinds_of)
         .map(|((place, id), kinds)| {
             let last = *last_seq.get(&place).ok_or(StoreError::LeaseLost(id))?;
-            let first = last - kinds.len() as i64 + 1;
-            Ok(kinds
-                .into_iter()
-                .zip(first..)
-                .map(|(kind, seq)| Event {
-                    job_id: id,
-                    seq,
-                    kind,
-                })
-                .collect())
+            Ok(numbered_up_to(id, kinds, last))
         })
         .collect())
 }
