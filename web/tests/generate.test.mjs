@@ -55,6 +55,8 @@ async function fill(page, prompt, { steps = 4, size = 64 } = {}) {
 describe("generate view", () => {
   test("the default model's defaults fill the form; another model brings its own", async () => {
     const { page, problems, context } = await generateView();
+    // The model's defaults reach the form just after the model is selected.
+    await waitFor(async () => (await page.getByLabel("Width").inputValue()) === "64", 10_000, "the model's width");
     assert.equal(await page.getByLabel("Width").inputValue(), "64");
     assert.equal(await page.getByLabel("Height").inputValue(), "64");
     assert.equal(await page.getByLabel("Steps").inputValue(), "4");
