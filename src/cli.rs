@@ -42,7 +42,8 @@ pub enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Find objects in the image store that no row names (left by a crash between upload
-    /// and commit) and delete them.
+    /// and commit) and delete them, and f32 weight copies whose source file is gone or
+    /// has changed.
     Gc {
         /// Only report the orphans; delete nothing.
         #[arg(long)]
@@ -366,6 +367,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logs.json().flatten_event(true).with_span_list(true).init()
         }
     }
+    crate::inference::mapped::f32_copy::set_cache_dir(cli.config.weight_cache());
     match cli.command {
         Command::Serve(serve) => {
             runtime()?.block_on(run_until_signal(cli.config, serve, Role::All))
@@ -652,6 +654,18 @@ async fn collect_orphans(config: &Config, dry_run: bool, grace_secs: f64) -> any
         },
         report.foreign
     );
+    if let Some(dir) = config.weight_cache() {
+        let stale = crate::inference::mapped::f32_copy::prune(&dir, dry_run);
+        for path in &stale {
+            println!("stale weight copy {}", path.display());
+        }
+        println!(
+            "{} stale f32 weight copies in {}, {verb} {}",
+            stale.len(),
+            dir.display(),
+            stale.len()
+        );
+    }
     Ok(())
 }
 

@@ -36,6 +36,11 @@ pub struct Config {
     /// directory, a hub repo id, a folder or a .safetensors file.
     #[arg(long, env = "SDQ_MODEL", default_value = "sd-turbo", global = true)]
     pub model: String,
+    /// Folder for f32 copies of half-precision weight files, which f32 models on the CPU
+    /// then map instead of converting at every load (default: DATA_DIR/cache/weights;
+    /// `off` converts in memory). Each copy is twice its f16 file's size, made once.
+    #[arg(long, env = "SDQ_WEIGHT_CACHE", global = true)]
+    pub weight_cache: Option<String>,
     /// Redis for step events, cancel signals and wake-ups across processes
     /// (default: in-process, which only reaches the same process).
     #[arg(long, env = "SDQ_REDIS_URL", global = true)]
@@ -93,6 +98,15 @@ impl Config {
         self.models_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("models"))
+    }
+
+    /// Where f32 copies of half-precision weights go; `None` when turned off.
+    pub fn weight_cache(&self) -> Option<PathBuf> {
+        match self.weight_cache.as_deref() {
+            Some("off" | "0" | "false") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => Some(self.data_dir.join("cache").join("weights")),
+        }
     }
 
     pub fn s3(&self) -> crate::storage::S3Options {

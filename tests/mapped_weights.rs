@@ -64,4 +64,128 @@ fn a_loaded_model_runs_on_its_files_pages_and_gives_them_back() {
         "same seed, same pixels on a reused mapping"
     );
     assert_eq!(usage(), (0, 0));
+
+    half_precision_files_run_from_their_f32_copies(&folder, &req);
+}
+
+/// An f16 checkpoint loaded for f32 on the CPU is converted once into an f32 file in the
+/// cache folder, which later loads map: the same pixels as converting in memory, the
+/// copy's pages instead of private memory, one copy per version of the source.
+fn half_precision_files_run_from_their_f32_copies(folder: &std::path::Path, req: &GenerateRequest) {
+    use sdq::inference::mapped::f32_copy::set_cache_dir;
+    use sdq::inference::single_file::{export, ExportOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("tiny-fp16.safetensors");
+    let options = ExportOptions {
+        half: true,
+        ema: true,
+        ..Default::default()
+    };
+    export(folder, &half, options).unwrap();
+    let cache = dir.path().join("cache");
+    let copies = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(&cache)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let generate = |sd: &StableDiffusion| {
+        sd.generate(req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .remove(0)
+            .rgb
+    };
+
+    set_cache_dir(None);
+    let sd = StableDiffusion::load(&half, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(
+        usage().1,
+        0,
+        "without a cache, f16 tensors are converted copies"
+    );
+    let converted = generate(&sd);
+    drop(sd);
+    assert!(copies().is_empty());
+
+    set_cache_dir(Some(cache.clone()));
+    let sd = StableDiffusion::load(&half, &Device::Cpu, DType::F32).unwrap();
+    let made = copies();
+    assert_eq!(made.len(), 1, "one copy of the checkpoint: {made:?}");
+    assert_eq!(usage().1, 1, "the model runs from its f32 copy's pages");
+    // The kernels take another route through mapped weights (transposed copies rather
+    // than strided reads), so the sums run in another order: not bit-identical.
+    let from_copy = generate(&sd);
+    drop(sd);
+    let worst = from_copy
+        .iter()
+        .zip(&converted)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "the copy's pixels are up to {worst}/255 off");
+    let header = sdq::inference::weights::open_safetensors(&made[0]).unwrap();
+    let tensors = header.tensors();
+    assert!(tensors
+        .iter()
+        .all(|(_, t)| t.dtype != safetensors::Dtype::F16));
+    assert!(
+        !tensors.iter().any(|(n, _)| n.starts_with("model_ema.")),
+        "the unused EMA weights were copied"
+    );
+    // Every tensor the model reads is exactly the f16 value, widened.
+    let source = sdq::inference::weights::open_safetensors(&half).unwrap();
+    for (name, _) in &tensors {
+        let want = source.load(name, &Device::Cpu).unwrap();
+        let got = header.load(name, &Device::Cpu).unwrap();
+        if want.dtype().is_float() {
+            assert_eq!(got.dtype(), DType::F32, "{name}");
+        } else {
+            assert_eq!(got.dtype(), want.dtype(), "{name}");
+        }
+        let values = |t: candle_core::Tensor| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        assert_eq!(values(got), values(want), "{name}");
+    }
+    drop((header, source));
+    assert_eq!(usage(), (0, 0));
+
+    let written = std::fs::metadata(&made[0]).unwrap().modified().unwrap();
+    let sd = StableDiffusion::load(&half, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(generate(&sd), from_copy);
+    drop(sd);
+    assert_eq!(copies(), made, "a second load made another copy");
+    assert_eq!(
+        std::fs::metadata(&made[0]).unwrap().modified().unwrap(),
+        written
+    );
+
+    // A new version of the source replaces its copy.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    export(folder, &half, options).unwrap();
+    let sd = StableDiffusion::load(&half, &Device::Cpu, DType::F32).unwrap();
+    drop(sd);
+    let replaced = copies();
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_ne!(
+        replaced, made,
+        "the edited checkpoint still loads the old copy"
+    );
+    set_cache_dir(None);
+
+    // `sdq gc` prunes copies whose source is gone.
+    use sdq::inference::mapped::f32_copy::prune;
+    assert!(prune(&cache, false).is_empty(), "a current copy is stale");
+    std::fs::remove_file(&half).unwrap();
+    assert_eq!(prune(&cache, true), replaced);
+    assert_eq!(copies(), replaced, "a dry run deleted");
+    assert_eq!(prune(&cache, false), replaced);
+    assert!(copies().is_empty());
+    assert_eq!(usage(), (0, 0));
 }

@@ -29,7 +29,7 @@ use super::tiny::{TinyConfigs, TinyKind};
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
 use super::vae_encoder::VaeEncoder;
-use super::weights::{open_safetensors, Weights};
+use super::weights::{model_file, open_safetensors, Weights};
 use super::InferenceError;
 
 const UNET: &str = "model.diffusion_model.";
@@ -518,7 +518,7 @@ fn tokenizer(
 
 /// Reads a single-file checkpoint into the parts of a model.
 pub(super) fn parts(path: &Path, device: &Device, dtype: DType) -> Result<Parts, InferenceError> {
-    let file = open_safetensors(path)?;
+    let file = open_safetensors(&model_file(path, dtype, device))?;
     let header: Header = file
         .tensors()
         .into_iter()
@@ -669,7 +669,7 @@ pub(super) fn vae_parts(
         })?;
         return Ok((config, Weights::read(&file, dtype, device)?));
     }
-    let file = open_safetensors(path)?;
+    let file = open_safetensors(&model_file(path, dtype, device))?;
     let header: Header = file
         .tensors()
         .into_iter()

@@ -6,7 +6,7 @@
 //! are reference-counted), never written to, and serve the next job unchanged.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -30,6 +30,16 @@ impl std::fmt::Debug for Weights {
 /// error for anything that is not one (pickles are never read).
 pub fn open_safetensors(path: &Path) -> Result<SafetensorsFile, InferenceError> {
     SafetensorsFile::open(path)
+}
+
+/// The file to read a model's weights from for `dtype` on `device`: `path` itself, or,
+/// for an f32 model on the CPU, the f32 copy of a half-precision file
+/// (`mapped::f32_copy`), whose tensors are then mapped rather than converted.
+pub fn model_file(path: &Path, dtype: DType, device: &Device) -> PathBuf {
+    let copy = (device.is_cpu() && dtype == DType::F32)
+        .then(|| super::mapped::f32_copy::for_cpu_f32(path))
+        .flatten();
+    copy.unwrap_or_else(|| path.to_path_buf())
 }
 
 /// `.ckpt`, `.pt`, `.pth` and `.bin` files are Python pickles, which can run code when
@@ -62,7 +72,7 @@ fn convert(tensor: Tensor, dtype: DType, device: &Device) -> candle_core::Result
 impl Weights {
     /// Every tensor of a diffusers-layout `.safetensors` file.
     pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<Self, InferenceError> {
-        let file = open_safetensors(path)?;
+        let file = open_safetensors(&model_file(path, dtype, device))?;
         let mut tensors = HashMap::new();
         for (name, _) in file.tensors() {
             let tensor = file

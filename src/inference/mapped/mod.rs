@@ -6,6 +6,7 @@
 //! (see `window.rs` for how that works with candle's owned storage). Anything else (a
 //! dtype conversion, another device, a renamed or transposed layer) is copied as before.
 
+pub mod f32_copy;
 mod window;
 
 use std::collections::HashMap;
