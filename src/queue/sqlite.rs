@@ -29,6 +29,8 @@ mod checkpoint;
 mod complete;
 mod gallery;
 mod keys;
+mod maintenance;
+mod open;
 mod queue_order;
 mod webhooks;
 
@@ -58,103 +60,6 @@ fn now_ms() -> i64 {
 
 fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain path)
-    /// and applies `migrations/sqlite`.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let url = if url.starts_with("sqlite:") {
-            url.to_string()
-        } else {
-            format!("sqlite://{url}")
-        };
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        // sqlx serialises migrations across processes on PostgreSQL with an advisory
-        // lock, but not on SQLite: two processes starting on a fresh file would both
-        // create the tables. A file lock held from the first connection to the last
-        // migration does the same here.
-        let lock = migration_lock(options.get_filename()).await?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            // A write that fails with SQLITE_FULL makes SQLite roll the transaction back
-            // itself; sqlx's own ROLLBACK then fails and leaves the connection believing it
-            // is still inside a transaction, so every later BEGIN would fail. An idle
-            // connection in that state is replaced instead of reused.
-            .before_acquire(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::TransactionManager;
-                    Ok(sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) == 0)
-                })
-            })
-            // WAL checkpoints run beside the writer (`checkpoint.rs`), not inside one of
-            // its commits.
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES),
-            )
-            .await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
-        drop(lock);
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone().read_only(true))
-            .await?;
-        let alive = std::sync::Arc::new(());
-        checkpoint::spawn(options.clone(), std::sync::Arc::downgrade(&alive));
-        Ok(Self {
-            writer,
-            reader,
-            options,
-            _alive: alive,
-        })
-    }
-
-    /// A write transaction that takes SQLite's write lock at once, so a transaction that
-    /// reads and then writes never fails on a snapshot another process changed meanwhile
-    /// (it waits on `busy_timeout` instead).
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-    }
-    /// Runs `PRAGMA integrity_check` and returns its report (`["ok"]` when intact).
-    pub async fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_all(&self.writer)
-            .await?)
-    }
-}
-
-/// Takes an exclusive lock on `DB-migrate.lock` (blocking until other processes release
-/// it); `None` for in-memory databases. Released when the file is dropped.
-async fn migration_lock(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
-    let name = db.as_os_str().to_string_lossy();
-    if name.is_empty() || name == ":memory:" {
-        return Ok(None);
-    }
-    let mut path = PathBuf::from(db.as_os_str());
-    path.as_mut_os_string().push("-migrate.lock");
-    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        file.lock()?;
-        Ok(file)
-    })
-    .await
-    .map_err(|e| StoreError::Database(format!("migration lock: {e}")))?
-    .map_err(|e| StoreError::Database(format!("cannot lock the database for migrations: {e}")))?;
-    Ok(Some(lock))
 }
 
 /// `?, ?, …` for `n` values.
@@ -761,52 +666,15 @@ impl JobStore for SqliteStore {
     }
 
     async fn upsert_worker(&self, w: &WorkerInfo) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (name, host, device, model, current_job, started_at, last_seen_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-             ON CONFLICT (name) DO UPDATE SET model = ?4, current_job = ?5, last_seen_at = ?7",
-        )
-        .bind(&w.name)
-        .bind(&w.host)
-        .bind(&w.device)
-        .bind(&w.model)
-        .bind(w.current_job.map(|j| j.to_string()))
-        .bind(w.started_at)
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        maintenance::upsert_worker(self, w).await
     }
 
     async fn list_workers(&self, max_age: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM workers WHERE last_seen_at >= ? ORDER BY started_at DESC, name",
-        )
-        .bind(now_ms() - ms(max_age))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let job: Option<String> = row.try_get("current_job")?;
-                Ok(WorkerInfo {
-                    name: row.try_get("name")?,
-                    host: row.try_get("host")?,
-                    device: row.try_get("device")?,
-                    model: row.try_get("model")?,
-                    current_job: job.as_deref().map(parse_uuid).transpose()?,
-                    started_at: row.try_get("started_at")?,
-                    last_seen_at: row.try_get("last_seen_at")?,
-                })
-            })
-            .collect()
+        maintenance::list_workers(self, max_age).await
     }
 
     async fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM workers WHERE name = ?")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        maintenance::remove_worker(self, name).await
     }
 
     async fn owner_default_model(&self, owner: &str) -> Result<Option<String>, StoreError> {
@@ -840,111 +708,19 @@ impl JobStore for SqliteStore {
         older_than: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<PurgedJob>, StoreError> {
-        // Events and image rows go with the job (ON DELETE CASCADE). A NULL limit keeps it.
-        let rows = sqlx::query(&format!(
-            "DELETE FROM jobs WHERE id IN \
-                (SELECT j.id FROM jobs j LEFT JOIN api_keys k ON k.id = j.owner \
-                 WHERE j.status IN {FINISHED} \
-                   AND j.finished_at < ?1 - COALESCE(CAST(k.retain_days * 86400000 AS INTEGER), ?2) \
-                 ORDER BY j.finished_at LIMIT ?3) \
-             RETURNING id, spec"
-        ))
-        .bind(now_ms())
-        .bind(older_than.map(ms))
-        .bind(limit)
-        .fetch_all(&self.writer)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let spec: String = row.try_get("spec")?;
-                let spec: JobSpec =
-                    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(PurgedJob {
-                    id: parse_uuid(row.try_get("id")?)?,
-                    input_keys: spec.init_image.into_iter().chain(spec.mask_image).collect(),
-                })
-            })
-            .collect()
+        maintenance::purge_finished(self, older_than, limit).await
     }
 
     async fn compact_events(&self, older_than: Duration, limit: i64) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let ids: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE status IN {FINISHED} AND events_compacted = 0 \
-               AND finished_at < ? ORDER BY finished_at LIMIT ?"
-        ))
-        .bind(now_ms() - ms(older_than))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in &ids {
-            sqlx::query(
-                "DELETE FROM job_events WHERE job_id = ? AND json_extract(body, '$.type') = 'progress'",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE jobs SET events_compacted = 1 WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(ids.len() as u64)
+        maintenance::compact_events(self, older_than, limit).await
     }
 
     async fn referenced_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
-        let mut found = HashSet::new();
-        for chunk in keys.chunks(500) {
-            let sql = format!(
-                "SELECT object_key FROM images WHERE object_key IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query_scalar::<_, String>(&sql);
-            for key in chunk {
-                query = query.bind(key);
-            }
-            found.extend(query.fetch_all(&self.reader).await?);
-        }
-        if keys.iter().any(|k| !found.contains(k)) {
-            // Inputs are named inside the spec JSON; jobs that have them are few.
-            let rows = sqlx::query(
-                "SELECT json_extract(spec, '$.init_image') AS init, \
-                        json_extract(spec, '$.mask_image') AS mask \
-                 FROM jobs WHERE json_extract(spec, '$.init_image') IS NOT NULL",
-            )
-            .fetch_all(&self.reader)
-            .await?;
-            let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
-            for row in rows {
-                for column in ["init", "mask"] {
-                    if let Some(key) = row.try_get::<Option<String>, _>(column)? {
-                        if wanted.contains(key.as_str()) {
-                            found.insert(key);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(found)
+        maintenance::referenced_keys(self, keys).await
     }
 
     async fn backup(&self, path: &Path) -> Result<(), StoreError> {
-        if path.exists() {
-            return Err(StoreError::Unsupported(format!(
-                "{} already exists; back up to a new file",
-                path.display()
-            )));
-        }
-        // A connection of its own: VACUUM INTO reads one consistent snapshot (WAL lets
-        // the writer carry on meanwhile) and writes a compact copy.
-        let mut conn = SqliteConnection::connect_with(&self.options).await?;
-        sqlx::query("VACUUM INTO ?")
-            .bind(path.display().to_string())
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(())
+        maintenance::backup(self, path).await
     }
 
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
