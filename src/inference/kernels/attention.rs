@@ -28,8 +28,11 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-const QUERY_BLOCK: usize = 64;
-const KEY_BLOCK: usize = 512;
+// A 256 × 1024 tile of scores (1 MiB) stays in a core's 2 MiB L2 here, and the larger
+// the tile, the fewer times each block of queries and keys is packed for `gemm`: against
+// 64 × 512, the 512² step takes 4 % less CPU time and the 768² step 7 % (`sdq bench unet`).
+const QUERY_BLOCK: usize = 256;
+const KEY_BLOCK: usize = 1024;
 
 /// `out = softmax(scale · q kᵀ) v` per head; all tensors `[batch, tokens, heads · head_dim]`.
 pub fn attention(
@@ -279,7 +282,7 @@ mod tests {
     fn matches_full_softmax_across_block_boundaries() {
         // Self-attention over more keys than one block and more queries than one block,
         // and cross-attention over 77 keys.
-        for (queries, keys) in [(130, 1100), (70, 77), (1, 1)] {
+        for (queries, keys) in [(300, 1100), (257, 77), (70, 77), (1, 1)] {
             let shape = AttentionShape {
                 batch: 2,
                 queries,
