@@ -72,8 +72,10 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
     let name = CopyName::of(source).map_err(io(source))?;
     let (place, version, canonical) = (&name.place, &name.version, &name.canonical);
     let copy = dir.join(name.file_name());
-    // Copies appear whole, by a rename, so one under this name is this version's.
+    // Copies appear whole, by a rename, so one under this name is this version's; one
+    // this process cannot read (another user's) is an error, and the caller converts.
     if copy.exists() {
+        std::fs::File::open(&copy).map_err(io(&copy))?;
         return Ok(Some(copy));
     }
     let size: u64 = widened(&tensors, &file)
