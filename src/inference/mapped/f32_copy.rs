@@ -78,7 +78,8 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
         std::fs::File::open(&copy).map_err(io(&copy))?;
         return Ok(Some(copy));
     }
-    let size: u64 = widened(&tensors, &file)
+    let views = widened(&tensors, &file);
+    let size: u64 = views
         .iter()
         .map(|(_, v)| safetensors::View::data_len(v) as u64)
         .sum();
@@ -109,12 +110,8 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
         std::process::id(),
         std::thread::current().id()
     ));
-    let written = write_copy(&file, &tensors, canonical, &staging).and_then(|()| {
-        std::fs::rename(&staging, &copy).map_err(|source| InferenceError::Io {
-            path: copy.clone(),
-            source,
-        })
-    });
+    let written = write_copy(&file, views, canonical, &staging)
+        .and_then(|()| std::fs::rename(&staging, &copy).map_err(io(&copy)));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&staging);
         return Err(e);
@@ -209,14 +206,13 @@ pub fn prune(dir: &Path, dry_run: bool) -> Vec<PathBuf> {
 /// The copy's metadata entry naming its source.
 const SOURCE_KEY: &str = "sdq.f32_copy_of";
 
-/// Writes every tensor of `file`, half-precision ones widened to f32, to `path`.
+/// Writes `views` (see [`widened`]) with `file`'s metadata and the source's path to `path`.
 fn write_copy(
     file: &SafetensorsFile,
-    tensors: &[(String, &TensorInfo)],
+    views: Vec<(String, Widened)>,
     canonical: &Path,
     path: &Path,
 ) -> Result<(), InferenceError> {
-    let views = widened(tensors, file);
     let mut metadata = file.file_metadata().cloned().unwrap_or_default();
     metadata.insert(SOURCE_KEY.into(), canonical.display().to_string());
     safetensors::serialize_to_file(views, Some(metadata), path)
