@@ -343,7 +343,7 @@ async fn collect_orphans(config: &Config, dry_run: bool, grace_secs: f64) -> any
             println!("stale weight copy {}", path.display());
         }
         println!(
-            "{} stale f32 weight copies in {}, {verb} {}",
+            "{} stale f32 weight copies and kernel layouts in {}, {verb} {}",
             stale.len(),
             dir.display(),
             stale.len()

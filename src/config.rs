@@ -37,8 +37,10 @@ pub struct Config {
     #[arg(long, env = "SDQ_MODEL", default_value = "sd-turbo", global = true)]
     pub model: String,
     /// Folder for f32 copies of half-precision weight files, which f32 models on the CPU
-    /// then map instead of converting at every load (default: DATA_DIR/cache/weights;
-    /// `off` converts in memory). Each copy is twice its f16 file's size, made once.
+    /// then map instead of converting at every load, and for the CPU kernels' layouts of
+    /// the weights, which later processes map instead of making them during their first
+    /// image (default: DATA_DIR/cache/weights; `off` keeps neither). A copy is twice its
+    /// f16 file's size, a model's layouts about its f32 size; each is made once.
     #[arg(long, env = "SDQ_WEIGHT_CACHE", global = true)]
     pub weight_cache: Option<String>,
     /// Redis for step events, cancel signals and wake-ups across processes

@@ -66,6 +66,112 @@ fn a_loaded_model_runs_on_its_files_pages_and_gives_them_back() {
     assert_eq!(usage(), (0, 0));
 
     half_precision_files_run_from_their_f32_copies(&folder, &req);
+    kernel_layouts_are_kept_and_mapped_by_later_loads(&folder, &req);
+}
+
+/// The kernels' transposed and Winograd weights, made on a model's first image, are
+/// written to the weight cache; a later load maps them instead of making them again and
+/// gives the same pixels; a damaged layout file is remade, never trusted.
+fn kernel_layouts_are_kept_and_mapped_by_later_loads(
+    folder: &std::path::Path,
+    req: &GenerateRequest,
+) {
+    use sdq::inference::mapped::f32_copy::{prune, set_cache_dir};
+    use sdq::inference::mapped::kernel_layouts::{counts, wait};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let layout_files = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(&cache)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.retain(|p| p.to_string_lossy().ends_with(".kernels.safetensors"));
+        found.sort();
+        found
+    };
+    let run = || {
+        let sd = StableDiffusion::load(folder, &Device::Cpu, DType::F32).unwrap();
+        let rgb = sd
+            .generate(req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .remove(0)
+            .rgb;
+        wait();
+        drop(sd);
+        rgb
+    };
+    set_cache_dir(Some(cache.clone()));
+
+    let (taken0, made0) = counts();
+    let first = run();
+    let (taken1, made1) = counts();
+    assert_eq!(taken1, taken0, "layouts were found before any was written");
+    let made = made1 - made0;
+    assert!(made > 50, "only {made} layouts were made");
+    let files = layout_files();
+    // The UNet's and the VAE's (the text encoder runs on candle's ops).
+    assert_eq!(files.len(), 2, "{files:?}");
+
+    let second = run();
+    let (taken2, made2) = counts();
+    assert_eq!(second, first, "mapped layouts changed the pixels");
+    assert_eq!(made2, made1, "a later load made layouts again");
+    assert_eq!(
+        taken2 - taken1,
+        made,
+        "not every layout came from the files"
+    );
+    assert_eq!(usage(), (0, 0), "the layout files stayed mapped");
+    assert_eq!(
+        layout_files(),
+        files,
+        "a load without new layouts rewrote them"
+    );
+
+    // A damaged file is not trusted: the layouts are made again and the file rewritten.
+    std::fs::write(&files[0], b"not a safetensors file").unwrap();
+    let third = run();
+    let (_, made3) = counts();
+    assert_eq!(third, first);
+    assert!(made3 > made2, "the damaged file was used");
+    assert!(
+        std::fs::metadata(&files[0]).unwrap().len() > 1000,
+        "not rewritten"
+    );
+
+    // `sdq gc` keeps current layouts and deletes those whose source is gone.
+    set_cache_dir(None);
+    assert!(prune(&cache, false).is_empty(), "current layouts are stale");
+    let copy = dir.path().join("tiny");
+    copy_dir(folder, &copy);
+    set_cache_dir(Some(cache.clone()));
+    let sd = StableDiffusion::load(&copy, &Device::Cpu, DType::F32).unwrap();
+    sd.generate(req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    wait();
+    drop(sd);
+    set_cache_dir(None);
+    assert_eq!(
+        layout_files().len(),
+        4,
+        "the copy's layouts were not written"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+    let mut pruned = prune(&cache, false);
+    pruned.sort();
+    assert_eq!(pruned.len(), 2, "{pruned:?}");
+    assert_eq!(layout_files(), files, "the wrong layouts were pruned");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// An f16 checkpoint loaded for f32 on the CPU is converted once into an f32 file in the
@@ -87,14 +193,18 @@ fn half_precision_files_run_from_their_f32_copies(folder: &std::path::Path, req:
         let mut found: Vec<_> = std::fs::read_dir(&cache)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
+        found.retain(|p| p.to_string_lossy().ends_with(".f32.safetensors"));
         found.sort();
         found
     };
     let generate = |sd: &StableDiffusion| {
-        sd.generate(req, &mut |_| ControlFlow::Continue(()))
+        let rgb = sd
+            .generate(req, &mut |_| ControlFlow::Continue(()))
             .unwrap()
             .remove(0)
-            .rgb
+            .rgb;
+        sdq::inference::mapped::kernel_layouts::wait();
+        rgb
     };
 
     set_cache_dir(None);
@@ -170,6 +280,7 @@ fn half_precision_files_run_from_their_f32_copies(folder: &std::path::Path, req:
     std::thread::sleep(std::time::Duration::from_millis(20));
     export(folder, &half, options).unwrap();
     let sd = StableDiffusion::load(&half, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(generate(&sd), from_copy);
     drop(sd);
     let replaced = copies();
     assert_eq!(replaced.len(), 1, "{replaced:?}");
@@ -181,11 +292,21 @@ fn half_precision_files_run_from_their_f32_copies(folder: &std::path::Path, req:
 
     // `sdq gc` prunes copies whose source is gone.
     use sdq::inference::mapped::f32_copy::prune;
-    assert!(prune(&cache, false).is_empty(), "a current copy is stale");
+    let copies_in = |mut found: Vec<std::path::PathBuf>| {
+        found.retain(|p| p.to_string_lossy().ends_with(".f32.safetensors"));
+        found
+    };
+    // The kernel layouts of the replaced copy go (their source is gone), the copy stays.
+    assert!(
+        copies_in(prune(&cache, false)).is_empty(),
+        "a current copy is stale"
+    );
     std::fs::remove_file(&half).unwrap();
-    assert_eq!(prune(&cache, true), replaced);
+    let would = prune(&cache, true);
+    assert_eq!(copies_in(would.clone()), replaced);
+    assert_eq!(would.len(), 2, "the copy's layouts would stay: {would:?}");
     assert_eq!(copies(), replaced, "a dry run deleted");
-    assert_eq!(prune(&cache, false), replaced);
-    assert!(copies().is_empty());
+    assert_eq!(prune(&cache, false), would);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
     assert_eq!(usage(), (0, 0));
 }

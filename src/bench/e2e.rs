@@ -51,6 +51,9 @@ pub fn end_to_end(
                 let start = Instant::now();
                 model.generate(&req, &mut |_| ControlFlow::Continue(()))?;
                 times.push(start.elapsed());
+                // Untimed: the kernel layouts the first image made go to disk before the
+                // next image (and the next process) runs.
+                crate::inference::mapped::kernel_layouts::wait();
             }
             let per_image = super::median(&times).as_secs_f64();
             let case = format!("{size}x{size}, {n} steps, CFG");

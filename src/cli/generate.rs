@@ -237,6 +237,8 @@ pub(super) fn generate(config: &Config, args: GenerateArgs) -> anyhow::Result<()
     })?;
     bar.finish_and_clear();
     let gen = t_gen.elapsed();
+    // The next `sdq generate` maps the layouts this one made instead of making them.
+    crate::inference::mapped::kernel_layouts::wait();
 
     let spec = JobSpec {
         prompt: request.prompt.clone(),

@@ -70,6 +70,8 @@ impl StableDiffusion {
                 rgb: pixels,
             });
         }
+        // Every layer has run by now: keep what the kernels re-laid-out for the next process.
+        super::mapped::kernel_layouts::image_done();
         Ok(images)
     }
 

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::kernels;
+use super::mapped::kernel_layouts;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -271,7 +272,15 @@ fn transposed(
             return Some(made);
         }
         shared.retain(|_, w| w.strong_count() > 0);
-        let made = Arc::new(kernels::gemm::transpose(weight, rows, cols));
+        let layout = kernel_layouts::Layout::Transposed { rows, cols };
+        let made = match kernel_layouts::load(weight, layout) {
+            Some(kept) => Arc::new(kept),
+            None => {
+                let made = Arc::new(kernels::gemm::transpose(weight, rows, cols));
+                kernel_layouts::offer(weight, layout, &made);
+                made
+            }
+        };
         super::mapped::evict(weight);
         shared.insert(key, Arc::downgrade(&made));
         Some(made)
@@ -322,7 +331,15 @@ impl Conv2d {
         }
         let weight = self.inner.weight().contiguous()?;
         let view = F32View::of(&weight)?;
-        let made = kernels::winograd::WinogradWeights::new(view.slice(), cout, cin);
+        let layout = kernel_layouts::Layout::Winograd { cout, cin };
+        let kept = kernel_layouts::load(view.slice(), layout).and_then(|values| {
+            kernels::winograd::WinogradWeights::from_values(Arc::new(values), cout, cin)
+        });
+        let made = kept.unwrap_or_else(|| {
+            let made = kernels::winograd::WinogradWeights::new(view.slice(), cout, cin);
+            kernel_layouts::offer(view.slice(), layout, made.values());
+            made
+        });
         super::mapped::evict(view.slice());
         Ok(self.winograd.get_or_init(|| Some(made)).as_ref())
     }

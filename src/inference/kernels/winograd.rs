@@ -31,7 +31,7 @@ const G: [[f32; 3]; 6] = [
 pub struct WinogradWeights {
     cin: usize,
     cout: usize,
-    u: Vec<f32>,
+    u: std::sync::Arc<Vec<f32>>,
 }
 
 impl WinogradWeights {
@@ -39,37 +39,51 @@ impl WinogradWeights {
     pub fn new(weight: &[f32], cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9);
         let mut u = vec![0f32; 36 * cin * cout];
-        // One task per input channel: it owns row `ci` of each of the 36 matrices, and
-        // forms each channel pair's whole 6×6 tile at once (in f64: the coefficients
-        // reach 1/24, and this runs once per layer).
-        let rows: Vec<Vec<f32>> = (0..cin)
-            .into_par_iter()
-            .map(|ci| {
-                let mut row = vec![0f32; 36 * cout];
-                for co in 0..cout {
-                    let g = &weight[(co * cin + ci) * 9..][..9];
-                    let mut gg = [[0f64; 3]; 6];
-                    for (i, gi) in G.iter().enumerate() {
-                        for b in 0..3 {
-                            gg[i][b] = (0..3).map(|a| gi[a] as f64 * g[a * 3 + b] as f64).sum();
-                        }
-                    }
-                    for i in 0..6 {
-                        for (j, gj) in G.iter().enumerate() {
-                            let v: f64 = (0..3).map(|b| gg[i][b] * gj[b] as f64).sum();
-                            row[(i * 6 + j) * cout + co] = v as f32;
-                        }
+        // One task per input channel: it owns row `ci` of each of the 36 matrices (disjoint
+        // from every other task's, so they write through one shared pointer, and the fresh
+        // pages are faulted in on every core), and forms each channel pair's whole 6×6
+        // tile at once (in f64: the coefficients reach 1/24, and this runs once per layer).
+        let dst = SharedMut(u.as_mut_ptr());
+        (0..cin).into_par_iter().for_each(|ci| {
+            let dst = &dst;
+            for co in 0..cout {
+                let g = &weight[(co * cin + ci) * 9..][..9];
+                let mut gg = [[0f64; 3]; 6];
+                for (i, gi) in G.iter().enumerate() {
+                    for b in 0..3 {
+                        gg[i][b] = (0..3).map(|a| gi[a] as f64 * g[a * 3 + b] as f64).sum();
                     }
                 }
-                row
-            })
-            .collect();
-        for (ci, row) in rows.iter().enumerate() {
-            for (xi, part) in row.chunks_exact(cout).enumerate() {
-                u[xi * cin * cout + ci * cout..][..cout].copy_from_slice(part);
+                for i in 0..6 {
+                    for (j, gj) in G.iter().enumerate() {
+                        let v: f64 = (0..3).map(|b| gg[i][b] * gj[b] as f64).sum();
+                        let at = (i * 6 + j) * cin * cout + ci * cout + co;
+                        // SAFETY: `at` < 36·cin·cout, and only this task writes row `ci`.
+                        unsafe { *dst.0.add(at) = v as f32 };
+                    }
+                }
             }
+        });
+        Self {
+            cin,
+            cout,
+            u: std::sync::Arc::new(u),
         }
-        Self { cin, cout, u }
+    }
+
+    /// Weights already in the Winograd domain (`values`, as [`WinogradWeights::values`]
+    /// gives them), or `None` if they are not `36·cin·cout` long.
+    pub fn from_values(values: std::sync::Arc<Vec<f32>>, cout: usize, cin: usize) -> Option<Self> {
+        (values.len() == 36 * cin * cout).then_some(Self {
+            cin,
+            cout,
+            u: values,
+        })
+    }
+
+    /// The transformed weights (to keep them, see `inference::mapped::kernel_layouts`).
+    pub fn values(&self) -> &std::sync::Arc<Vec<f32>> {
+        &self.u
     }
 
     /// Bytes held (for deciding whether a layer is worth it).

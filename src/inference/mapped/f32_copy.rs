@@ -22,11 +22,16 @@ use crate::inference::InferenceError;
 static CACHE_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
 
 /// Room left on the cache's disk after a copy, so a copy never fills it.
-const FREE_MARGIN: u64 = 1 << 30;
+pub(super) const FREE_MARGIN: u64 = 1 << 30;
 
 /// Sets (or, with `None`, turns off) the folder for f32 copies of half-precision files.
 pub fn set_cache_dir(dir: Option<PathBuf>) {
     *CACHE_DIR.write().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// The cache folder, if one is set.
+pub(super) fn cache_dir() -> Option<PathBuf> {
+    CACHE_DIR.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The f32 copy of `source` to load instead of it, written now if it is missing; `None`
@@ -34,10 +39,7 @@ pub fn set_cache_dir(dir: Option<PathBuf>) {
 /// mapped (`SDQ_MAP_WEIGHTS=off`), the file holds no f16 or bf16 tensor, or the copy
 /// could not be made (logged; the caller then converts in memory as without a cache).
 pub fn for_cpu_f32(source: &Path) -> Option<PathBuf> {
-    let dir = CACHE_DIR
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()?;
+    let dir = cache_dir()?;
     if !maps_weights() {
         return None;
     }
@@ -71,7 +73,7 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
     };
     let name = CopyName::of(source).map_err(io(source))?;
     let (place, version, canonical) = (&name.place, &name.version, &name.canonical);
-    let copy = dir.join(name.file_name());
+    let copy = dir.join(name.file_name(COPY_SUFFIX));
     // Copies appear whole, by a rename, so one under this name is this version's; one
     // this process cannot read (another user's) is an error, and the caller converts.
     if copy.exists() {
@@ -97,7 +99,7 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
             ),
         ));
     }
-    remove_older_copies(dir, place, &copy);
+    remove_older_copies(dir, place, &copy, COPY_SUFFIX);
     let started = std::time::Instant::now();
     tracing::info!(
         source = %source.display(),
@@ -124,18 +126,21 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
     Ok(Some(copy))
 }
 
-/// What a copy of one version of a source is called: `<place>-<version>-<stem>`, the
-/// place hashed from the source's canonical path, the version from its size and
-/// modification time.
-struct CopyName {
-    place: String,
-    version: String,
+/// What f32 copies' names end with (before `.safetensors`).
+const COPY_SUFFIX: &str = "f32";
+
+/// What a file made from one version of a source is called:
+/// `<place>-<version>-<stem>.<suffix>.safetensors`, the place hashed from the source's
+/// canonical path, the version from its size and modification time.
+pub(super) struct CopyName {
+    pub(super) place: String,
+    pub(super) version: String,
     stem: String,
-    canonical: PathBuf,
+    pub(super) canonical: PathBuf,
 }
 
 impl CopyName {
-    fn of(source: &Path) -> std::io::Result<Self> {
+    pub(super) fn of(source: &Path) -> std::io::Result<Self> {
         let meta = std::fs::metadata(source)?;
         let canonical = std::fs::canonicalize(source)?;
         let modified = meta
@@ -161,42 +166,70 @@ impl CopyName {
         })
     }
 
-    fn file_name(&self) -> String {
+    pub(super) fn file_name(&self, suffix: &str) -> String {
         format!(
-            "{}-{}-{}.f32.safetensors",
+            "{}-{}-{}.{suffix}.safetensors",
             self.place, self.version, self.stem
         )
     }
 }
 
-/// Deletes the copies in `dir` whose source is gone or has changed since (and staging
-/// files a killed process left), returning what it deleted (or, with `dry_run`, would).
+/// Deletes the copies and kernel layouts in `dir` whose source is gone or has changed
+/// since (and staging files a killed process left), returning what it deleted (or, with `dry_run`, would).
 pub fn prune(dir: &Path, dry_run: bool) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+    let layouts = format!(".{}.safetensors", super::kernel_layouts::SUFFIX);
+    let files = |dir: &Path| -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let mut stale = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
+    let drop_if = |stale: &mut Vec<PathBuf>, path: PathBuf, current: bool| {
+        if !current && (dry_run || std::fs::remove_file(&path).is_ok()) {
+            stale.push(path);
+        }
+    };
+    // Copies first: a layout file whose source is a copy removed here goes with it.
+    for (path, name) in files(dir) {
+        if name.ends_with(&layouts) {
+            continue;
+        }
         let current = if name.ends_with(".f32.safetensors") {
             SafetensorsFile::open(&path)
                 .ok()
                 .and_then(|f| f.file_metadata()?.get(SOURCE_KEY).cloned())
                 .and_then(|source| CopyName::of(Path::new(&source)).ok())
-                .is_some_and(|n| n.file_name() == name)
+                .is_some_and(|n| n.file_name(COPY_SUFFIX) == name)
         } else {
             // A staging file an hour old belongs to no copy under way.
             !(name.starts_with('.') && name.contains(".tmp-"))
-                || entry
-                    .metadata()
+                || std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age.as_secs() < 3600)
         };
-        if !current && (dry_run || std::fs::remove_file(&path).is_ok()) {
-            stale.push(path);
+        drop_if(&mut stale, path, current);
+    }
+    // In a dry run the copies it would delete still exist: judge as if they did not.
+    let removed: Vec<PathBuf> = match std::fs::canonicalize(dir) {
+        Ok(canonical) => stale
+            .iter()
+            .filter_map(|p| Some(canonical.join(p.file_name()?)))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for (path, name) in files(dir) {
+        if name.ends_with(&layouts) {
+            let source_gone = super::kernel_layouts::source_of_file(&path)
+                .is_some_and(|source| removed.contains(&source));
+            let current = !source_gone && super::kernel_layouts::is_current(&path, &name);
+            drop_if(&mut stale, path, current);
         }
     }
     stale.sort();
@@ -300,8 +333,8 @@ impl safetensors::View for Widened<'_> {
     }
 }
 
-/// Deletes copies of the same source made from an earlier version of it.
-fn remove_older_copies(dir: &Path, place: &str, keep: &Path) {
+/// Deletes the files with `suffix` made from an earlier version of the same source.
+pub(super) fn remove_older_copies(dir: &Path, place: &str, keep: &Path, suffix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -309,7 +342,10 @@ fn remove_older_copies(dir: &Path, place: &str, keep: &Path) {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if path != keep && name.starts_with(&format!("{place}-")) {
+        if path != keep
+            && name.starts_with(&format!("{place}-"))
+            && name.ends_with(&format!(".{suffix}.safetensors"))
+        {
             // A process still running from the old copy keeps its pages: on Linux a
             // removed file lives until its last mapping goes.
             let _ = std::fs::remove_file(&path);
@@ -318,7 +354,7 @@ fn remove_older_copies(dir: &Path, place: &str, keep: &Path) {
 }
 
 /// Bytes an unprivileged writer may still use on the disk holding `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(super) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -7,6 +7,7 @@
 //! dtype conversion, another device, a renamed or transposed layer) is copied as before.
 
 pub mod f32_copy;
+pub mod kernel_layouts;
 mod window;
 
 use std::collections::HashMap;
@@ -119,7 +120,10 @@ impl SafetensorsFile {
             None
         };
         let bytes = match window {
-            Some(w) => Bytes::Window(w),
+            Some(w) => {
+                kernel_layouts::register(w.as_ptr() as usize, w.len(), path);
+                Bytes::Window(w)
+            }
             None => {
                 // SAFETY: a fresh read-only mapping of the whole file.
                 let addr = unsafe {
@@ -174,6 +178,29 @@ impl SafetensorsFile {
     /// Whether tensors come out as the file's own pages (see the module's comment).
     pub fn maps_tensors(&self) -> bool {
         matches!(self.bytes, Bytes::Window(_))
+    }
+
+    /// The f32 tensor `name`'s values as a `Vec` over the file's own pages, when the file
+    /// is in the window and the tensor is f32 and aligned.
+    pub(super) fn take_f32(&self, name: &str) -> Option<Vec<f32>> {
+        let Bytes::Window(window) = &self.bytes else {
+            return None;
+        };
+        let info = self.info(name)?;
+        let (start, end) = info.data_offsets;
+        let data = &self.bytes.slice()[self.data_start + start..self.data_start + end];
+        if info.dtype != Dtype::F32
+            || data.is_empty()
+            || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>())
+        {
+            return None;
+        }
+        let n = data.len() / 4;
+        window.take();
+        // SAFETY: as in `in_place`: `n` aligned f32 values in a private writable mapping
+        // that stays until this `Vec` is freed, which goes to the window. Two `Vec`s over
+        // the same bytes (a layout taken again) are only read, and each free is counted.
+        Some(unsafe { Vec::from_raw_parts(data.as_ptr() as *mut f32, n, n) })
     }
 
     /// The tensor `name` on `device`, in the file's dtype.
