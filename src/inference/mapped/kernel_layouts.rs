@@ -200,12 +200,17 @@ pub fn image_done() {
     if let Some(done) = writer.take() {
         let _ = done.join();
     }
+    // The write is part of the work of the job whose image made the layouts: its log
+    // lines carry that job's span.
+    let span = tracing::Span::current();
     let spawned = std::thread::Builder::new()
         .name("sdq-kernel-layouts".into())
-        .spawn(|| {
-            while DIRTY.swap(false, Ordering::AcqRel) {
-                write_pending();
-            }
+        .spawn(move || {
+            span.in_scope(|| {
+                while DIRTY.swap(false, Ordering::AcqRel) {
+                    write_pending();
+                }
+            })
         });
     match spawned {
         Ok(handle) => *writer = Some(handle),
