@@ -80,14 +80,7 @@ fn kernel_layouts_are_kept_and_mapped_by_later_loads(
     use sdq::inference::mapped::kernel_layouts::{counts, wait};
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let layout_files = || -> Vec<std::path::PathBuf> {
-        let mut found: Vec<_> = std::fs::read_dir(&cache)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        found.retain(|p| p.to_string_lossy().ends_with(".kernels.safetensors"));
-        found.sort();
-        found
-    };
+    let layout_files = || files_ending(&cache, ".kernels.safetensors");
     let run = || {
         let sd = StableDiffusion::load(folder, &Device::Cpu, DType::F32).unwrap();
         let rgb = sd
@@ -162,6 +155,16 @@ fn kernel_layouts_are_kept_and_mapped_by_later_loads(
     assert_eq!(layout_files(), files, "the wrong layouts were pruned");
 }
 
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.to_string_lossy().ends_with(suffix));
+    found.sort();
+    found
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
@@ -189,14 +192,7 @@ fn half_precision_files_run_from_their_f32_copies(folder: &std::path::Path, req:
     };
     export(folder, &half, options).unwrap();
     let cache = dir.path().join("cache");
-    let copies = || -> Vec<std::path::PathBuf> {
-        let mut found: Vec<_> = std::fs::read_dir(&cache)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        found.retain(|p| p.to_string_lossy().ends_with(".f32.safetensors"));
-        found.sort();
-        found
-    };
+    let copies = || files_ending(&cache, ".f32.safetensors");
     let generate = |sd: &StableDiffusion| {
         let rgb = sd
             .generate(req, &mut |_| ControlFlow::Continue(()))

@@ -8,6 +8,7 @@
 //! file instead. The copy is named after the source's path, size and modification time,
 //! so an edited or replaced source gets a new copy and the old one is removed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -22,7 +23,7 @@ use crate::inference::InferenceError;
 static CACHE_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
 
 /// Room left on the cache's disk after a copy, so a copy never fills it.
-pub(super) const FREE_MARGIN: u64 = 1 << 30;
+const FREE_MARGIN: u64 = 1 << 30;
 
 /// Sets (or, with `None`, turns off) the folder for f32 copies of half-precision files.
 pub fn set_cache_dir(dir: Option<PathBuf>) {
@@ -72,7 +73,7 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
         move |source| InferenceError::Io { path, source }
     };
     let name = CopyName::of(source).map_err(io(source))?;
-    let (place, version, canonical) = (&name.place, &name.version, &name.canonical);
+    let canonical = &name.canonical;
     let copy = dir.join(name.file_name(COPY_SUFFIX));
     // Copies appear whole, by a rename, so one under this name is this version's; one
     // this process cannot read (another user's) is an error, and the caller converts.
@@ -86,43 +87,16 @@ pub fn copy_in(dir: &Path, source: &Path) -> Result<Option<PathBuf>, InferenceEr
         .map(|(_, v)| safetensors::View::data_len(v) as u64)
         .sum();
 
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let free = free_bytes(dir).map_err(io(dir))?;
-    if free < size + FREE_MARGIN {
-        return Err(InferenceError::invalid_model(
-            source,
-            format!(
-                "its f32 copy needs {:.1} GiB and {} has {:.1} GiB free",
-                size as f64 / (1u64 << 30) as f64,
-                dir.display(),
-                free as f64 / (1u64 << 30) as f64
-            ),
-        ));
-    }
-    remove_older_copies(dir, place, &copy, COPY_SUFFIX);
-    let started = std::time::Instant::now();
-    tracing::info!(
-        source = %source.display(),
-        copy = %copy.display(),
-        gib = size as f64 / (1u64 << 30) as f64,
-        "writing an f32 copy of half-precision weights (once per file)"
-    );
-    let staging = dir.join(format!(
-        ".{place}-{version}.tmp-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let written = write_copy(&file, views, canonical, &staging)
-        .and_then(|()| std::fs::rename(&staging, &copy).map_err(io(&copy)));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&staging);
-        return Err(e);
-    }
-    tracing::info!(
-        copy = %copy.display(),
-        secs = started.elapsed().as_secs_f64(),
-        "f32 copy written"
-    );
+    let mut metadata = file.file_metadata().cloned().unwrap_or_default();
+    metadata.insert(SOURCE_KEY.into(), canonical.display().to_string());
+    let target = CacheFile {
+        dir,
+        name: &name,
+        suffix: COPY_SUFFIX,
+        source,
+        what: "f32 copy of half-precision weights",
+    };
+    target.write(views, metadata, size, 0)?;
     Ok(Some(copy))
 }
 
@@ -171,6 +145,92 @@ impl CopyName {
             "{}-{}-{}.{suffix}.safetensors",
             self.place, self.version, self.stem
         )
+    }
+}
+
+/// One file of the weight cache made from one version of `source`: an f32 copy or its
+/// kernel layouts.
+pub(super) struct CacheFile<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) name: &'a CopyName,
+    pub(super) suffix: &'a str,
+    pub(super) source: &'a Path,
+    /// What it holds, for messages.
+    pub(super) what: &'a str,
+}
+
+impl CacheFile<'_> {
+    pub(super) fn path(&self) -> PathBuf {
+        self.dir.join(self.name.file_name(self.suffix))
+    }
+
+    /// Writes `views` (`size` bytes) with `metadata`, whole: after checking that the disk
+    /// keeps its margin (counting `reclaimed` bytes the write frees), removing the files
+    /// of the source's older versions, then through a synced staging file and a rename, so
+    /// that a reader only ever sees a complete file.
+    pub(super) fn write<V: safetensors::View>(
+        &self,
+        views: Vec<(String, V)>,
+        metadata: HashMap<String, String>,
+        size: u64,
+        reclaimed: u64,
+    ) -> Result<(), InferenceError> {
+        let (dir, path) = (self.dir, self.path());
+        let io = |at: &Path| {
+            let at = at.to_path_buf();
+            move |source| InferenceError::Io { path: at, source }
+        };
+        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let free = free_bytes(dir).map_err(io(dir))?;
+        if free + reclaimed < size + FREE_MARGIN {
+            return Err(InferenceError::invalid_model(
+                self.source,
+                format!(
+                    "its {} would take {:.1} GiB and {} has {:.1} GiB free",
+                    self.what,
+                    gib(size),
+                    dir.display(),
+                    gib(free)
+                ),
+            ));
+        }
+        remove_older_copies(dir, &self.name.place, &path, self.suffix);
+        let started = std::time::Instant::now();
+        tracing::info!(
+            source = %self.source.display(),
+            file = %path.display(),
+            gib = gib(size),
+            "writing the {} (once per version of the file)",
+            self.what
+        );
+        let staging = dir.join(format!(
+            ".{}-{}.tmp-{}-{:?}.{}",
+            self.name.place,
+            self.name.version,
+            std::process::id(),
+            std::thread::current().id(),
+            self.suffix
+        ));
+        let written = safetensors::serialize_to_file(views, Some(metadata), &staging)
+            .map_err(|e| InferenceError::invalid_model(&staging, e))
+            .and_then(|()| {
+                std::fs::File::open(&staging)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&staging))
+            })
+            .and_then(|()| std::fs::rename(&staging, &path).map_err(io(&path)));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+        tracing::info!(
+            file = %path.display(),
+            secs = started.elapsed().as_secs_f64(),
+            "{} written",
+            self.what
+        );
+        Ok(())
     }
 }
 
@@ -238,25 +298,6 @@ pub fn prune(dir: &Path, dry_run: bool) -> Vec<PathBuf> {
 
 /// The copy's metadata entry naming its source.
 const SOURCE_KEY: &str = "sdq.f32_copy_of";
-
-/// Writes `views` (see [`widened`]) with `file`'s metadata and the source's path to `path`.
-fn write_copy(
-    file: &SafetensorsFile,
-    views: Vec<(String, Widened)>,
-    canonical: &Path,
-    path: &Path,
-) -> Result<(), InferenceError> {
-    let mut metadata = file.file_metadata().cloned().unwrap_or_default();
-    metadata.insert(SOURCE_KEY.into(), canonical.display().to_string());
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| InferenceError::invalid_model(path, e))?;
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| InferenceError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}
 
 /// The tensors a copy holds: all of the source's but a training checkpoint's EMA copy of
 /// the UNet (`model_ema.*`), which no model reads.
@@ -334,7 +375,7 @@ impl safetensors::View for Widened<'_> {
 }
 
 /// Deletes the files with `suffix` made from an earlier version of the same source.
-pub(super) fn remove_older_copies(dir: &Path, place: &str, keep: &Path, suffix: &str) {
+fn remove_older_copies(dir: &Path, place: &str, keep: &Path, suffix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -354,7 +395,7 @@ pub(super) fn remove_older_copies(dir: &Path, place: &str, keep: &Path, suffix: 
 }
 
 /// Bytes an unprivileged writer may still use on the disk holding `dir`.
-pub(super) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

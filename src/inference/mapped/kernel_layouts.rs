@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use safetensors::tensor::Dtype;
 
-use super::f32_copy::{cache_dir, free_bytes, remove_older_copies, CopyName, FREE_MARGIN};
+use super::f32_copy::{cache_dir, CacheFile, CopyName};
 use super::{window, SafetensorsFile};
 use crate::inference::InferenceError;
 
@@ -118,16 +118,11 @@ fn source_of(weight: &[f32], layout: Layout) -> Option<(Arc<Source>, String)> {
 }
 
 impl Source {
-    /// Where this file's layouts are kept.
-    fn layout_file(&self, dir: &Path) -> std::io::Result<(PathBuf, CopyName)> {
-        let name = CopyName::of(&self.path)?;
-        Ok((dir.join(name.file_name(SUFFIX)), name))
-    }
-
     /// Opens the layout file if it is there and this version's.
     fn open(&self) -> Option<SafetensorsFile> {
         let dir = cache_dir()?;
-        let (path, name) = self.layout_file(&dir).ok()?;
+        let name = CopyName::of(&self.path).ok()?;
+        let path = dir.join(name.file_name(SUFFIX));
         if !path.exists() {
             return None;
         }
@@ -259,11 +254,18 @@ fn write(
     source: &Source,
     new: Vec<(String, Arc<Vec<f32>>)>,
 ) -> Result<(), InferenceError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| InferenceError::Io { path, source }
+    let name = CopyName::of(&source.path).map_err(|e| InferenceError::Io {
+        path: source.path.clone(),
+        source: e,
+    })?;
+    let target = CacheFile {
+        dir,
+        name: &name,
+        suffix: SUFFIX,
+        source: &source.path,
+        what: "kernel layouts",
     };
-    let (path, name) = source.layout_file(dir).map_err(io(&source.path))?;
+    let path = target.path();
     let old = source.open();
     let mut views: Vec<(String, Raw)> = Vec::new();
     let mut seen = HashSet::new();
@@ -288,54 +290,13 @@ fn write(
         }
     }
     let size: u64 = views.iter().map(|(_, v)| v.bytes.len() as u64).sum();
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let free = free_bytes(dir).map_err(io(dir))?;
-    // The old file's room comes back when it is replaced.
-    let reclaimed = std::fs::metadata(&path).map_or(0, |m| m.len());
-    if free + reclaimed < size + FREE_MARGIN {
-        return Err(InferenceError::invalid_model(
-            &source.path,
-            format!(
-                "its kernel layouts need {:.1} GiB and {} has {:.1} GiB free",
-                size as f64 / (1u64 << 30) as f64,
-                dir.display(),
-                free as f64 / (1u64 << 30) as f64
-            ),
-        ));
-    }
-    remove_older_copies(dir, &name.place, &path, SUFFIX);
-    let started = std::time::Instant::now();
-    let staging = dir.join(format!(
-        ".{}-{}.tmp-{}-kernels",
-        name.place,
-        name.version,
-        std::process::id()
-    ));
     let metadata = HashMap::from([
         (SOURCE_KEY.to_string(), name.canonical.display().to_string()),
         (VERSION_KEY.to_string(), LAYOUT_VERSION.to_string()),
     ]);
-    let count = views.len();
-    let written = safetensors::serialize_to_file(views, Some(metadata), &staging)
-        .map_err(|e| InferenceError::invalid_model(&staging, e))
-        .and_then(|()| {
-            std::fs::File::open(&staging)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&staging))
-        })
-        .and_then(|()| std::fs::rename(&staging, &path).map_err(io(&path)));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&staging);
-        return Err(e);
-    }
-    tracing::info!(
-        file = %path.display(),
-        layouts = count,
-        gib = size as f64 / (1u64 << 30) as f64,
-        secs = started.elapsed().as_secs_f64(),
-        "kernel layouts written (later processes map them instead of making them)"
-    );
-    Ok(())
+    // The old file's room comes back when it is replaced.
+    let reclaimed = std::fs::metadata(&path).map_or(0, |m| m.len());
+    target.write(views, metadata, size, reclaimed)
 }
 
 /// Whether `name`, a file in the weight cache, is a layout file of the current version of

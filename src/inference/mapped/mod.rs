@@ -187,20 +187,16 @@ impl SafetensorsFile {
             return None;
         };
         let info = self.info(name)?;
-        let (start, end) = info.data_offsets;
-        let data = &self.bytes.slice()[self.data_start + start..self.data_start + end];
-        if info.dtype != Dtype::F32
-            || data.is_empty()
-            || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>())
-        {
+        if info.dtype != Dtype::F32 {
             return None;
         }
-        let n = data.len() / 4;
-        window.take();
-        // SAFETY: as in `in_place`: `n` aligned f32 values in a private writable mapping
-        // that stays until this `Vec` is freed, which goes to the window. Two `Vec`s over
-        // the same bytes (a layout taken again) are only read, and each free is counted.
-        Some(unsafe { Vec::from_raw_parts(data.as_ptr() as *mut f32, n, n) })
+        let (start, end) = info.data_offsets;
+        // A layout taken again gives two `Vec`s over the same bytes: both are only read,
+        // and each free is counted.
+        window_vec(
+            window,
+            &self.bytes.slice()[self.data_start + start..self.data_start + end],
+        )
     }
 
     /// The tensor `name` on `device`, in the file's dtype.
@@ -228,6 +224,20 @@ impl SafetensorsFile {
     }
 }
 
+/// A `Vec<T>` over a tensor's own bytes in the window, when they are aligned for `T`.
+fn window_vec<T>(window: &WindowMap, data: &[u8]) -> Option<Vec<T>> {
+    if data.is_empty() || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return None;
+    }
+    let n = data.len() / std::mem::size_of::<T>();
+    window.take();
+    // SAFETY: the bytes are `n` aligned values of `T` (the header was validated), in a
+    // private writable mapping that stays until this `Vec` is freed; nothing writes them
+    // (model weights). Its free goes to the window through the global allocator, never to
+    // the system allocator.
+    Some(unsafe { Vec::from_raw_parts(data.as_ptr() as *mut T, n, n) })
+}
+
 /// The tensor over its own bytes in the window, when its dtype has a candle twin and the
 /// bytes are aligned for it.
 fn in_place(
@@ -240,18 +250,10 @@ fn in_place(
         shape: &[usize],
         data: &[u8],
     ) -> candle_core::Result<Option<Tensor>> {
-        let size = std::mem::size_of::<T>();
-        if data.is_empty() || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
-            return Ok(None);
+        match window_vec::<T>(window, data) {
+            Some(vec) => Tensor::from_vec(vec, shape, &Device::Cpu).map(Some),
+            None => Ok(None),
         }
-        let n = data.len() / size;
-        window.take();
-        // SAFETY: the bytes are `n` aligned values of `T` (the header was validated), in
-        // a private writable mapping that stays until this `Vec` is freed, and no other
-        // `Vec` owns them (the file hands each name out once). Its free goes to the
-        // window through the global allocator, never to the system allocator.
-        let vec = unsafe { Vec::from_raw_parts(data.as_ptr() as *mut T, n, n) };
-        Tensor::from_vec(vec, shape, &Device::Cpu).map(Some)
     }
     let shape = &info.shape;
     match info.dtype {
