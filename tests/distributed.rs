@@ -16,12 +16,7 @@ async fn one_api_three_workers_two_hundred_jobs_each_exactly_once() {
     let api = cluster.spawn("api", &[]);
     api.wait_healthy(&cluster.client).await;
     // Each worker serves its own /metrics (it has no API).
-    let metrics_ports: Vec<u16> = (0..3)
-        .map(|_| {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        })
-        .collect();
+    let metrics_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let workers: Vec<_> = metrics_ports
         .iter()
         .map(|port| {

@@ -356,12 +356,26 @@ impl Drop for ServeProcess {
     }
 }
 
+/// A port nothing listens on now and that no other test in this process has been handed.
+/// The kernel may give a port it just released to the next `bind(0)`, and the child that
+/// is meant to take a port binds it only later (moto needs a second to start), so two
+/// tests running side by side could otherwise be handed the same one: the second child
+/// then fails to bind while the first one's listener answers for it, until the first test
+/// stops its server.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Decodes a PNG, returning `(width, height, text chunks)`.

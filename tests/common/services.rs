@@ -71,11 +71,13 @@ impl Drop for PgDatabase {
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let start = Instant::now();
     loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
+        let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        // A child that failed to bind may have exited while someone else answers.
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited before listening: {status}");
+        }
+        if listening {
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
